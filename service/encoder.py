@@ -1,0 +1,131 @@
+"""A loaded bundle: tokenizer + onnxruntime session + pooling, synchronous and thread-safe.
+
+The one place that turns text into vectors. The service's engine batches around it; the
+quantize tool's evaluation and the benchmark's in-process baseline call it directly, so all
+three measure the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+from .bundle import Manifest, load_manifest
+from .pooling import F32, finish, pool
+from .runtime import ProviderChoice, RuntimeOptions, create_session
+
+I64 = npt.NDArray[np.int64]
+# Batch size for the convenience `embed` (tools and tests); the service forms its own batches.
+EMBED_BATCH = 32
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    ids: I64  # with the model's special tokens, already cut to the model's limit
+    original_tokens: int  # before the cut, special tokens included
+
+    @property
+    def truncated(self) -> bool:
+        return self.original_tokens > len(self.ids)
+
+
+class TextTokenizer:
+    """The bundle's `tokenizer.json`, counting what it cuts so that no cut is silent."""
+
+    def __init__(self, path: Path, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self._full = Tokenizer.from_file(str(path))
+        self._full.no_truncation()
+        self._full.no_padding()
+        self._cut = Tokenizer.from_file(str(path))
+        self._cut.enable_truncation(max_tokens)
+        self._cut.no_padding()
+        self.vocab_size = self._full.get_vocab_size(with_added_tokens=True)
+        padding = Tokenizer.from_file(str(path)).padding
+        self.pad_id = int(padding["pad_id"]) if padding else 0
+        self.prefix, self.suffix = self._special_frame()
+
+    def _special_frame(self) -> tuple[list[int], list[int]]:
+        """The special tokens the model wraps around content (BERT: [CLS] … [SEP])."""
+        plain = self._full.encode("hello", add_special_tokens=False).ids
+        framed = self._full.encode("hello", add_special_tokens=True).ids
+        for start in range(len(framed) - len(plain) + 1):
+            if framed[start:start + len(plain)] == plain:
+                return framed[:start], framed[start + len(plain):]
+        return [], []
+
+    def encode(self, texts: Sequence[str]) -> list[Tokenized]:
+        full: list[Encoding] = self._full.encode_batch(list(texts))
+        out = [Tokenized(np.asarray(e.ids, dtype=np.int64), len(e.ids)) for e in full]
+        long = [i for i, t in enumerate(out) if t.original_tokens > self.max_tokens]
+        if long:
+            # Over-long inputs are rare: re-encode just those with the tokenizer's own
+            # truncation, which keeps the closing special token where a plain slice would not.
+            cut = self._cut.encode_batch([texts[i] for i in long])
+            for i, enc in zip(long, cut, strict=True):
+                out[i] = Tokenized(np.asarray(enc.ids, dtype=np.int64), out[i].original_tokens)
+        return out
+
+    def wrap_ids(self, ids: Sequence[int]) -> Tokenized:
+        """Token-id input (the model's own vocabulary): add the special tokens, cut to the limit."""
+        original = len(self.prefix) + len(ids) + len(self.suffix)
+        room = self.max_tokens - len(self.prefix) - len(self.suffix)
+        body = list(ids[:room]) if original > self.max_tokens else list(ids)
+        return Tokenized(np.asarray(self.prefix + body + self.suffix, dtype=np.int64), original)
+
+
+class BundleModel:
+    """A bundle ready to embed; `run` is safe to call from several threads at once."""
+
+    def __init__(self, folder: Path | str, options: RuntimeOptions | None = None) -> None:
+        self.folder = Path(folder)
+        self.manifest: Manifest = load_manifest(self.folder)
+        self.options = options or RuntimeOptions()
+        self.tokenizer = TextTokenizer(self.folder / self.manifest.tokenizer_file,
+                                       self.manifest.max_tokens)
+        self.session: ort.InferenceSession
+        self.providers: ProviderChoice
+        self.session, self.providers = create_session(self.folder, self.manifest, self.options)
+        self._input_names = [i.name for i in self.session.get_inputs()]
+
+    def feeds(self, batch: Sequence[I64]) -> dict[str, I64]:
+        """Right-padded arrays for the graph's inputs."""
+        width = max(len(ids) for ids in batch)
+        input_ids = np.full((len(batch), width), self.tokenizer.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = ids
+            mask[row, : len(ids)] = 1
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        return {k: v for k, v in feeds.items() if k in self._input_names}
+
+    def run(self, batch: Sequence[I64], run_options: ort.RunOptions | None = None) -> F32:
+        """Pooled, not yet normalized vectors [len(batch), dimensions] for token-id rows."""
+        feeds = self.feeds(batch)
+        (out,) = self.session.run([self.manifest.output], feeds, run_options)
+        hidden = np.asarray(out, dtype=np.float32)
+        if self.manifest.output_kind == "sentence_embedding":
+            return hidden
+        return pool(hidden, feeds["attention_mask"], self.manifest.pooling)
+
+    def finish(self, pooled: F32, dimensions: int | None = None) -> F32:
+        return finish(pooled, dimensions=dimensions, normalized=self.manifest.normalize)
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = EMBED_BATCH,
+              prompt: str = "") -> F32:
+        """Vectors for `texts`, batched by length; for tools, tests and the in-process baseline."""
+        tokens = self.tokenizer.encode([prompt + t for t in texts])
+        order = sorted(range(len(tokens)), key=lambda i: len(tokens[i].ids))
+        out = np.empty((len(texts), self.manifest.dimensions), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            out[rows] = self.run([tokens[i].ids for i in rows])
+        return self.finish(out)

@@ -1,0 +1,136 @@
+"""Building the onnxruntime session: provider choice, threads, arena, graph optimization, in one place.
+
+Every number here is a default chosen from measurements on a 2-core machine (see FINDINGS.md and
+`make bench`); each is overridable from settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from .bundle import Manifest
+from .cpus import usable_cpus
+
+log = logging.getLogger("edge_embed.runtime")
+
+PROVIDERS: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+# What to install when a provider is missing: each build replaces `onnxruntime` in its venv.
+PROVIDER_EXTRAS: dict[str, str] = {
+    "cpu": "pip install onnxruntime (the base install)",
+    "cuda": "pip install 'edge-embed[gpu]' in a venv of its own (make install-gpu)",
+    "openvino": "pip install 'edge-embed[openvino]' in a venv of its own (make install-openvino)",
+}
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class ProviderError(RuntimeError):
+    """A requested execution provider is not in the installed onnxruntime."""
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    providers: tuple[str, ...] = ("cpu",)
+    provider_fallback: bool = False
+    # None: every CPU this process may use. 2 threads instead of 1 gave 1.7-1.9x on 2 cores.
+    intra_op_threads: int | None = None
+    # "auto": BASIC for a bundle already fused by the transformer optimizer (15-20 % faster than
+    # ALL there), ALL otherwise (~15 % faster than BASIC for an unfused graph).
+    graph_optimization: str = "auto"
+    # The arena keeps peak buffers for reuse: fast for long batches, but RSS grows with every
+    # new shape. Kept on; the engine bounds shapes by its token budget and shrinks the arena.
+    cpu_arena: bool = True
+    # Spinning threads cut batch-1 latency (0.92 -> 0.55 ms); batch throughput is unchanged.
+    spinning: bool = True
+    extra_session_config: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderChoice:
+    requested: tuple[str, ...]
+    used: tuple[str, ...]  # onnxruntime provider names, in order, as the session reports
+    fell_back: bool
+    message: str = ""
+
+
+def resolve_providers(requested: tuple[str, ...], fallback: bool,
+                      available: list[str] | None = None) -> tuple[list[str], ProviderChoice]:
+    available = ort.get_available_providers() if available is None else available
+    chosen: list[str] = []
+    missing: list[str] = []
+    for name in requested:
+        if name not in PROVIDERS:
+            raise ProviderError(f"unknown provider '{name}' (choose from {', '.join(PROVIDERS)})")
+        if PROVIDERS[name] in available:
+            chosen.append(PROVIDERS[name])
+        else:
+            missing.append(name)
+    if missing and not fallback:
+        hints = "; ".join(f"{m}: {PROVIDER_EXTRAS[m]}" for m in missing)
+        raise ProviderError(
+            f"provider {', '.join(missing)} is not in the installed onnxruntime "
+            f"(available: {', '.join(available)}). Install it ({hints}) or pass "
+            f"--provider-fallback to fall back to the CPU.")
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    message = ""
+    if missing:
+        message = (f"requested provider(s) {', '.join(missing)} not available; "
+                   f"falling back to {', '.join(chosen)}")
+    return chosen, ProviderChoice(requested, tuple(chosen), bool(missing), message)
+
+
+def graph_level(manifest: Manifest, setting: str) -> ort.GraphOptimizationLevel:
+    if setting != "auto":
+        return _LEVELS[setting]
+    fused = bool((manifest.quantization or {}).get("fused"))
+    return _LEVELS["basic" if fused else "all"]
+
+
+def session_options(manifest: Manifest, opts: RuntimeOptions) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = opts.intra_op_threads or usable_cpus()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = graph_level(manifest, opts.graph_optimization)
+    so.enable_cpu_mem_arena = opts.cpu_arena
+    so.log_severity_level = 3  # errors only: onnxruntime's warnings are noise to a user
+    if not opts.spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in opts.extra_session_config.items():
+        so.add_session_config_entry(key, value)
+    return so
+
+
+def create_session(folder: Path, manifest: Manifest,
+                   opts: RuntimeOptions) -> tuple[ort.InferenceSession, ProviderChoice]:
+    providers, choice = resolve_providers(opts.providers, opts.provider_fallback)
+    provider_options: list[dict[str, Any]] = [{} for _ in providers]
+    so = session_options(manifest, opts)
+    session = ort.InferenceSession(str(folder / manifest.model_file), sess_options=so,
+                                   providers=providers, provider_options=provider_options)
+    used = tuple(session.get_providers())
+    requested_names = [PROVIDERS[p] for p in opts.providers]
+    # onnxruntime falls back to the CPU with only a warning when a provider fails to initialise
+    # (OpenVINO refusing bf16, CUDA without a driver): report what the session really uses.
+    fell_back = choice.fell_back or any(r not in used for r in requested_names)
+    message = choice.message
+    if fell_back and not message:
+        message = (f"onnxruntime did not start {', '.join(r for r in requested_names if r not in used)};"
+                   f" running on {', '.join(used)}")
+    if fell_back and not opts.provider_fallback:
+        raise ProviderError(message + " (pass --provider-fallback to accept this)")
+    return session, ProviderChoice(choice.requested, used, fell_back, message)
