@@ -1,0 +1,131 @@
+"""What the offline tools share: one-line errors, atomic bundle folders, progress, provenance.
+
+`export` and `quantize` both write bundles; both must leave either a whole bundle or nothing,
+fail with one clear line and exit code 2, and say what they are doing unless `--quiet`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+EXIT_USAGE = 2
+_HASH_CHUNK = 1 << 20
+
+
+class ToolError(Exception):
+    """A user-facing failure: printed as one line, exit code 2, no traceback."""
+
+
+class Reporter:
+    """Says what a long step is doing, with a tqdm bar over loops; silent when quiet."""
+
+    def __init__(self, quiet: bool = False, prog: str = "edge-embed") -> None:
+        self.quiet = quiet
+        self.prog = prog
+
+    def step(self, message: str) -> None:
+        if not self.quiet:
+            print(f"{self.prog}: {message}", file=sys.stderr, flush=True)
+
+    def progress(self, items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
+        if self.quiet:
+            return items
+        from tqdm import tqdm
+
+        return tqdm(items, desc=f"{self.prog}: {desc}", total=total, file=sys.stderr,
+                    leave=False, dynamic_ncols=True)
+
+
+def run_cli(prog: str, body: Callable[[], int]) -> int:
+    """Run a tool's body: ToolError and bad input become one line on stderr and exit 2."""
+    try:
+        return body()
+    except ToolError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected fault: still one line, the trace only on request
+        if os.environ.get("EDGE_EMBED_DEBUG"):
+            traceback.print_exc()
+        print(f"{prog}: error: {type(exc).__name__}: {exc} "
+              "(set EDGE_EMBED_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Refuse an existing output unless forced, and an unwritable parent, before any work."""
+    if out.exists() and not force:
+        raise ToolError(f"output {out} already exists (pass --force to replace it)")
+    if out.exists() and not out.is_dir():
+        raise ToolError(f"output {out} exists and is not a folder")
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ToolError(f"cannot create {parent}: {exc.strerror}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ToolError(f"output folder {parent} is not writable")
+
+
+@contextlib.contextmanager
+def atomic_output(out: Path, force: bool) -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; on success it replaces `out` in one rename.
+
+    Built beside the destination (same filesystem) so the final rename is atomic; on any failure
+    the temporary folder is removed and `out` is left as it was.
+    """
+    check_output(out, force)
+    parent = out.resolve().parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: sha256(p) for p in sorted(folder.iterdir())
+            if p.is_file() and p.name != "bundle.json"}
+
+
+def tool_versions(*packages: str) -> dict[str, str]:
+    names = ("edge-embed", "onnxruntime", "onnx", "tokenizers", "numpy", *packages)
+    versions: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return versions
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
