@@ -1,0 +1,93 @@
+"""optimum's ONNX exporter, as the `transformers` library: the bare encoder, pooling left out.
+
+With library_name "transformers" and task feature-extraction the graph returns
+`last_hidden_state` (token embeddings); the service pools in numpy, so one graph serves every
+pooling mode and quantization sees only the encoder (see FINDINGS.md, Export).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .tooling import ToolError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+TASK = "feature-extraction"
+LIBRARY = "transformers"
+OUTPUT = "last_hidden_state"
+MODEL_FILE = "model.onnx"
+# Scratch folder inside the bundle being built: optimum also writes config and tokenizer files,
+# of which the bundle keeps only the graph (and its external data, for models over 2 GB).
+_SCRATCH = ".onnx-export"
+
+
+@dataclass(frozen=True)
+class ExportedGraph:
+    inputs: tuple[str, ...]
+    output: str
+    opset: int
+
+
+def check_supported(model_type: str) -> None:
+    """Refuse, before loading any weights, an architecture optimum cannot export."""
+    # Importing the ONNX exporter registers its model types with the TasksManager.
+    import optimum.exporters.onnx.model_configs  # noqa: F401
+    from optimum.exporters.tasks import TasksManager
+
+    try:
+        tasks = TasksManager.get_supported_tasks_for_model_type(model_type, "onnx",
+                                                                library_name=LIBRARY)
+    except (KeyError, ValueError):
+        raise ToolError(f"model_type '{model_type}' is not supported by optimum's ONNX exporter "
+                        "(see `optimum-cli export onnx --help` for the supported ones)") from None
+    if TASK not in tasks:
+        raise ToolError(f"model_type '{model_type}' cannot be exported for {TASK} by optimum "
+                        f"(it supports: {', '.join(tasks)})")
+
+
+def export(model: PreTrainedModel, out: Path, opset: int | None) -> ExportedGraph:
+    """Write `out/model.onnx` (and any external data files) from the loaded torch model."""
+    import onnx
+    from optimum.exporters.onnx.convert import onnx_export_from_model
+
+    scratch = out / _SCRATCH
+    # optimum logs each step at INFO and warns about dynamic axes it handles itself.
+    for name in ("optimum", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # torch.jit's TracerWarnings about constants in attention-mask helpers: the graph
+            # is checked against torch afterwards, which is the test that matters.
+            warnings.simplefilter("ignore")
+            onnx_export_from_model(model, output=scratch, opset=opset, task=TASK,
+                                   do_validation=False)
+    except Exception as exc:  # the exporter raises many kinds; the user needs one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ToolError(f"optimum could not export model_type '{model.config.model_type}': "
+                        f"{type(exc).__name__}: {first[:300]}") from None
+    graph_path = scratch / MODEL_FILE
+    if not graph_path.is_file():
+        raise ToolError(f"optimum wrote no {MODEL_FILE} for model_type "
+                        f"'{model.config.model_type}'")
+    proto = onnx.load(str(graph_path), load_external_data=False)
+    for path in scratch.iterdir():
+        # the graph and the external-data files it names (model.onnx_data, *.data)
+        if path.suffix == ".onnx" or "data" in path.name:
+            os.replace(path, out / path.name)
+    shutil.rmtree(scratch, ignore_errors=True)
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = tuple(i.name for i in proto.graph.input if i.name not in initializers)
+    outputs = [o.name for o in proto.graph.output]
+    if OUTPUT not in outputs:
+        raise ToolError(f"the exported graph has no '{OUTPUT}' output (it has "
+                        f"{', '.join(outputs)})")
+    opsets = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
+    return ExportedGraph(inputs=inputs, output=OUTPUT, opset=opsets[0] if opsets else 0)

@@ -1,0 +1,77 @@
+"""The source model in torch: loaded once, exported by optimum, and the reference for parity.
+
+Loading it ourselves (rather than letting optimum's main_export load it) means a corrupt or
+missing weights file fails here with one clear line, and parity compares against the very
+module that was exported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from service.bundle import Pooling
+from service.pooling import F32
+
+from .tooling import ToolError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+# The weight files transformers loads, in its own order of preference; sharded checkpoints
+# name their parts in an index file.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def weights_file(folder: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise ToolError(f"{folder} has no model weights (none of {', '.join(WEIGHT_FILES)})")
+
+
+def load(folder: Path) -> PreTrainedModel:
+    """The bare encoder (AutoModel: last_hidden_state), in eval mode so dropout is off."""
+    weights = weights_file(folder)
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # "some weights were not used" is noise for an encoder
+    try:
+        model: PreTrainedModel = AutoModel.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # safetensors, pickle, torch and config errors have no common base
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ToolError(f"cannot load the model from {weights}: {type(exc).__name__}: "
+                        f"{first[:300]}") from None
+    model.eval()  # type: ignore[no-untyped-call]
+    return model
+
+
+def embed(model: PreTrainedModel, batch: Sequence[Sequence[int]], pooling: Pooling,
+          pad_id: int) -> F32:
+    """Pooled vectors (not normalized) for token-id rows: the reference the ONNX graph must match.
+
+    Pooling is the same arithmetic as sentence-transformers' Pooling module, in float32.
+    """
+    import torch
+
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+        mask[row, : len(ids)] = 1
+    with torch.inference_mode():
+        hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+        if pooling == "cls":
+            pooled = hidden[:, 0]
+        elif pooling == "last":
+            pooled = hidden[torch.arange(len(batch)), mask.sum(dim=1) - 1]
+        else:
+            weights = mask.unsqueeze(-1).float()
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    return np.asarray(pooled.numpy(), dtype=np.float32)
