@@ -44,8 +44,9 @@ class Reporter:
             return items
         from tqdm import tqdm
 
-        return tqdm(items, desc=f"{self.prog}: {desc}", total=total, file=sys.stderr,
-                    leave=False, dynamic_ncols=True)
+        bar: Iterable[T] = tqdm(items, desc=f"{self.prog}: {desc}", total=total,
+                                file=sys.stderr, leave=False, dynamic_ncols=True)
+        return bar
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:
@@ -91,6 +92,11 @@ def atomic_output(out: Path, force: bool) -> Iterator[Path]:
     check_output(out, force)
     parent = out.resolve().parent
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
+    # mkdtemp makes the folder 0700; a bundle should be readable like any folder the user makes
+    # (a service running as another user, a container mounting it).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
     try:
         yield tmp
         if out.exists():
