@@ -1,0 +1,286 @@
+"""`make load`: a bounded open-loop load test of the service on loopback.
+
+Requests are sent at a fixed rate (an open loop: request i leaves at start + i / rate whether or
+not earlier ones have answered, so a slow server cannot slow the test down and hide its own
+latency) for a fixed time. Every answer must be a 200 whose body holds one vector of the right
+size per input; anything else is a failure and the exit code is 1. Prints throughput and latency
+percentiles.
+
+    python -m bench.load --model models/all-minilm-l6-v2-int8 [--rate 40] [--duration 60]
+    python -m bench.load --url http://127.0.0.1:8000 --model-id all-minilm-l6-v2
+
+The service runs in a subprocess started here (unless --url is given), the same command a user
+runs, so the numbers include HTTP, JSON and batching, not only the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from bench.stats import percentile
+from bench.wordlist import WORDS
+
+# 40 requests/s of 1-8 short sentences is about a tenth of what the int8 MiniLM serves on the
+# 2-core build machine (FINDINGS: 1260-2437 short inputs/s in process), so a healthy server
+# answers every one of them; a failure at this rate is a bug, not a capacity limit.
+DEFAULT_RATE = 40.0
+# The issue asks for 60 s: long enough for batching, caches and the arena to reach steady state.
+DEFAULT_DURATION_S = 60.0
+# Inputs per request, drawn uniformly from 1..this: the mix a RAG indexer and a query path send.
+DEFAULT_MAX_INPUTS = 8
+# Words per input, uniformly 1..this: short sentences, well under MiniLM's 256-token limit.
+DEFAULT_MAX_WORDS = 48
+# A request still unanswered after this long counts as a failure (the service's own request
+# timeout is shorter, so a healthy server has answered, with something, long before).
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+# Connections the client may open; above the number of requests in flight at the default rate.
+CLIENT_CONNECTIONS = 256
+# The service process: start-up of a bundle takes well under a second (FINDINGS); 120 s covers
+# a busy shared machine. Drain on SIGTERM is bounded by the service (< 30 s).
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 40.0
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+def make_text(rng: random.Random, max_words: int) -> str:
+    """Random words from the benchmark's fixed list (reproducible from --seed)."""
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, max_words)))
+
+
+# --- the service process ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Service:
+    """A `python -m service` subprocess on a free loopback port."""
+
+    proc: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+
+async def wait_ready(base_url: str, proc: subprocess.Popen[bytes] | None,
+                     timeout: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the service exited with {proc.returncode} during start-up")
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with session.get(f"{base_url}/ready",
+                                       timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    if r.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"the service at {base_url} was not ready after {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def start_service(models: Sequence[str], extra_args: Sequence[str] = (),
+                  log_path: Path | None = None) -> Iterator[Service]:
+    """Start the service, yield it once /ready answers 200, SIGTERM it (then kill) on exit."""
+    port = free_port()
+    log_path = log_path or Path(f"/tmp/edge-embed-bench-{port}.log")
+    cmd = [sys.executable, "-m", "service"]
+    for model in models:
+        cmd += ["--model", model]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), *extra_args]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env={**os.environ})
+        service = Service(proc, f"http://127.0.0.1:{port}", log_path)
+        try:
+            asyncio.run(wait_ready(service.base_url, proc))
+            yield service
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def log_tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_bytes().decode("utf-8", "replace")[-chars:]
+    except FileNotFoundError:
+        return ""
+
+
+async def model_id(base_url: str, headers: dict[str, str]) -> str:
+    """The first served model's id (GET /v1/models)."""
+    async with aiohttp.ClientSession(headers=headers) as session, \
+            session.get(f"{base_url}/v1/models") as r:
+        r.raise_for_status()
+        body = await r.json()
+        return str(body["data"][0]["id"])
+
+
+# --- the load ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    latency_s: float
+    ok: bool
+    inputs: int
+    detail: str = ""
+
+
+@dataclass
+class LoadResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    wall_s: float = 0.0
+    max_lag_s: float = 0.0  # how far behind schedule the sender ever fell
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+
+async def one_request(session: aiohttp.ClientSession, url: str, payload: dict[str, object],
+                      n_inputs: int, timeout_s: float) -> Outcome:
+    start = time.perf_counter()
+    try:
+        async with session.post(url, json=payload,
+                                timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+            body = await r.read()
+            latency = time.perf_counter() - start
+            if r.status != 200:
+                return Outcome(latency, False, n_inputs, f"HTTP {r.status}: {body[:200]!r}")
+            parsed = json.loads(body)
+            data = parsed.get("data") if isinstance(parsed, dict) else None
+            if not isinstance(data, list) or len(data) != n_inputs or any(
+                    not isinstance(d.get("embedding"), list) or not d["embedding"] for d in data):
+                return Outcome(latency, False, n_inputs, f"malformed body: {body[:200]!r}")
+            return Outcome(latency, True, n_inputs)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as err:
+        return Outcome(time.perf_counter() - start, False, n_inputs,
+                       f"{type(err).__name__}: {err}")
+
+
+async def run_load(base_url: str, model: str, *, rate: float, duration_s: float,
+                   max_inputs: int, max_words: int, seed: int, timeout_s: float,
+                   headers: dict[str, str]) -> LoadResult:
+    rng = random.Random(seed)
+    total = int(rate * duration_s)
+    url = f"{base_url}/v1/embeddings"
+    result = LoadResult()
+    connector = aiohttp.TCPConnector(limit=CLIENT_CONNECTIONS)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        tasks: list[asyncio.Task[Outcome]] = []
+        start = time.perf_counter()
+        for i in range(total):
+            due = start + i / rate
+            now = time.perf_counter()
+            if due > now:
+                await asyncio.sleep(due - now)
+            else:
+                result.max_lag_s = max(result.max_lag_s, now - due)
+            n = rng.randint(1, max_inputs)
+            texts = [make_text(rng, max_words) for _ in range(n)]
+            payload: dict[str, object] = {"model": model, "input": texts,
+                                          "encoding_format": "float"}
+            tasks.append(asyncio.create_task(one_request(session, url, payload, n, timeout_s)))
+        result.outcomes = list(await asyncio.gather(*tasks))
+        result.wall_s = time.perf_counter() - start
+    return result
+
+
+def report(result: LoadResult, rate: float, duration_s: float) -> str:
+    ok = [o for o in result.outcomes if o.ok]
+    latencies = sorted(o.latency_s * 1000 for o in ok)
+    inputs = sum(o.inputs for o in ok)
+    lines = [
+        f"load: {len(result.outcomes)} requests at {rate:g}/s for {duration_s:g} s "
+        f"(open loop; sender max lag {result.max_lag_s * 1000:.1f} ms)",
+        f"  succeeded: {len(ok)}   failed: {len(result.failures)}",
+        f"  throughput: {len(ok) / result.wall_s:.1f} requests/s, {inputs / result.wall_s:.1f} "
+        f"inputs/s over {result.wall_s:.1f} s",
+        "  latency ms: " + "  ".join(f"p{p:g} {percentile(latencies, p):.1f}"
+                                     for p in PERCENTILES)
+        + (f"  max {latencies[-1]:.1f}" if latencies else ""),
+    ]
+    kinds: dict[str, int] = {}
+    for o in result.failures:
+        kinds[o.detail[:120]] = kinds.get(o.detail[:120], 0) + 1
+    for detail, count in sorted(kinds.items(), key=lambda kv: -kv[1])[:10]:
+        lines.append(f"  FAILED x{count}: {detail}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model", help="bundle folder: start the service on it here")
+    target.add_argument("--url", help="an already running service, e.g. http://127.0.0.1:8000")
+    p.add_argument("--model-id", help="model name to request (default: the first served)")
+    p.add_argument("--rate", type=float, default=DEFAULT_RATE, help="requests per second")
+    p.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, help="seconds")
+    p.add_argument("--max-inputs", type=int, default=DEFAULT_MAX_INPUTS)
+    p.add_argument("--max-words", type=int, default=DEFAULT_MAX_WORDS)
+    p.add_argument("--timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
+                   help="client timeout per request, seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--api-key", default=os.environ.get("EDGE_EMBED_LOAD_API_KEY"))
+    p.add_argument("--server-arg", action="append", default=[],
+                   help="extra argument for the started service (repeatable)")
+    args = p.parse_args(argv)
+    if args.rate <= 0 or args.duration <= 0 or args.max_inputs < 1 or args.max_words < 1:
+        p.error("--rate, --duration, --max-inputs and --max-words must be positive")
+    return args
+
+
+def _run(args: argparse.Namespace, base_url: str) -> int:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    model = args.model_id or asyncio.run(model_id(base_url, headers))
+    result = asyncio.run(run_load(base_url, model, rate=args.rate, duration_s=args.duration,
+                                  max_inputs=args.max_inputs, max_words=args.max_words,
+                                  seed=args.seed, timeout_s=args.timeout, headers=headers))
+    print(report(result, args.rate, args.duration))
+    if result.failures:
+        print(f"load: FAIL ({len(result.failures)} of {len(result.outcomes)} requests failed)")
+        return 1
+    print("load: PASS (zero failures)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.url:
+        return _run(args, args.url.rstrip("/"))
+    with start_service([args.model], args.server_arg) as service:
+        code = _run(args, service.base_url)
+        if code:
+            print(f"--- service log (tail) ---\n{log_tail(service.log_path)}")
+        return code
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    raise SystemExit(main())
