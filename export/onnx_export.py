@@ -27,6 +27,9 @@ MODEL_FILE = "model.onnx"
 # Scratch folder inside the bundle being built: optimum also writes config and tokenizer files,
 # of which the bundle keeps only the graph (and its external data, for models over 2 GB).
 _SCRATCH = ".onnx-export"
+# Named in the unsupported-architecture message: the usual sentence-embedding backbones.
+_TEXT_ENCODERS = ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "modernbert",
+                  "deberta-v2", "electra", "qwen2", "qwen3", "gemma3_text")
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,10 @@ def check_supported(model_type: str) -> None:
         tasks = TasksManager.get_supported_tasks_for_model_type(model_type, "onnx",
                                                                 library_name=LIBRARY)
     except (KeyError, ValueError):
+        known = TasksManager._LIBRARY_TO_SUPPORTED_MODEL_TYPES.get(LIBRARY, {})
+        encoders = [t for t in _TEXT_ENCODERS if t in known]
         raise ToolError(f"model_type '{model_type}' is not supported by optimum's ONNX exporter "
-                        "(see `optimum-cli export onnx --help` for the supported ones)") from None
+                        f"(text encoders it supports include {', '.join(encoders)})") from None
     if TASK not in tasks:
         raise ToolError(f"model_type '{model_type}' cannot be exported for {TASK} by optimum "
                         f"(it supports: {', '.join(tasks)})")

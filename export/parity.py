@@ -101,7 +101,8 @@ def load_eval_set(path: Path = EVAL_SET) -> EvalSet:
     if not texts:
         return EvalSet("built-in", FALLBACK_TEXTS)
     digest = hashlib.sha256(raw).hexdigest()[:12]
-    return EvalSet(f"{path.name}:{digest}", tuple(texts))
+    # named as quantize names it ("<file>@<sha256 prefix>"), so manifests compare
+    return EvalSet(f"{path.name}@{digest}", tuple(texts))
 
 
 def _cosines(a: F32, b: F32) -> F32:
