@@ -45,6 +45,8 @@ def load(folder: Path) -> PreTrainedModel:
         model: PreTrainedModel = AutoModel.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # safetensors, pickle, torch and config errors have no common base
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        # transformers appends a TensorFlow hint to every unreadable .bin; it misleads here.
+        first = first.split(" If you tried to load a PyTorch model from a TF")[0]
         raise ToolError(f"cannot load the model from {weights}: {type(exc).__name__}: "
                         f"{first[:300]}") from None
     model.eval()  # type: ignore[no-untyped-call]
