@@ -1,0 +1,1 @@
+"""`edge-embed bench`: the service against raw onnxruntime and sentence-transformers, over HTTP."""

@@ -1,0 +1,87 @@
+"""`edge-embed bench`: run the benchmark, print the table, write JSON, text and a PNG chart."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from export.tooling import ToolError, run_cli
+from service.bundle import BundleError, load_manifest
+
+from .chart import chart
+from .report import table, write_json
+from .run import Config, Plan, run
+
+RESULT_JSON = "bench.json"
+RESULT_TABLE = "bench.txt"
+RESULT_CHART = "bench.png"
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
+    p.add_argument("--int8", type=Path, required=True, metavar="BUNDLE",
+                   help="the bundle under test (the default int8 bundle)")
+    p.add_argument("--fp32", type=Path, metavar="BUNDLE", help="the fp32 bundle, served too")
+    p.add_argument("--source", type=Path, metavar="DIR",
+                   help="the sentence-transformers folder, for the torch baseline")
+    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument("--quick", action="store_true",
+                   help="a seconds-long smoke run (tests); figures are not meaningful")
+    p.add_argument("--window", type=float, help="seconds per system per workload per round")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (median reported)")
+    p.add_argument("--memory-seconds", type=float, help="length of the memory run")
+    p.add_argument("--cold-runs", type=int, help="cold starts measured (median reported)")
+    p.add_argument("--encoding", choices=("base64", "float"), default="base64",
+                   help="encoding_format the client asks for (OpenAI's clients send base64)")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="an extra flag for every service started (repeat; e.g. "
+                        "--server-arg=--batch-tokens=4096)")
+    p.add_argument("--memory-reference-arg", action="append", metavar="ARG",
+                   help="run the memory run again with these extra flags, to price the memory "
+                        "bounds in throughput (repeat)")
+    p.add_argument("--runtime-venv", type=Path, help="venv of the runtime install to measure")
+    p.add_argument("--no-install", action="store_true",
+                   help="do not create the runtime venv when it is missing")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "edge-embed bench") -> int:
+    args = parser(prog).parse_args(argv)
+
+    def body() -> int:
+        for flag, path in (("--int8", args.int8), ("--fp32", args.fp32)):
+            if path is not None:
+                try:
+                    load_manifest(path)
+                except BundleError as exc:
+                    raise ToolError(f"{flag}: {exc}") from None
+        if args.source is not None and not (args.source / "modules.json").is_file():
+            raise ToolError(f"--source: {args.source} is not a sentence-transformers folder "
+                            "(no modules.json)")
+        plan = Plan.quick() if args.quick else Plan()
+        overrides = {"window_s": args.window, "rounds": args.rounds,
+                     "memory_s": args.memory_seconds, "cold_runs": args.cold_runs}
+        for key, value in overrides.items():
+            if value is not None:
+                if value <= 0:
+                    raise ToolError(f"--{key.split('_')[0]}: must be positive")
+                plan = Plan(**{**plan.__dict__, key: value})
+        if args.no_install:
+            plan = Plan(**{**plan.__dict__, "create_runtime_venv": False})
+        cfg = Config(int8=args.int8, out=args.out, fp32=args.fp32, source=args.source, plan=plan,
+                     quick=args.quick, server_args=args.server_arg,
+                     memory_reference_args=args.memory_reference_arg, encoding=args.encoding)
+        if args.runtime_venv is not None:
+            cfg.runtime_venv = args.runtime_venv
+        args.out.mkdir(parents=True, exist_ok=True)
+        result = run(cfg)
+        text = table(result)
+        print(text, end="")
+        write_json(result, args.out / RESULT_JSON)
+        (args.out / RESULT_TABLE).write_text(text, encoding="utf-8")
+        chart(result, args.out / RESULT_CHART)
+        print(f"\nwrote {args.out / RESULT_JSON}, {args.out / RESULT_TABLE}, "
+              f"{args.out / RESULT_CHART}")
+        return 0
+
+    return run_cli(prog, body)

@@ -1,0 +1,276 @@
+"""The whole benchmark: cold start, interleaved workload windows, memory run, install size.
+
+Order matters on a small shared machine: cold starts first and alone; then every system's
+process is started (in parallel) and kept; windows are interleaved (round -> workload ->
+system) so that a burst of load from elsewhere hits every system alike; the summary takes the
+median over rounds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from service.bundle import load_manifest
+
+from . import install_size, workloads
+from .server import BatchCounters, Server
+from .stats import Window, median
+from .targets import Target, evaluate
+from .worker import Worker
+
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long each part runs; `quick` is a seconds-long smoke run for tests."""
+
+    window_s: float = 3.0  # one system on one workload, per round
+    rounds: int = 2  # interleaved rounds; the summary is the median
+    # A window also stops after this many requests: bounds the c=1 workload on a fast box.
+    max_requests: int = 100_000
+    warmup: int = 8  # untimed requests (or in-process batches) before each window
+    memory_s: float = 120.0  # the issue's 2-minute mixed-length load
+    memory_sample_s: float = 5.0  # RSS sampled between windows of this length
+    cold_runs: int = 5  # cold starts; the median is reported
+    create_runtime_venv: bool = True  # build .venv-runtime when missing
+
+    @staticmethod
+    def quick() -> Plan:
+        return Plan(window_s=0.25, rounds=1, max_requests=200, warmup=2, memory_s=1.0,
+                    memory_sample_s=0.25, cold_runs=1, create_runtime_venv=False)
+
+
+@dataclass
+class Config:
+    int8: Path
+    out: Path
+    fp32: Path | None = None
+    source: Path | None = None  # sentence-transformers folder for the torch baseline
+    plan: Plan = field(default_factory=Plan)
+    quick: bool = False
+    server_args: Sequence[str] = ()  # passed to every service started (tuning runs)
+    memory_reference_args: Sequence[str] | None = None
+    encoding: str = "base64"
+    runtime_venv: Path = install_size.RUNTIME_VENV
+
+
+Say = Callable[[str], None]
+
+
+def _say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def _mb(value: int) -> float:
+    return round(value / MB, 1)
+
+
+def _summary(windows: list[Window]) -> dict[str, Any]:
+    return {
+        "throughput": round(median([w.throughput for w in windows]), 2),
+        "p50_ms": round(median([w.p50_ms for w in windows]), 3),
+        "p90_ms": round(median([w.p90_ms for w in windows]), 3),
+        "p99_ms": round(median([w.p99_ms for w in windows]), 3),
+        "requests": sum(w.requests for w in windows),
+        "inputs": sum(w.inputs for w in windows),
+        "errors": sum(w.errors for w in windows),
+        "first_error": next((w.first_error for w in windows if w.first_error), ""),
+        "windows": [round(w.throughput, 2) for w in windows],
+    }
+
+
+def cold_start(bundle: Path, model_id: str, runs: int, logs: Path,
+               extra: Sequence[str]) -> dict[str, Any]:
+    times = []
+    for i in range(runs):
+        with Server(bundle, logs / f"cold-{i}.log", extra) as server:
+            times.append(server.first_embedding(model_id, "How long does a cold start take?"))
+    return {"runs_s": [round(t, 3) for t in times], "median_s": round(median(times), 3)}
+
+
+def memory_run(server: Server, warm: int, model_id: str, plan: Plan, wl_file: Path,
+               logs: Path, encoding: str, tag: str, say: Say) -> dict[str, Any]:
+    """A fresh server under the mixed stream; RSS at ready (`warm`), between windows, at the end."""
+    client = _client(server, model_id, wl_file, logs, f"memory-{tag}", encoding)
+    try:
+        samples: list[tuple[float, float]] = [(0.0, _mb(warm))]
+        inputs, seconds = 0, 0.0
+        while seconds < plan.memory_s:
+            w = client.measure("mixed", plan.memory_sample_s, plan.max_requests * 100, 0)
+            if w.errors:
+                say(f"memory run ({tag}): {w.errors} failed requests: {w.first_error}")
+            inputs += w.inputs
+            seconds += w.seconds
+            samples.append((round(seconds, 2), _mb(server.rss())))
+    finally:
+        client.close()
+    after = server.rss()
+    return {"args": list(server.extra_args), "seconds": round(seconds, 1),
+            "rss_warm_mb": _mb(warm), "rss_after_mb": _mb(after),
+            "rss_peak_mb": max(s[1] for s in samples),
+            "throughput": round(inputs / seconds, 2) if seconds else 0.0, "samples": samples}
+
+
+def fresh_memory_run(bundle: Path, model_id: str, plan: Plan, wl_file: Path, logs: Path,
+                     extra: Sequence[str], encoding: str, tag: str, say: Say) -> dict[str, Any]:
+    with Server(bundle, logs / f"memory-{tag}.log", extra) as server:
+        server.wait_ready()
+        return memory_run(server, server.rss(), model_id, plan, wl_file, logs, encoding, tag, say)
+
+
+def _client(server: Server, model_id: str, wl_file: Path, logs: Path, name: str,
+            encoding: str) -> Worker:
+    return Worker(name, [sys.executable, "-m", "bench.client", "--url", server.url,
+                         "--model", model_id, "--workloads", str(wl_file),
+                         "--encoding", encoding], logs / f"{name}.log")
+
+
+def _inproc(kind: str, model: Path, wl_file: Path, logs: Path, name: str) -> Worker:
+    return Worker(name, [sys.executable, "-m", "bench.inproc", "--kind", kind, "--model",
+                         str(model), "--workloads", str(wl_file)], logs / f"{name}.log")
+
+
+def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
+    plan = cfg.plan
+    started = time.time()
+    manifest8 = load_manifest(cfg.int8)
+    manifest32 = load_manifest(cfg.fp32) if cfg.fp32 else None
+    tokenizer = Tokenizer.from_file(str(cfg.int8 / manifest8.tokenizer_file))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    wls = workloads.build(tokenizer, manifest8.max_tokens, quick=cfg.quick)
+    with tempfile.TemporaryDirectory(prefix="edge-embed-bench-") as tmp:
+        logs = Path(tmp)
+        wl_file = logs / "workloads.json"
+        workloads.save(wls, wl_file)
+        result: dict[str, Any] = {
+            "quick": cfg.quick, "plan": plan.__dict__, "encoding": cfg.encoding,
+            "server_args": list(cfg.server_args),
+            "bundles": {"int8": str(cfg.int8), "fp32": str(cfg.fp32) if cfg.fp32 else None,
+                        "source": str(cfg.source) if cfg.source else None},
+            "workloads": workloads.describe(wls, tokenizer),
+        }
+
+        say(f"cold start: {plan.cold_runs} run(s) of the int8 bundle")
+        result["cold_start"] = cold_start(cfg.int8, manifest8.id, plan.cold_runs, logs,
+                                          cfg.server_args)
+
+        say("starting the services and baselines")
+        servers = {"service_int8": Server(cfg.int8, logs / "service_int8.log", cfg.server_args)}
+        # The memory run's server starts now, in parallel with the others, and idles until its
+        # turn: RSS "after warm-up" is taken the moment it reports ready.
+        mem_server = Server(cfg.int8, logs / "memory-default.log", cfg.server_args)
+        if cfg.fp32 and manifest32:
+            servers["service_fp32"] = Server(cfg.fp32, logs / "service_fp32.log",
+                                             cfg.server_args)
+        ids = {"service_int8": manifest8.id,
+               "service_fp32": manifest32.id if manifest32 else ""}
+        workers: dict[str, Worker] = {}
+        try:
+            for name, server in servers.items():
+                workers[name] = _client(server, ids[name], wl_file, logs, f"client_{name}",
+                                        cfg.encoding)
+            workers["ort_int8"] = _inproc("ort", cfg.int8, wl_file, logs, "ort_int8")
+            if cfg.source:
+                workers["st_fp32"] = _inproc("st", cfg.source, wl_file, logs, "st_fp32")
+            rss: dict[str, dict[str, float]] = {}
+            for name, server in servers.items():
+                server.wait_ready()
+                rss[name] = {"ready_mb": _mb(server.rss())}
+            mem_server.wait_ready()
+            mem_warm = mem_server.rss()
+            for worker in workers.values():
+                worker.wait_ready()
+            result["systems"] = list(workers)
+
+            windows: dict[str, dict[str, list[Window]]] = {n: {} for n in workers}
+            counters: dict[str, BatchCounters] = {}
+            for r in range(plan.rounds):
+                for wl in wls:
+                    say(f"round {r + 1}/{plan.rounds}: {wl.name}")
+                    for name, worker in workers.items():
+                        counted = servers["service_int8"] if name == "service_int8" else None
+                        before = counted.counters() if counted else None
+                        w = worker.measure(wl.name, plan.window_s, plan.max_requests,
+                                           plan.warmup)
+                        if before is not None and counted is not None:
+                            diff = counted.counters() - before
+                            counters[wl.name] = diff + counters.get(wl.name, BatchCounters())
+                        if w.errors:
+                            say(f"  {name}: {w.errors} failed requests: {w.first_error}")
+                        windows[name].setdefault(wl.name, []).append(w)
+            for name, server in servers.items():
+                rss[name]["after_load_mb"] = _mb(server.rss())
+            for worker in workers.values():
+                worker.close()
+            for server in servers.values():
+                server.stop()
+            say(f"memory run: {plan.memory_s:.0f} s of the mixed stream on a fresh int8 "
+                "service")
+            memory = memory_run(mem_server, mem_warm, manifest8.id, plan, wl_file, logs,
+                                cfg.encoding, "default", say)
+        finally:
+            for worker in workers.values():
+                worker.close()
+            for server in [*servers.values(), mem_server]:
+                server.stop()
+
+        result["results"] = {n: {wl: _summary(ws) for wl, ws in by_wl.items()}
+                             for n, by_wl in windows.items()}
+        result["rss"] = rss
+        result["batches"] = {wl: {"padding_share": _round(c.padding_share),
+                                  "mean_batch_inputs": _round(c.mean_batch),
+                                  "real_tokens": c.real_tokens,
+                                  "padding_tokens": c.padding_tokens, "batches": c.batches}
+                             for wl, c in counters.items()}
+
+        if cfg.memory_reference_args is not None:
+            say(f"memory run, reference: {' '.join(cfg.memory_reference_args)}")
+            memory["reference"] = fresh_memory_run(
+                cfg.int8, manifest8.id, plan, wl_file, logs,
+                [*cfg.server_args, *cfg.memory_reference_args], cfg.encoding, "reference", say)
+        result["memory"] = memory
+
+    result["install"] = _install(cfg, say)
+    result["targets"] = [t.to_json() for t in _targets(result)]
+    result["seconds"] = round(time.time() - started, 1)
+    return result
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _install(cfg: Config, say: Say) -> dict[str, Any] | None:
+    venv = cfg.runtime_venv
+    if not (venv / "bin" / "python").exists():
+        if not cfg.plan.create_runtime_venv:
+            return None
+        say(f"creating {venv} (the runtime install, no extras) to measure its size")
+        try:
+            install_size.create(venv)
+        except (subprocess.SubprocessError, OSError) as exc:
+            say(f"could not create {venv}: {exc}")
+            return {"error": str(exc)}
+    return install_size.measure(venv)
+
+
+def _targets(result: dict[str, Any]) -> list[Target]:
+    res = result["results"]
+    throughput = {n: {wl: s["throughput"] for wl, s in by.items()} for n, by in res.items()}
+    p50 = {n: {wl: s["p50_ms"] for wl, s in by.items()} for n, by in res.items()}
+    padding = result["batches"].get("mixed", {}).get("padding_share")
+    install = result["install"]
+    return evaluate(throughput, p50, padding, result["memory"],
+                    result["cold_start"]["median_s"],
+                    install.get("runtime_mb") if install else None)

@@ -1,0 +1,123 @@
+"""The targets of the benchmark issue (item 2), each a ratio or figure from one run.
+
+Every target is evaluated to "met", "not met" or "not measured" (a baseline skipped, a metric
+the service does not expose), never silently dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Status = Literal["met", "not met", "not measured"]
+
+# Serving overhead: a naive aiohttp server reached ~0.5 of raw onnxruntime; the aim is 0.9.
+SERVING_EFFICIENCY = 0.9
+# int8 service against sentence-transformers on torch fp32 (what users run by default).
+VS_TORCH_SHORT = 5.0
+VS_TORCH_LONG = 3.5
+# One short sentence over HTTP at concurrency 1.
+LATENCY_C1_P50_MS = 2.0
+# c=16 single sentences, batched across requests, against raw onnxruntime at batch 16.
+C16_VS_RAW_BATCH16 = 0.5
+# Padded tokens as a share of computed tokens on the mixed stream.
+PADDING_SHARE = 0.10
+# RSS after the memory run against RSS after warm-up, and the throughput this may cost.
+RSS_GROWTH = 1.5
+MEMORY_THROUGHPUT_COST = 0.05
+COLD_START_S = 0.5
+RUNTIME_INSTALL_MB = 250.0
+
+
+@dataclass(frozen=True)
+class Target:
+    id: str
+    description: str
+    op: Literal[">=", "<="]
+    threshold: float
+    value: float | None
+    unit: str = ""
+    note: str = ""
+    status: Status = "not measured"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def target(id_: str, description: str, op: Literal[">=", "<="], threshold: float,
+           value: float | None, unit: str = "", note: str = "") -> Target:
+    status: Status = "not measured"
+    if value is not None:
+        ok = value >= threshold if op == ">=" else value <= threshold
+        status = "met" if ok else "not met"
+    return Target(id_, description, op, threshold, value, unit, note, status)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+def evaluate(throughput: dict[str, dict[str, float]], p50_ms: dict[str, dict[str, float]],
+             padding_share: float | None, memory: dict[str, Any] | None,
+             cold_start_s: float | None, install_mb: float | None) -> list[Target]:
+    """`throughput[system][workload]` in inputs/s; `p50_ms[system][workload]` per request."""
+    svc = throughput.get("service_int8", {})
+    raw = throughput.get("ort_int8", {})
+    st = throughput.get("st_fp32", {})
+    eff = {w: _ratio(svc.get(w), raw.get(w)) for w in ("short32", "long8")}
+    measured = [v for v in eff.values() if v is not None]
+    out = [
+        target("serving_efficiency", "int8 service / raw onnxruntime in-process, saturated "
+               "(min of 32 short and 8 long per request)", ">=", SERVING_EFFICIENCY,
+               min(measured) if len(measured) == len(eff) else None, "x",
+               ", ".join(f"{w} {v:.2f}" for w, v in eff.items() if v is not None)),
+        target("vs_torch_short", "int8 service / sentence-transformers torch fp32, "
+               "32 short sentences per request", ">=", VS_TORCH_SHORT,
+               _ratio(svc.get("short32"), st.get("short32")), "x",
+               "" if st else "sentence-transformers not run (no --source)"),
+        target("vs_torch_long", "int8 service / sentence-transformers torch fp32, 8 long texts "
+               "per request", ">=", VS_TORCH_LONG, _ratio(svc.get("long8"), st.get("long8")),
+               "x", "" if st else "sentence-transformers not run (no --source)"),
+        target("latency_c1_p50", "one short sentence over HTTP at concurrency 1: p50",
+               "<=", LATENCY_C1_P50_MS, p50_ms.get("service_int8", {}).get("single_c1"), "ms"),
+        target("c16_vs_raw_batch16", "one short sentence per request at c=16 / raw onnxruntime "
+               "at batch 16", ">=", C16_VS_RAW_BATCH16,
+               _ratio(svc.get("single_c16"), raw.get("single_c16")), "x"),
+        target("padding_share", "padding in formed batches, mixed stream (share of computed "
+               "tokens)", "<=", PADDING_SHARE, padding_share, "",
+               "" if padding_share is not None else "no edge_embed_batch_tokens in /metrics"),
+    ]
+    out.extend(_memory_targets(memory))
+    out.append(target("cold_start", "cold start, int8 bundle: process start -> first embedding "
+                      "(median)", "<=", COLD_START_S, cold_start_s, "s"))
+    out.append(target("runtime_install", "runtime install (site-packages without pip/setuptools)",
+                      "<=", RUNTIME_INSTALL_MB, install_mb, "MB",
+                      "" if install_mb is not None else "no .venv-runtime (make install-runtime)"))
+    return out
+
+
+def _memory_targets(memory: dict[str, Any] | None) -> list[Target]:
+    if memory is None:
+        return [target("memory_rss_growth", "RSS after the mixed-load memory run / after warm-up",
+                       "<=", RSS_GROWTH, None),
+                target("memory_throughput_cost", "throughput cost of the memory bounds",
+                       "<=", MEMORY_THROUGHPUT_COST, None)]
+    growth = _ratio(memory.get("rss_after_mb"), memory.get("rss_warm_mb"))
+    cost: float | None = None
+    note = "needs --memory-reference-arg (a server without the memory bounds) to compare"
+    ref = memory.get("reference")
+    if ref:
+        ratio = _ratio(memory.get("throughput"), ref.get("throughput"))
+        cost = None if ratio is None else 1.0 - ratio
+        note = (f"against a server with {' '.join(ref['args'])}: "
+                f"RSS growth there {ref['rss_after_mb'] / ref['rss_warm_mb']:.2f}x")
+    return [
+        target("memory_rss_growth", f"RSS after {memory['seconds']:.0f} s of mixed load / after "
+               "warm-up", "<=", RSS_GROWTH, growth, "x",
+               f"{memory['rss_warm_mb']:.0f} -> {memory['rss_after_mb']:.0f} MB, "
+               f"peak {memory['rss_peak_mb']:.0f} MB"),
+        target("memory_throughput_cost", "throughput cost of the memory bounds (mixed stream)",
+               "<=", MEMORY_THROUGHPUT_COST, cost, "", note),
+    ]

@@ -1,0 +1,191 @@
+"""The benchmark harness: runs end to end on the tiny bundle (--quick) and writes valid results.
+
+No timing assertions: figures from a seconds-long run on a shared machine mean nothing. What is
+checked is that every part ran (real servers over real HTTP, real onnxruntime, real torch) and
+that the JSON, table and chart carry every workload, system and target.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tokenizers import Tokenizer
+
+from bench import workloads
+from bench.cli import main
+from bench.server import parse_counters
+from bench.stats import percentile
+from bench.targets import evaluate
+from bench.worker import Worker
+
+SYSTEMS = {"service_int8", "service_fp32", "ort_int8"}
+WORKLOADS = {"single_c1", "single_c16", "short32", "long8", "mixed"}
+TARGETS = {"serving_efficiency", "vs_torch_short", "vs_torch_long", "latency_c1_p50",
+           "c16_vs_raw_batch16", "padding_share", "memory_rss_growth", "memory_throughput_cost",
+           "cold_start", "runtime_install"}
+
+
+def _tokenizer(bundle: Path) -> Tokenizer:
+    tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+def _fake_venv(root: Path) -> Path:
+    site = root / "lib" / "python3.11" / "site-packages"
+    (site / "pip").mkdir(parents=True)
+    (site / "pip" / "__init__.py").write_bytes(b"x" * 1000)
+    (site / "onnxruntime").mkdir()
+    (site / "onnxruntime" / "lib.so").write_bytes(b"x" * 3_000_000)
+    (root / "bin").mkdir()
+    (root / "bin" / "python").write_text("")
+    return root
+
+
+def test_quick_run_writes_complete_results(tiny_bundle: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results"
+    venv = _fake_venv(tmp_path / "venv")
+    code = main(["--quick", "--int8", str(tiny_bundle), "--fp32", str(tiny_bundle),
+                 "--out", str(out), "--runtime-venv", str(venv)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    result: dict[str, Any] = json.loads((out / "bench.json").read_text())
+
+    assert set(result["systems"]) == SYSTEMS
+    assert set(result["workloads"]) == WORKLOADS
+    for system in SYSTEMS:
+        for wl in WORKLOADS:
+            summary = result["results"][system][wl]
+            assert summary["errors"] == 0, (system, wl, summary["first_error"])
+            assert summary["throughput"] > 0 and summary["inputs"] > 0, (system, wl)
+            assert 0 < summary["p50_ms"] <= summary["p90_ms"] <= summary["p99_ms"], (system, wl)
+    for info in result["workloads"].values():
+        assert info["requests"] > 0 and info["tokens_mean"] > 0
+    assert result["workloads"]["short32"]["inputs_per_request"] == 32
+    assert result["workloads"]["long8"]["inputs_per_request"] == 8
+
+    assert result["cold_start"]["median_s"] > 0
+    for rss in result["rss"].values():
+        assert rss["ready_mb"] > 0 and rss["after_load_mb"] > 0
+    memory = result["memory"]
+    assert memory["rss_warm_mb"] > 0 and memory["rss_after_mb"] > 0 and memory["throughput"] > 0
+    assert len(memory["samples"]) >= 2
+    # The service reports its batches in /metrics; the mixed stream's padding share is a fraction.
+    mixed = result["batches"]["mixed"]
+    assert mixed["real_tokens"] > 0 and 0 <= mixed["padding_share"] < 1
+    assert result["install"]["runtime_mb"] == 3.0 and result["install"]["venv_tooling_mb"] == 0.0
+
+    targets = {t["id"]: t for t in result["targets"]}
+    assert set(targets) == TARGETS
+    for t in targets.values():
+        assert t["status"] in ("met", "not met", "not measured")
+        if t["value"] is None:
+            assert t["status"] == "not measured"
+        else:
+            ok = t["value"] >= t["threshold"] if t["op"] == ">=" else t["value"] <= t["threshold"]
+            assert t["status"] == ("met" if ok else "not met"), t
+    # No torch source given: those two are honestly unmeasured, not dropped or faked.
+    assert targets["vs_torch_short"]["status"] == "not measured"
+    for tid in ("serving_efficiency", "latency_c1_p50", "c16_vs_raw_batch16", "padding_share",
+                "memory_rss_growth", "cold_start", "runtime_install"):
+        assert targets[tid]["value"] is not None, tid
+
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / "bench.txt").read_text()
+    assert table in printed
+    for tid in TARGETS:
+        assert tid in table
+
+
+def test_torch_baseline_worker_embeds_the_workload(tiny_bundle: Path, tiny_st_model: Path,
+                                                   tmp_path: Path) -> None:
+    wls = workloads.build(_tokenizer(tiny_bundle), 64, quick=True)
+    wl_file = tmp_path / "workloads.json"
+    workloads.save(wls, wl_file)
+    worker = Worker("st", [sys.executable, "-m", "bench.inproc", "--kind", "st", "--model",
+                           str(tiny_st_model), "--workloads", str(wl_file)], tmp_path / "st.log")
+    try:
+        w = worker.measure("short32", 0.2, 3, 1)
+    finally:
+        worker.close()
+    assert w.errors == 0 and 1 <= w.requests <= 3 and w.inputs == 32 * w.requests
+
+
+def test_workloads_are_deterministic_and_sized_in_tokens(tiny_bundle: Path) -> None:
+    tok = _tokenizer(tiny_bundle)
+    first = workloads.build(tok, 64, quick=True)
+    again = workloads.build(tok, 64, quick=True)
+    assert first == again
+    other_seed = workloads.build(tok, 64, quick=True, seed=1)
+    assert other_seed[0].requests != first[0].requests
+    by_name = {w.name: w for w in first}
+    longs = [len(e.ids) for r in by_name["long8"].requests for e in tok.encode_batch(list(r))]
+    # at most the model's limit (never truncated), and close to it
+    assert max(longs) <= 64 and min(longs) >= 48
+    # c=16 in-process baselines run 16 requests as one batch
+    assert all(len(b) == 16 for b in by_name["single_c16"].batches()[:-1])
+    assert {len(r) for r in by_name["short32"].requests} == {32}
+
+
+def test_workloads_round_trip(tmp_path: Path, tiny_bundle: Path) -> None:
+    wls = workloads.build(_tokenizer(tiny_bundle), 64, quick=True)
+    workloads.save(wls, tmp_path / "w.json")
+    assert list(workloads.load(tmp_path / "w.json").values()) == wls
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([], 50) == 0.0
+
+
+def test_parse_counters_sums_models_and_kinds() -> None:
+    text = """# TYPE edge_embed_batch_tokens counter
+edge_embed_batch_tokens_total{kind="real",model="a"} 90.0
+edge_embed_batch_tokens_total{kind="padding",model="a"} 10.0
+edge_embed_batch_tokens_total{kind="real",model="b"} 10.0
+# TYPE edge_embed_batch_size histogram
+edge_embed_batch_size_bucket{le="+Inf",model="a"} 4.0
+edge_embed_batch_size_count{model="a"} 4.0
+edge_embed_batch_size_sum{model="a"} 20.0
+"""
+    c = parse_counters(text)
+    assert c.real_tokens == 100 and c.padding_tokens == 10
+    assert c.padding_share == pytest.approx(10 / 110)
+    assert c.mean_batch == 5.0
+    assert parse_counters("").padding_share is None
+
+
+def test_targets_evaluate_ratios_and_missing_baselines() -> None:
+    thr = {"service_int8": {"short32": 950.0, "long8": 80.0, "single_c16": 600.0},
+           "ort_int8": {"short32": 1000.0, "long8": 100.0, "single_c16": 1000.0}}
+    p50 = {"service_int8": {"single_c1": 1.5}}
+    memory = {"seconds": 120.0, "rss_warm_mb": 100.0, "rss_after_mb": 160.0, "rss_peak_mb": 170.0,
+              "throughput": 95.0,
+              "reference": {"args": ["--x"], "throughput": 100.0, "rss_warm_mb": 100.0,
+                            "rss_after_mb": 500.0}}
+    got = {t.id: t for t in evaluate(thr, p50, 0.05, memory, 0.3, None)}
+    assert got["serving_efficiency"].value == pytest.approx(0.8)  # the worse of the two
+    assert got["serving_efficiency"].status == "not met"
+    assert got["latency_c1_p50"].status == "met"
+    assert got["c16_vs_raw_batch16"].status == "met"
+    assert got["vs_torch_long"].status == "not measured"
+    assert got["memory_rss_growth"].status == "not met"  # 1.6x
+    assert got["memory_throughput_cost"].value == pytest.approx(0.05)
+    assert got["runtime_install"].status == "not measured"
+
+
+def test_cli_refuses_a_missing_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--int8", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--int8" in err and "nope" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
