@@ -1,0 +1,97 @@
+"""`edge-embed quantize BUNDLE --out DIR`: an fp32 bundle -> int8 (CPU) or fp16 (GPU) bundle.
+
+Exit codes: 0 written; 2 bad input (one line on stderr, nothing written); 3 a quality gate
+failed (nothing written, unless --keep-failed, which writes the bundle and still exits 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import cast
+
+from export.tooling import ToolError, run_cli
+from service.bundle import Precision
+
+from .methods import METHODS
+
+
+def _unit(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Quantize an edge-embed fp32 bundle to int8 (CPU) or fp16 (GPU), "
+        "measure it against the fp32 bundle on the repo's evaluation set, and refuse it below "
+        "the quality gates.")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path, help="an fp32 bundle folder "
+                   "(from `edge-embed export`)")
+    p.add_argument("--out", required=True, type=Path, help="the bundle folder to write")
+    p.add_argument("--precision", choices=("int8", "fp16"), default="int8")
+    p.add_argument("--method", choices=METHODS, default="pertoken",
+                   help="int8 scheme: pertoken (default: a scale per token, batch-invariant), "
+                   "blockwise (MatMulNBits 8-bit blocks of 32, near-lossless, slower), dynamic "
+                   "(onnxruntime quantize_dynamic, not batch-invariant: fails the default gate)")
+    p.add_argument("--id", dest="bundle_id", help="the new bundle's id (default: the input's "
+                   "id with the precision instead of -fp32)")
+    p.add_argument("--alias", action="append", default=[], help="another name the service "
+                   "accepts for this model (repeatable)")
+    p.add_argument("--gate-mean", type=_unit, default=0.99, help="minimum mean cosine vs fp32 "
+                   "(default 0.99)")
+    p.add_argument("--gate-nn", type=_unit, default=0.97, help="minimum nearest-neighbour "
+                   "agreement with fp32 (default 0.97)")
+    p.add_argument("--gate-invariance", type=_unit, default=0.9999, help="minimum cosine between "
+                   "an input alone and inside a padded batch (default 0.9999)")
+    p.add_argument("--gate-min", type=_unit, default=None, help="minimum worst-case cosine vs "
+                   "fp32 (default: not gated, but recorded)")
+    p.add_argument("--exclude", default="auto", metavar="auto|none|NAMES",
+                   help="matmuls to keep in fp32: auto (measured on the evaluation set, "
+                   "default), none, or comma-separated MatMul node names")
+    p.add_argument("--no-fuse", action="store_true", help="quantize the graph as exported, "
+                   "without onnxruntime's transformer fusions")
+    p.add_argument("--eval-set", type=Path, help="a JSONL evaluation set (default: the one "
+                   "shipped in quantize/data/eval.jsonl)")
+    p.add_argument("--keep-failed", action="store_true", help="write the bundle even when a "
+                   "gate fails (the exit code is still 3)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "edge-embed quantize") -> int:
+    args = parser(prog).parse_args(argv)
+
+    def body() -> int:
+        from service.bundle import _ID_RE
+
+        from .build import EXIT_GATE, GateFailed, Gates, QuantizeOptions, run
+
+        if args.bundle_id is not None and not _ID_RE.match(args.bundle_id):
+            raise ToolError(f"--id '{args.bundle_id}' must be 1-128 letters, digits or ._:/- "
+                            "characters")
+        if args.precision == "fp16" and args.method != "pertoken":
+            raise ToolError("--method applies to int8 only; fp16 has one method")
+        opts = QuantizeOptions(
+            bundle=args.bundle, out=args.out, precision=cast(Precision, args.precision),
+            method=args.method, bundle_id=args.bundle_id, aliases=tuple(args.alias),
+            gates=Gates(mean=args.gate_mean, nn=args.gate_nn, invariance=args.gate_invariance,
+                        min=args.gate_min),
+            exclude=args.exclude, fuse=not args.no_fuse, eval_set=args.eval_set,
+            force=args.force, keep_failed=args.keep_failed, quiet=args.quiet)
+        try:
+            return run(opts)
+        except GateFailed as exc:
+            what = (f"kept {args.out} anyway (--keep-failed)" if exc.kept
+                    else "no bundle written (--keep-failed writes it anyway)")
+            print(f"{prog}: quality gate failed: {exc}; {what}", file=sys.stderr)
+            return EXIT_GATE
+
+    return run_cli(prog, body)

@@ -1,0 +1,61 @@
+"""The evaluation set kept in the repo (quantize/data/eval.jsonl): what candidates are judged on.
+
+One JSON object per line: {"id", "kind": para|word|long|multi, "text", "pair"}. Kinds matter
+because int8 fails unevenly: one-word inputs are the usual worst case, long inputs the slowest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from export.tooling import ToolError
+
+DEFAULT_EVAL_SET = Path(__file__).resolve().parent / "data" / "eval.jsonl"
+# How much of the file's sha256 names the set in manifests: enough to tell versions apart.
+_HASH_PREFIX = 12
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    id: str
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    name: str  # "<file name>@<sha256 prefix>", recorded in manifest.quality.eval_set
+    items: tuple[EvalItem, ...]
+
+    @property
+    def texts(self) -> list[str]:
+        return [item.text for item in self.items]
+
+    def kinds(self) -> list[str]:
+        return sorted({item.kind for item in self.items})
+
+
+def load_eval_set(path: Path | None = None) -> EvalSet:
+    path = path or DEFAULT_EVAL_SET
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ToolError(f"cannot read the evaluation set {path}: {exc.strerror}") from None
+    items: list[EvalItem] = []
+    for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            item = EvalItem(str(row["id"]), str(row.get("kind", "para")), str(row["text"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ToolError(f"{path}:{number}: not an evaluation item ({exc})") from None
+        if item.text.strip():
+            items.append(item)
+    if len(items) < 2:
+        raise ToolError(f"{path}: needs at least two non-empty items")
+    digest = hashlib.sha256(raw).hexdigest()[:_HASH_PREFIX]
+    return EvalSet(f"{path.name}@{digest}", tuple(items))

@@ -1,0 +1,180 @@
+"""How far a candidate bundle is from its fp32 reference, and whether its vectors depend on batches.
+
+Both bundles are loaded with the service's own `BundleModel`, so what is measured here is exactly
+what the service will serve (same tokenizer, padding, pooling and session settings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from export.tooling import Reporter
+from service.bundle import Quality
+from service.encoder import BundleModel
+from service.pooling import F32
+from service.runtime import RuntimeOptions
+
+from .evalset import EvalSet
+
+# Batch-invariance probe: each probe input alone vs inside a padded batch of this many rows
+# (the issue's measurement: 17, one of them long, gave cosine 0.959 for dynamic int8).
+INVARIANCE_BATCH = 17
+# How many inputs are probed; spread over the kinds. 16 probes x 1 batch of 17 (with a 256-token
+# mate) costs ~2 s on 2 cores for MiniLM int8, inside `make model`'s two-minute budget.
+INVARIANCE_PROBES = 16
+# Worst cases listed per kind in the report and manifest.
+WORST_PER_KIND = 3
+
+
+@dataclass(frozen=True)
+class KindStats:
+    n: int
+    cosine_min: float
+    cosine_mean: float
+    worst: tuple[tuple[str, float], ...]  # (item id, cosine), worst first
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    eval_set: str
+    n_inputs: int
+    cosine_min: float
+    cosine_mean: float
+    nn_agreement: float
+    batch_invariance_min: float
+    reference_invariance_min: float  # the fp32 bundle's own, for scale
+    batch_invariance_max_abs_diff: float
+    max_abs_diff: float
+    per_kind: dict[str, KindStats] = field(default_factory=dict)
+
+    def quality(self) -> Quality:
+        return Quality(reference="fp32-bundle", eval_set=self.eval_set, n_inputs=self.n_inputs,
+                       cosine_min=round(self.cosine_min, 6),
+                       cosine_mean=round(self.cosine_mean, 6),
+                       nn_agreement=round(self.nn_agreement, 6),
+                       batch_invariance_min=round(self.batch_invariance_min, 7),
+                       max_abs_diff=round(self.max_abs_diff, 6))
+
+    def per_kind_json(self) -> dict[str, dict[str, object]]:
+        return {kind: {"n": s.n, "cosine_min": round(s.cosine_min, 6),
+                       "cosine_mean": round(s.cosine_mean, 6),
+                       "worst": [[i, round(c, 6)] for i, c in s.worst]}
+                for kind, s in self.per_kind.items()}
+
+
+def cosines(a: F32, b: F32) -> npt.NDArray[np.float64]:
+    """Row-wise cosine of two [n, d] arrays, in float64: in float32 a vector's cosine with an
+    identical copy reads 0.99999988, which would blur an invariance gate at 0.9999999."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    na = np.linalg.norm(a64, axis=1)
+    nb = np.linalg.norm(b64, axis=1)
+    out: npt.NDArray[np.float64] = (a64 * b64).sum(axis=1) / np.maximum(na * nb, 1e-300)
+    return np.minimum(out, 1.0)
+
+
+def nearest_neighbours(vectors: F32) -> np.ndarray:
+    """Index of each row's most similar other row (cosine)."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    return np.asarray(sims.argmax(axis=1))
+
+
+def nn_agreement(reference: F32, candidate: F32) -> float:
+    return float((nearest_neighbours(reference) == nearest_neighbours(candidate)).mean())
+
+
+def probe_indices(eval_set: EvalSet, count: int = INVARIANCE_PROBES) -> list[int]:
+    """Probe inputs spread over the kinds, deterministic, so every run probes the same ones."""
+    by_kind: dict[str, list[int]] = {}
+    for index, item in enumerate(eval_set.items):
+        by_kind.setdefault(item.kind, []).append(index)
+    chosen: list[int] = []
+    lists = list(by_kind.values())
+    step = 0
+    while len(chosen) < min(count, len(eval_set.items)):
+        for indices in lists:
+            pick = step * 7  # a stride, so that consecutive ids (often near-duplicates) are skipped
+            if pick < len(indices) and len(chosen) < count:
+                chosen.append(indices[pick])
+        step += 1
+        if step * 7 >= max(len(x) for x in lists):
+            break
+    return chosen
+
+
+@dataclass(frozen=True)
+class Invariance:
+    cosine_min: float
+    max_abs_diff: float  # over normalized vectors: 0.0 when the batch changes nothing at all
+
+
+def batch_invariance(model: BundleModel, texts: Sequence[str], probes: Sequence[int],
+                     batch: int = INVARIANCE_BATCH) -> Invariance:
+    """Min cosine between each probe embedded alone and inside a padded mixed-length batch.
+
+    The batch-mates are the set's longest input (so the batch is padded to the model's limit),
+    its shortest, and others spread over the length range: the worst neighbours a caller's text
+    can get in the service's micro-batches.
+    """
+    tokens = model.tokenizer.encode(list(texts))
+    by_length = sorted(range(len(tokens)), key=lambda i: len(tokens[i].ids))
+    stride = max(1, len(by_length) // (batch - 1))
+    mates_all = [by_length[-1], by_length[0], *by_length[stride::stride]]
+    worst, diff = 1.0, 0.0
+    for slot, probe in enumerate(probes):
+        mates = [i for i in mates_all if i != probe][: batch - 1]
+        rows = [tokens[i].ids for i in mates]
+        position = slot % (len(rows) + 1)  # vary where the probe sits in the batch
+        rows.insert(position, tokens[probe].ids)
+        alone = model.finish(model.run([tokens[probe].ids]))
+        together = model.finish(model.run(rows)[position: position + 1])
+        worst = min(worst, float(cosines(alone, together)[0]))
+        diff = max(diff, float(np.abs(alone - together).max()))
+    return Invariance(worst, diff)
+
+
+def embed_all(model: BundleModel, texts: Sequence[str]) -> F32:
+    """Pooled vectors (before normalization), in the service's sorted batches."""
+    return model.embed(texts)
+
+
+def evaluate(reference: Path, candidate: Path, eval_set: EvalSet,
+             reporter: Reporter | None = None,
+             options: RuntimeOptions | None = None,
+             reference_vectors: F32 | None = None) -> Evaluation:
+    reporter = reporter or Reporter(quiet=True)
+    texts = eval_set.texts
+    ref_model = BundleModel(reference, options)
+    cand_model = BundleModel(candidate, options)
+    reporter.step(f"evaluating against {reference.name} on {eval_set.name} "
+                  f"({len(texts)} inputs)")
+    ref = reference_vectors if reference_vectors is not None else embed_all(ref_model, texts)
+    cand = embed_all(cand_model, texts)
+    cos = cosines(ref, cand)
+    per_kind: dict[str, KindStats] = {}
+    kinds = np.array([item.kind for item in eval_set.items])
+    for kind in eval_set.kinds():
+        idx = np.flatnonzero(kinds == kind)
+        order = idx[np.argsort(cos[idx])][:WORST_PER_KIND]
+        per_kind[kind] = KindStats(
+            n=len(idx), cosine_min=float(cos[idx].min()), cosine_mean=float(cos[idx].mean()),
+            worst=tuple((eval_set.items[i].id, float(cos[i])) for i in order))
+    reporter.step("checking batch invariance (alone vs inside a padded batch of "
+                  f"{INVARIANCE_BATCH})")
+    probes = probe_indices(eval_set)
+    invariance = batch_invariance(cand_model, texts, probes)
+    return Evaluation(
+        eval_set=eval_set.name, n_inputs=len(texts),
+        cosine_min=float(cos.min()), cosine_mean=float(cos.mean()),
+        nn_agreement=nn_agreement(ref, cand),
+        batch_invariance_min=invariance.cosine_min,
+        reference_invariance_min=batch_invariance(ref_model, texts, probes[:4]).cosine_min,
+        batch_invariance_max_abs_diff=invariance.max_abs_diff,
+        max_abs_diff=float(np.abs(ref - cand).max()),
+        per_kind=per_kind)

@@ -1,0 +1,126 @@
+"""The quantization methods: each turns an fp32 graph into a smaller or faster one.
+
+- pertoken (int8 default): per-channel int8 weights, a scale per activation row; batch-invariant.
+- blockwise: onnxruntime's MatMulNBits, 8 bits, blocks of 32, accuracy level 4: near-lossless.
+- dynamic: onnxruntime's quantize_dynamic per-channel, for comparison; its activation scale is
+  taken over the whole batch, so it fails the default batch-invariance gate.
+- fp16: onnxruntime's float16 conversion (inputs and outputs kept fp32), for GPU bundles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from .graph import weight_matmuls
+from .pertoken import A_ZERO_POINT, QMAX, quantize_pertoken
+
+METHODS = ("pertoken", "blockwise", "dynamic")
+# MatMulNBits settings: 8 bits in blocks of 32 measured mean 0.9995 / min 0.998 on MiniLM (issue
+# 2); accuracy level 4 computes in int8 on the CPU (the fast path for 8-bit blocks).
+BLOCK_BITS = 8
+BLOCK_SIZE = 32
+BLOCK_ACCURACY_LEVEL = 4
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime() -> Iterator[None]:
+    """onnxruntime's quantizers log every node at INFO and warn about pre-processing we do not
+    want (FINDINGS.md: quant_pre_process fails on opset-18 exports); the tool reports itself."""
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime"),
+               logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+@dataclass(frozen=True)
+class Quantized:
+    model: onnx.ModelProto
+    params: dict[str, Any] = field(default_factory=dict)
+    quantized_nodes: int = 0
+
+
+def pertoken(model: onnx.ModelProto, exclude: list[str]) -> Quantized:
+    result = quantize_pertoken(model, exclude)
+    return Quantized(result.model, {
+        "weights": "int8, symmetric, one scale per output column",
+        "activations": "uint8, symmetric around 128, one scale per row (token) from its max |x|",
+        "kernel": "com.microsoft.MatMulIntegerToFloat",
+        "qmax": QMAX, "activation_zero_point": A_ZERO_POINT,
+        "shared_quantizers": result.shared_inputs,
+    }, len(result.quantized))
+
+
+def blockwise(model: onnx.ModelProto, exclude: list[str]) -> Quantized:
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    config = DefaultWeightOnlyQuantConfig(block_size=BLOCK_SIZE, is_symmetric=True,
+                                          accuracy_level=BLOCK_ACCURACY_LEVEL, bits=BLOCK_BITS)
+    quantizer = MatMulNBitsQuantizer(model, bits=BLOCK_BITS, block_size=BLOCK_SIZE,
+                                     is_symmetric=True, accuracy_level=BLOCK_ACCURACY_LEVEL,
+                                     nodes_to_exclude=list(exclude), algo_config=config)
+    with _quiet_onnxruntime():
+        quantizer.process()
+    out: onnx.ModelProto = quantizer.model.model
+    count = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits")
+    return Quantized(out, {"kernel": "com.microsoft.MatMulNBits", "bits": BLOCK_BITS,
+                           "block_size": BLOCK_SIZE, "accuracy_level": BLOCK_ACCURACY_LEVEL,
+                           "symmetric": True}, count)
+
+
+def dynamic(model: onnx.ModelProto, exclude: list[str]) -> Quantized:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    candidates = {m.name for m in weight_matmuls(model)}
+    with tempfile.TemporaryDirectory(prefix="edge-embed-dynamic-") as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save(model, str(src))
+        with _quiet_onnxruntime():
+            quantize_dynamic(
+                src, dst, per_channel=True, weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul"],
+                nodes_to_quantize=sorted(candidates - set(exclude)),
+                # A fused graph has tensors without a recorded type; without a default the
+                # quantizer stops at "Unable to find data type for weight_name" (FINDINGS.md).
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        out = onnx.load(str(dst))
+    count = sum(1 for n in out.graph.node
+                if n.op_type in ("DynamicQuantizeMatMul", "MatMulInteger", "MatMulIntegerToFloat"))
+    return Quantized(out, {"kernel": "onnxruntime quantize_dynamic", "per_channel": True,
+                           "weights": "int8", "activations": "uint8, one scale per batch"},
+                     count)
+
+
+def float16(model: onnx.ModelProto) -> Quantized:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    out = convert_float_to_float16(onnx.ModelProto.FromString(model.SerializeToString()),
+                                   keep_io_types=True)
+    return Quantized(out, {"kernel": "onnxruntime.transformers.float16", "keep_io_types": True},
+                     0)
+
+
+def apply(method: str, model: onnx.ModelProto, exclude: list[str]) -> Quantized:
+    if method == "pertoken":
+        return pertoken(model, exclude)
+    if method == "blockwise":
+        return blockwise(model, exclude)
+    if method == "dynamic":
+        return dynamic(model, exclude)
+    raise ValueError(f"unknown method {method}")

@@ -1,0 +1,218 @@
+"""Per-token int8: a scale per activation row, so a vector never depends on its batch-mates.
+
+onnxruntime's `quantize_dynamic` takes one activation scale over the whole padded batch, so one
+long or loud batch-mate changes everyone's rounding (measured: cosine alone vs batched down to
+0.959 on MiniLM). Here every row (token) gets its own scale from its own max |x|, built from
+standard operators plus onnxruntime's `MatMulIntegerToFloat`:
+
+    x2 = Reshape(x, [-1, K]);  s = max(ReduceMax(|x2|, axis 1) / 127, eps)        [N, 1]
+    q  = QuantizeLinear(x2, s, 128, axis 0)   (uint8 around 128: the u8 x s8 VNNI path)
+    y  = MatMulIntegerToFloat(q, W8, a_scale=s, b_scale=w_scale, a_zp=128) + bias
+
+`MatMulIntegerToFloat` accepts an A scale of shape [..., 1] (rows) and then rescales its output
+row by row (onnxruntime contrib_ops/cpu/quantization/dynamic_quantize_matmul.cc, `ScaleOutput`);
+the bias stays in the graph's own `Add`, after the row scale, where it belongs. One quantized
+input is shared by every matmul that reads the same tensor (Q, K and V).
+
+Weights are int8, symmetric, one scale per output column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .graph import (
+    F32,
+    MS_DOMAIN,
+    WeightMatMul,
+    default_opset,
+    drop_unused_initializers,
+    ensure_node_names,
+    has_opset,
+    weight_array,
+    weight_matmuls,
+)
+
+I8 = npt.NDArray[np.int8]
+# Symmetric int8 range; -128 is left out so that +x and -x round to mirror images.
+QMAX = 127.0
+# Activation zero point for uint8 rows: MLAS's fast VNNI kernels multiply u8 by s8.
+A_ZERO_POINT = 128
+# Floor for a row's scale: an all-zero row must not divide by zero (1e-8 is far below any real
+# activation's max/127 and far above float32's smallest normal number).
+MIN_SCALE = 1e-8
+SWITCH_PREFIX = "edge_embed_fp32__"
+
+
+@dataclass(frozen=True)
+class PerTokenResult:
+    model: onnx.ModelProto
+    quantized: tuple[str, ...]  # MatMul node names now in int8
+    excluded: tuple[str, ...]  # candidate MatMuls left in fp32
+    shared_inputs: int  # quantizer blocks (activation tensors quantized once, read by several)
+    switches: dict[str, str] = field(default_factory=dict)  # node name -> bool input name
+
+
+def quantize_weight(w: F32) -> tuple[I8, F32]:
+    """Per-output-column symmetric int8: W ≈ Wq * scale[column]."""
+    amax = np.abs(w).max(axis=0)
+    scale = np.where(amax > 0, amax / QMAX, 1.0).astype(np.float32)
+    wq = np.clip(np.rint(w / scale), -QMAX, QMAX).astype(np.int8)
+    return wq, scale
+
+
+class _Builder:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.opset = default_opset(model)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def name(self, base: str) -> str:
+        self._count += 1
+        return f"edge_embed_q/{base}_{self._count}"
+
+    def const(self, base: str, value: npt.NDArray[np.generic]) -> str:
+        name = self.name(base)
+        self.inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], base: str, domain: str = "",
+             **attrs: Any) -> str:
+        out = self.name(base)
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out + "/node",
+                                           domain=domain, **attrs))
+        return out
+
+    def row_max(self, x: str) -> str:
+        if self.opset >= 18:
+            axes = self.const("axes", np.array([1], dtype=np.int64))
+            return self.node("ReduceMax", [x, axes], "rowmax", keepdims=1)
+        return self.node("ReduceMax", [x], "rowmax", axes=[1], keepdims=1)
+
+    def quantize_rows(self, x: str, k: int) -> tuple[str, str]:
+        """uint8 rows of `x` (same shape as x) and their scales (x's shape with last dim 1)."""
+        shape = self.node("Shape", [x], "shape")
+        lead = self.node("Slice", [shape, self.const("zero", np.array([0], dtype=np.int64)),
+                                   self.const("minus1", np.array([-1], dtype=np.int64))], "lead")
+        flat = self.node("Reshape", [x, self.const("rows", np.array([-1, k], dtype=np.int64))],
+                         "flat")
+        amax = self.row_max(self.node("Abs", [flat], "abs"))
+        scaled = self.node("Mul", [amax, self.const("inv_qmax",
+                                                    np.array(1.0 / QMAX, dtype=np.float32))],
+                           "scale_raw")
+        scale = self.node("Max", [scaled, self.const("min_scale",
+                                                     np.array(MIN_SCALE, dtype=np.float32))],
+                          "scale")
+        scale_1d = self.node("Reshape", [scale, self.const("flat1", np.array([-1], np.int64))],
+                             "scale_1d")
+        zp_value = helper.make_tensor("zp", TensorProto.UINT8, [1], [A_ZERO_POINT])
+        zero_points = self.node("ConstantOfShape", [self.node("Shape", [scale_1d], "nrows")],
+                                "zp", value=zp_value)
+        q_flat = self.node("QuantizeLinear", [flat, scale_1d, zero_points], "q", axis=0)
+        q = self.node("Reshape", [q_flat, shape], "q_rows")
+        scale_shape = self.node("Concat", [lead, self.const("one", np.array([1], np.int64))],
+                                "scale_shape", axis=0)
+        row_scale = self.node("Reshape", [scale, scale_shape], "row_scale")
+        return q, row_scale
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Tensor shapes: onnxruntime's symbolic inference knows its fused contrib ops; ONNX's own
+    is the fallback (the symbolic one gives up on some opset-18 exports, see FINDINGS.md)."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        if inferred is not None:
+            return cast(onnx.ModelProto, inferred)
+    except Exception:  # any failure there just means: use ONNX's inference
+        pass
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
+                      switches: bool = False) -> PerTokenResult:
+    """A copy of `model` with every weight MatMul not in `exclude` in per-token int8.
+
+    With `switches`, each quantized MatMul also keeps its fp32 twin and a bool graph input
+    chooses between them: one session then measures any subset of nodes left in fp32, which is
+    what the sensitivity search needs (building a session per subset would cost minutes).
+    """
+    # Shapes of the fp32 graph's tensors, inferred while every operator is still a standard one
+    # (ONNX cannot infer through com.microsoft ops): onnxruntime's own fusions (SkipLayerNorm,
+    # BiasGelu) check ranks and refuse tensors of unknown shape.
+    model = infer_shapes(model)
+    ensure_node_names(model)
+    shapes = {v.name: v for v in model.graph.value_info}
+    excluded = set(exclude)
+    candidates = weight_matmuls(model)
+    unknown = excluded - {c.name for c in candidates}
+    if unknown:
+        raise ValueError(f"not a weight MatMul of this graph: {', '.join(sorted(unknown))}")
+    chosen = [c for c in candidates if c.name not in excluded]
+    by_node = {c.name: c for c in chosen}
+    b = _Builder(model)
+    has_opset(model, MS_DOMAIN, 1)
+    rows: dict[str, tuple[str, str]] = {}
+    switch_inputs: dict[str, str] = {}
+    new_nodes: list[onnx.NodeProto] = []
+    zp = b.const("a_zp", np.array(A_ZERO_POINT, dtype=np.uint8))
+    for node in model.graph.node:
+        mm: WeightMatMul | None = by_node.get(node.name)
+        if mm is None:
+            new_nodes.append(node)
+            continue
+        if mm.activation not in rows:
+            start = len(b.nodes)
+            rows[mm.activation] = b.quantize_rows(mm.activation, mm.k)
+            _describe(model, shapes.get(mm.activation), *rows[mm.activation])
+            new_nodes.extend(b.nodes[start:])
+        q, row_scale = rows[mm.activation]
+        wq, w_scale = quantize_weight(weight_array(model, mm.weight))
+        wq_name = b.const("w_int8", wq)
+        ws_name = b.const("w_scale", w_scale)
+        target = mm.output
+        if switches:
+            fp32_out = b.name("fp32_out")
+            node.output[0] = fp32_out
+            new_nodes.append(node)
+            target = b.name("int8_out")
+        new_nodes.append(helper.make_node(
+            "MatMulIntegerToFloat", [q, wq_name, row_scale, ws_name, zp], [target],
+            name=b.name("mm") + "/" + mm.name, domain=MS_DOMAIN))
+        if switches:
+            flag = SWITCH_PREFIX + str(len(switch_inputs))
+            switch_inputs[mm.name] = flag
+            model.graph.input.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
+            new_nodes.append(helper.make_node("Where", [flag, fp32_out, target], [mm.output],
+                                              name=b.name("switch")))
+        b.nodes = []
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    model.graph.initializer.extend(b.inits)
+    if not switches:
+        drop_unused_initializers(model)
+    return PerTokenResult(model=model, quantized=tuple(c.name for c in chosen),
+                          excluded=tuple(c.name for c in candidates if c.name in excluded),
+                          shared_inputs=len(rows), switches=switch_inputs)
+
+
+def _describe(model: onnx.ModelProto, source: onnx.ValueInfoProto | None, q: str,
+              row_scale: str) -> None:
+    """Value info for a quantizer's outputs, copied from the activation's inferred shape."""
+    if source is None or not source.type.tensor_type.HasField("shape"):
+        return
+    dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
+            for d in source.type.tensor_type.shape.dim]
+    model.graph.value_info.append(helper.make_tensor_value_info(q, TensorProto.UINT8, dims))
+    model.graph.value_info.append(
+        helper.make_tensor_value_info(row_scale, TensorProto.FLOAT, [*dims[:-1], 1]))
