@@ -18,10 +18,6 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def _ratio(a: float | None, b: float | None) -> str:
-    return "-" if a is None or not b else f"{a / b:.2f}x"
-
-
 def _grid(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = "  ".join("-" * w for w in widths)
@@ -37,6 +33,11 @@ def _grid(header: list[str], rows: list[list[str]]) -> str:
 def table(result: dict[str, Any]) -> str:
     res: dict[str, dict[str, dict[str, Any]]] = result["results"]
     svc = res.get("service_int8", {})
+    ratios: dict[str, dict[str, float]] = result.get("ratios", {})
+
+    def ratio(wl: str, other: str) -> str:
+        value = ratios.get(wl, {}).get(f"service_int8/{other}")
+        return "-" if value is None else f"{value:.2f}x"
 
     def thr(system: str, wl: str) -> float | None:
         value = res.get(system, {}).get(wl, {}).get("throughput")
@@ -50,11 +51,11 @@ def table(result: dict[str, Any]) -> str:
         rows.append([
             info["title"], _fmt(thr("service_int8", wl)), _fmt(s.get("p50_ms"), 2),
             _fmt(s.get("p99_ms"), 2), _fmt(thr("ort_int8", wl)),
-            _ratio(thr("service_int8", wl), thr("ort_int8", wl)), _fmt(thr("service_fp32", wl)),
-            _ratio(thr("service_int8", wl), thr("service_fp32", wl)), _fmt(thr("st_fp32", wl)),
-            _ratio(thr("service_int8", wl), thr("st_fp32", wl)),
+            ratio(wl, "ort_int8"), _fmt(thr("service_fp32", wl)), ratio(wl, "service_fp32"),
+            _fmt(thr("st_fp32", wl)), ratio(wl, "st_fp32"),
         ])
-    parts = [_grid(header, rows)]
+    parts = [_grid(header, rows) + "\n(throughput: median over rounds; ratios: median of "
+             "ratios of back-to-back windows)"]
 
     facts = []
     cold = result.get("cold_start")

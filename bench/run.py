@@ -34,8 +34,10 @@ MB = 1e6
 class Plan:
     """How long each part runs; `quick` is a seconds-long smoke run for tests."""
 
-    window_s: float = 3.0  # one system on one workload, per round
-    rounds: int = 2  # interleaved rounds; the summary is the median
+    # One system on one workload, per round. Short windows, more rounds: on a shared machine a
+    # burst of load from elsewhere then spoils one pair of windows, not a whole system.
+    window_s: float = 1.5
+    rounds: int = 3  # interleaved rounds; the summary is the median
     # A window also stops after this many requests: bounds the c=1 workload on a fast box.
     max_requests: int = 100_000
     warmup: int = 8  # untimed requests (or in-process batches) before each window
@@ -227,6 +229,7 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
 
         result["results"] = {n: {wl: _summary(ws) for wl, ws in by_wl.items()}
                              for n, by_wl in windows.items()}
+        result["ratios"] = _paired_ratios(windows)
         result["rss"] = rss
         result["batches"] = {wl: {"padding_share": _round(c.padding_share),
                                   "mean_batch_inputs": _round(c.mean_batch),
@@ -245,6 +248,24 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
     result["targets"] = [t.to_json() for t in _targets(result)]
     result["seconds"] = round(time.time() - started, 1)
     return result
+
+
+# The ratios the report and the targets use: the int8 service against each other system.
+PAIRS = (("service_int8", "ort_int8"), ("service_int8", "st_fp32"),
+         ("service_int8", "service_fp32"))
+
+
+def _paired_ratios(windows: dict[str, dict[str, list[Window]]]) -> dict[str, dict[str, float]]:
+    """Median over rounds of a/b measured back to back: robust to load from elsewhere."""
+    out: dict[str, dict[str, float]] = {}
+    for a, b in PAIRS:
+        for wl, mine in windows.get(a, {}).items():
+            theirs = windows.get(b, {}).get(wl, [])
+            per_round = [x.throughput / y.throughput for x, y in zip(mine, theirs, strict=False)
+                         if y.throughput > 0]
+            if per_round:
+                out.setdefault(wl, {})[f"{a}/{b}"] = round(median(per_round), 4)
+    return out
 
 
 def _round(value: float | None) -> float | None:
@@ -267,10 +288,9 @@ def _install(cfg: Config, say: Say) -> dict[str, Any] | None:
 
 def _targets(result: dict[str, Any]) -> list[Target]:
     res = result["results"]
-    throughput = {n: {wl: s["throughput"] for wl, s in by.items()} for n, by in res.items()}
     p50 = {n: {wl: s["p50_ms"] for wl, s in by.items()} for n, by in res.items()}
     padding = result["batches"].get("mixed", {}).get("padding_share")
     install = result["install"]
-    return evaluate(throughput, p50, padding, result["memory"],
+    return evaluate(result["ratios"], p50, padding, result["memory"],
                     result["cold_start"]["median_s"],
                     install.get("runtime_mb") if install else None)

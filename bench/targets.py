@@ -26,6 +26,7 @@ PADDING_SHARE = 0.10
 RSS_GROWTH = 1.5
 MEMORY_THROUGHPUT_COST = 0.05
 COLD_START_S = 0.5
+NO_TORCH = "sentence-transformers not run (no --source)"
 RUNTIME_INSTALL_MB = 250.0
 
 
@@ -59,14 +60,17 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def evaluate(throughput: dict[str, dict[str, float]], p50_ms: dict[str, dict[str, float]],
+def evaluate(ratios: dict[str, dict[str, float]], p50_ms: dict[str, dict[str, float]],
              padding_share: float | None, memory: dict[str, Any] | None,
              cold_start_s: float | None, install_mb: float | None) -> list[Target]:
-    """`throughput[system][workload]` in inputs/s; `p50_ms[system][workload]` per request."""
-    svc = throughput.get("service_int8", {})
-    raw = throughput.get("ort_int8", {})
-    st = throughput.get("st_fp32", {})
-    eff = {w: _ratio(svc.get(w), raw.get(w)) for w in ("short32", "long8")}
+    """`ratios[workload]["a/b"]`: throughput of system a over b (median of paired windows);
+    `p50_ms[system][workload]`: latency per request."""
+
+    def pair(wl: str, other: str) -> float | None:
+        return ratios.get(wl, {}).get(f"service_int8/{other}")
+
+    svc_st = any(pair(w, "st_fp32") is not None for w in ratios)
+    eff = {w: pair(w, "ort_int8") for w in ("short32", "long8")}
     measured = [v for v in eff.values() if v is not None]
     out = [
         target("serving_efficiency", "int8 service / raw onnxruntime in-process, saturated "
@@ -75,16 +79,15 @@ def evaluate(throughput: dict[str, dict[str, float]], p50_ms: dict[str, dict[str
                ", ".join(f"{w} {v:.2f}" for w, v in eff.items() if v is not None)),
         target("vs_torch_short", "int8 service / sentence-transformers torch fp32, "
                "32 short sentences per request", ">=", VS_TORCH_SHORT,
-               _ratio(svc.get("short32"), st.get("short32")), "x",
-               "" if st else "sentence-transformers not run (no --source)"),
+               pair("short32", "st_fp32"), "x", "" if svc_st else NO_TORCH),
         target("vs_torch_long", "int8 service / sentence-transformers torch fp32, 8 long texts "
-               "per request", ">=", VS_TORCH_LONG, _ratio(svc.get("long8"), st.get("long8")),
-               "x", "" if st else "sentence-transformers not run (no --source)"),
+               "per request", ">=", VS_TORCH_LONG, pair("long8", "st_fp32"),
+               "x", "" if svc_st else NO_TORCH),
         target("latency_c1_p50", "one short sentence over HTTP at concurrency 1: p50",
                "<=", LATENCY_C1_P50_MS, p50_ms.get("service_int8", {}).get("single_c1"), "ms"),
         target("c16_vs_raw_batch16", "one short sentence per request at c=16 / raw onnxruntime "
                "at batch 16", ">=", C16_VS_RAW_BATCH16,
-               _ratio(svc.get("single_c16"), raw.get("single_c16")), "x"),
+               pair("single_c16", "ort_int8"), "x"),
         target("padding_share", "padding in formed batches, mixed stream (share of computed "
                "tokens)", "<=", PADDING_SHARE, padding_share, "",
                "" if padding_share is not None else "no edge_embed_batch_tokens in /metrics"),

@@ -79,6 +79,9 @@ def test_quick_run_writes_complete_results(tiny_bundle: Path, tmp_path: Path,
     # The service reports its batches in /metrics; the mixed stream's padding share is a fraction.
     mixed = result["batches"]["mixed"]
     assert mixed["real_tokens"] > 0 and 0 <= mixed["padding_share"] < 1
+    for wl in WORKLOADS:
+        assert set(result["ratios"][wl]) == {"service_int8/ort_int8", "service_int8/service_fp32"}
+        assert all(v > 0 for v in result["ratios"][wl].values())
     assert result["install"]["runtime_mb"] == 3.0 and result["install"]["venv_tooling_mb"] == 0.0
 
     targets = {t["id"]: t for t in result["targets"]}
@@ -165,14 +168,15 @@ edge_embed_batch_size_sum{model="a"} 20.0
 
 
 def test_targets_evaluate_ratios_and_missing_baselines() -> None:
-    thr = {"service_int8": {"short32": 950.0, "long8": 80.0, "single_c16": 600.0},
-           "ort_int8": {"short32": 1000.0, "long8": 100.0, "single_c16": 1000.0}}
+    ratios = {"short32": {"service_int8/ort_int8": 0.95},
+              "long8": {"service_int8/ort_int8": 0.8},
+              "single_c16": {"service_int8/ort_int8": 0.6}}
     p50 = {"service_int8": {"single_c1": 1.5}}
     memory = {"seconds": 120.0, "rss_warm_mb": 100.0, "rss_after_mb": 160.0, "rss_peak_mb": 170.0,
               "throughput": 95.0,
               "reference": {"args": ["--x"], "throughput": 100.0, "rss_warm_mb": 100.0,
                             "rss_after_mb": 500.0}}
-    got = {t.id: t for t in evaluate(thr, p50, 0.05, memory, 0.3, None)}
+    got = {t.id: t for t in evaluate(ratios, p50, 0.05, memory, 0.3, None)}
     assert got["serving_efficiency"].value == pytest.approx(0.8)  # the worse of the two
     assert got["serving_efficiency"].status == "not met"
     assert got["latency_c1_p50"].status == "met"
