@@ -11,6 +11,7 @@ from service.bundle import BundleError, load_manifest
 from .chart import chart
 from .report import table, write_json
 from .run import Config, Plan, run
+from .workloads import NAMES
 
 RESULT_JSON = "bench.json"
 RESULT_TABLE = "bench.txt"
@@ -29,8 +30,10 @@ def parser(prog: str) -> argparse.ArgumentParser:
                    help="a seconds-long smoke run (tests); figures are not meaningful")
     p.add_argument("--window", type=float, help="seconds per system per workload per round")
     p.add_argument("--rounds", type=int, help="interleaved rounds (median reported)")
-    p.add_argument("--memory-seconds", type=float, help="length of the memory run")
-    p.add_argument("--cold-runs", type=int, help="cold starts measured (median reported)")
+    p.add_argument("--memory-seconds", type=float, help="length of the memory run (0: skip)")
+    p.add_argument("--cold-runs", type=int, help="cold starts measured, median reported (0: skip)")
+    p.add_argument("--workload", action="append", default=[], choices=NAMES,
+                   help="measure only this workload (repeat; tuning runs)")
     p.add_argument("--encoding", choices=("base64", "float"), default="base64",
                    help="encoding_format the client asks for (OpenAI's clients send base64)")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
@@ -63,14 +66,15 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed bench") -> int:
                      "memory_s": args.memory_seconds, "cold_runs": args.cold_runs}
         for key, value in overrides.items():
             if value is not None:
-                if value <= 0:
-                    raise ToolError(f"--{key.split('_')[0]}: must be positive")
+                if value < 0 or (value == 0 and key in ("window_s", "rounds")):
+                    raise ToolError(f"{key}: must be positive (memory and cold runs: 0 skips)")
                 plan = Plan(**{**plan.__dict__, key: value})
         if args.no_install:
             plan = Plan(**{**plan.__dict__, "create_runtime_venv": False})
         cfg = Config(int8=args.int8, out=args.out, fp32=args.fp32, source=args.source, plan=plan,
                      quick=args.quick, server_args=args.server_arg,
-                     memory_reference_args=args.memory_reference_arg, encoding=args.encoding)
+                     memory_reference_args=args.memory_reference_arg, encoding=args.encoding,
+                     only=args.workload)
         if args.runtime_venv is not None:
             cfg.runtime_venv = args.runtime_venv
         args.out.mkdir(parents=True, exist_ok=True)

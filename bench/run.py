@@ -62,6 +62,7 @@ class Config:
     quick: bool = False
     server_args: Sequence[str] = ()  # passed to every service started (tuning runs)
     memory_reference_args: Sequence[str] | None = None
+    only: Sequence[str] = ()  # measure just these workloads (tuning runs); empty: all
     encoding: str = "base64"
     runtime_venv: Path = install_size.RUNTIME_VENV
 
@@ -160,18 +161,24 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
             "server_args": list(cfg.server_args),
             "bundles": {"int8": str(cfg.int8), "fp32": str(cfg.fp32) if cfg.fp32 else None,
                         "source": str(cfg.source) if cfg.source else None},
-            "workloads": workloads.describe(wls, tokenizer),
+            "workloads": workloads.describe(
+                [w for w in wls if not cfg.only or w.name in cfg.only], tokenizer),
         }
 
-        say(f"cold start: {plan.cold_runs} run(s) of the int8 bundle")
-        result["cold_start"] = cold_start(cfg.int8, manifest8.id, plan.cold_runs, logs,
-                                          cfg.server_args)
+        result["cold_start"] = None
+        if plan.cold_runs:
+            say(f"cold start: {plan.cold_runs} run(s) of the int8 bundle")
+            result["cold_start"] = cold_start(cfg.int8, manifest8.id, plan.cold_runs, logs,
+                                              cfg.server_args)
+        measured = [w for w in wls if not cfg.only or w.name in cfg.only]
 
         say("starting the services and baselines")
         servers = {"service_int8": Server(cfg.int8, logs / "service_int8.log", cfg.server_args)}
         # The memory run's server starts now, in parallel with the others, and idles until its
         # turn: RSS "after warm-up" is taken the moment it reports ready.
-        mem_server = Server(cfg.int8, logs / "memory-default.log", cfg.server_args)
+        mem_server = (Server(cfg.int8, logs / "memory-default.log", cfg.server_args)
+                      if plan.memory_s else None)
+        memory: dict[str, Any] | None = None
         if cfg.fp32 and manifest32:
             servers["service_fp32"] = Server(cfg.fp32, logs / "service_fp32.log",
                                              cfg.server_args)
@@ -189,8 +196,10 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
             for name, server in servers.items():
                 server.wait_ready()
                 rss[name] = {"ready_mb": _mb(server.rss())}
-            mem_server.wait_ready()
-            mem_warm = mem_server.rss()
+            mem_warm = 0
+            if mem_server:
+                mem_server.wait_ready()
+                mem_warm = mem_server.rss()
             for worker in workers.values():
                 worker.wait_ready()
             result["systems"] = list(workers)
@@ -198,7 +207,7 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
             windows: dict[str, dict[str, list[Window]]] = {n: {} for n in workers}
             counters: dict[str, BatchCounters] = {}
             for r in range(plan.rounds):
-                for wl in wls:
+                for wl in measured:
                     say(f"round {r + 1}/{plan.rounds}: {wl.name}")
                     for name, worker in workers.items():
                         counted = servers["service_int8"] if name == "service_int8" else None
@@ -217,15 +226,18 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
                 worker.close()
             for server in servers.values():
                 server.stop()
-            say(f"memory run: {plan.memory_s:.0f} s of the mixed stream on a fresh int8 "
-                "service")
-            memory = memory_run(mem_server, mem_warm, manifest8.id, plan, wl_file, logs,
-                                cfg.encoding, "default", say)
+            if mem_server:
+                say(f"memory run: {plan.memory_s:.0f} s of the mixed stream on a fresh int8 "
+                    "service")
+                memory = memory_run(mem_server, mem_warm, manifest8.id, plan, wl_file, logs,
+                                    cfg.encoding, "default", say)
         finally:
             for worker in workers.values():
                 worker.close()
-            for server in [*servers.values(), mem_server]:
+            for server in servers.values():
                 server.stop()
+            if mem_server:
+                mem_server.stop()
 
         result["results"] = {n: {wl: _summary(ws) for wl, ws in by_wl.items()}
                              for n, by_wl in windows.items()}
@@ -237,7 +249,7 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
                                   "padding_tokens": c.padding_tokens, "batches": c.batches}
                              for wl, c in counters.items()}
 
-        if cfg.memory_reference_args is not None:
+        if memory is not None and cfg.memory_reference_args is not None:
             say(f"memory run, reference: {' '.join(cfg.memory_reference_args)}")
             memory["reference"] = fresh_memory_run(
                 cfg.int8, manifest8.id, plan, wl_file, logs,
@@ -292,5 +304,5 @@ def _targets(result: dict[str, Any]) -> list[Target]:
     padding = result["batches"].get("mixed", {}).get("padding_share")
     install = result["install"]
     return evaluate(result["ratios"], p50, padding, result["memory"],
-                    result["cold_start"]["median_s"],
+                    result["cold_start"]["median_s"] if result["cold_start"] else None,
                     install.get("runtime_mb") if install else None)

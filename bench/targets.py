@@ -90,7 +90,8 @@ def evaluate(ratios: dict[str, dict[str, float]], p50_ms: dict[str, dict[str, fl
                pair("single_c16", "ort_int8"), "x"),
         target("padding_share", "padding in formed batches, mixed stream (share of computed "
                "tokens)", "<=", PADDING_SHARE, padding_share, "",
-               "" if padding_share is not None else "no edge_embed_batch_tokens in /metrics"),
+               "" if padding_share is not None else
+               "mixed workload not run, or no edge_embed_batch_tokens in /metrics"),
     ]
     out.extend(_memory_targets(memory))
     out.append(target("cold_start", "cold start, int8 bundle: process start -> first embedding "

@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from .wordlist import WORDS
 
 SEED = 20261121
+NAMES = ("single_c1", "single_c16", "short32", "long8", "mixed")
 # One short sentence: 6-14 words, 10-20 MiniLM tokens, the typical query or chat message.
 SHORT_WORDS = (6, 14)
 # "Long" texts: ~250 tokens, just under MiniLM's 256-token limit, so none is truncated.
