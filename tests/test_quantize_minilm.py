@@ -1,0 +1,74 @@
+"""The real all-MiniLM-L6-v2: the default int8 bundle passes the default gates and is
+batch-invariant; dynamic int8 (onnxruntime's quantize_dynamic) fails the invariance gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantize.cli import main
+from quantize.evalset import load_eval_set
+from service.bundle import load_manifest
+from service.encoder import BundleModel
+
+pytestmark = pytest.mark.minilm
+
+EXIT_GATE = 3
+# The issue's requirement for every bundle quantize writes by default.
+INVARIANCE_GATE = 0.9999
+# Issue 2's default gates and aim (min >= 0.98 against fp32).
+GATE_MEAN = 0.99
+GATE_NN = 0.97
+AIM_MIN = 0.98
+BATCH = 17
+
+
+def test_int8_passes_default_gates(minilm_int8_bundle: Path) -> None:
+    manifest = load_manifest(minilm_int8_bundle)
+    assert manifest.precision == "int8"
+    assert manifest.quantization is not None
+    assert manifest.quantization["method"] == "pertoken"
+    quality = manifest.quality
+    assert quality is not None
+    assert quality.cosine_mean >= GATE_MEAN
+    assert quality.nn_agreement is not None and quality.nn_agreement >= GATE_NN
+    assert quality.cosine_min >= AIM_MIN
+    assert quality.batch_invariance_min is not None
+    assert quality.batch_invariance_min >= INVARIANCE_GATE
+    assert manifest.max_tokens == 256 and manifest.pooling == "mean" and manifest.normalize
+
+
+def test_int8_batch_invariant(minilm_int8_bundle: Path) -> None:
+    """Each probe alone vs inside a padded batch of 17 with a 256-token mate: cosine >= 0.9999."""
+    model = BundleModel(minilm_int8_bundle)
+    tokens = model.tokenizer.encode(load_eval_set().texts)
+    by_length = sorted(range(len(tokens)), key=lambda i: len(tokens[i].ids))
+    assert len(tokens[by_length[-1]].ids) == model.manifest.max_tokens
+    mates = [tokens[i].ids for i in [by_length[-1], *by_length[:: len(by_length) // 15]]]
+    mates = mates[: BATCH - 1]
+    worst = 1.0
+    for probe in by_length[:: len(by_length) // 8]:
+        alone = model.finish(model.run([tokens[probe].ids]))[0].astype(np.float64)
+        batched = model.finish(model.run([*mates[:7], tokens[probe].ids, *mates[7:]]))[7]
+        worst = min(worst, float(alone @ batched.astype(np.float64)))
+    assert worst >= INVARIANCE_GATE
+
+
+def test_int8_agrees_with_fp32(minilm_fp32_bundle: Path, minilm_int8_bundle: Path) -> None:
+    texts = ["How do I reset my router?", "router", "Der Hund spielt im Garten.",
+             "The quick brown fox jumps over the lazy dog. " * 20]
+    ref = BundleModel(minilm_fp32_bundle).embed(texts)
+    got = BundleModel(minilm_int8_bundle).embed(texts)
+    assert float((ref * got).sum(axis=1).min()) >= AIM_MIN
+
+
+def test_dynamic_fails_invariance_gate(minilm_fp32_bundle: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "dynamic"
+    code = main([str(minilm_fp32_bundle), "--out", str(out), "--method", "dynamic", "--quiet"])
+    assert code == EXIT_GATE
+    err = capsys.readouterr().err
+    assert "batch invariance" in err
+    assert not out.exists()
