@@ -6,6 +6,7 @@ missing. The venv's own tooling (pip, setuptools) is counted apart: it is in eve
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +26,18 @@ def _tree_bytes(path: Path) -> int:
 
 
 def create(venv: Path) -> None:
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True,
-                   timeout=INSTALL_TIMEOUT_S)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(REPO)], check=True,
-                   timeout=INSTALL_TIMEOUT_S, cwd=REPO)
+    # setuptools builds in the source tree; a build/ left behind would feed stale files to the
+    # next `pip install .`, so remove it unless it was there before.
+    build = REPO / "build"
+    had_build = build.exists()
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True,
+                       timeout=INSTALL_TIMEOUT_S)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(REPO)], check=True,
+                       timeout=INSTALL_TIMEOUT_S, cwd=REPO)
+    finally:
+        if not had_build:
+            shutil.rmtree(build, ignore_errors=True)
 
 
 def measure(venv: Path) -> dict[str, Any]:
