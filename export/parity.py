@@ -19,6 +19,7 @@ import numpy as np
 from service.bundle import Quality
 from service.encoder import BundleModel
 from service.pooling import F32, finish
+from service.runtime import RuntimeOptions
 
 from . import torch_model
 from .tooling import Reporter, ToolError
@@ -127,7 +128,9 @@ def _nn_agreement(a: F32, b: F32) -> float:
 
 def measure(bundle: Path, model: PreTrainedModel, texts: Sequence[str], eval_name: str,
             reporter: Reporter) -> Quality:
-    onnx_model = BundleModel(bundle)
+    # ONNX and torch batches alternate here: onnxruntime's spinning threads would keep the cores
+    # busy after each run, competing with torch's threads; a tool needs no batch-1 latency.
+    onnx_model = BundleModel(bundle, RuntimeOptions(spinning=False))
     manifest = onnx_model.manifest
     tokens = onnx_model.tokenizer.encode(list(texts))
     order = sorted(range(len(tokens)), key=lambda i: len(tokens[i].ids))
