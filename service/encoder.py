@@ -94,9 +94,9 @@ class BundleModel:
         self.session, self.providers = create_session(self.folder, self.manifest, self.options)
         self._input_names = [i.name for i in self.session.get_inputs()]
 
-    def feeds(self, batch: Sequence[I64]) -> dict[str, I64]:
-        """Right-padded arrays for the graph's inputs."""
-        width = max(len(ids) for ids in batch)
+    def feeds(self, batch: Sequence[I64], width: int | None = None) -> dict[str, I64]:
+        """Right-padded arrays for the graph's inputs (`width`: pad at least to this many)."""
+        width = max(max(len(ids) for ids in batch), width or 0)
         input_ids = np.full((len(batch), width), self.tokenizer.pad_id, dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
         for row, ids in enumerate(batch):
@@ -107,9 +107,10 @@ class BundleModel:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
         return {k: v for k, v in feeds.items() if k in self._input_names}
 
-    def run(self, batch: Sequence[I64], run_options: ort.RunOptions | None = None) -> F32:
+    def run(self, batch: Sequence[I64], run_options: ort.RunOptions | None = None,
+            width: int | None = None) -> F32:
         """Pooled, not yet normalized vectors [len(batch), dimensions] for token-id rows."""
-        feeds = self.feeds(batch)
+        feeds = self.feeds(batch, width)
         (out,) = self.session.run([self.manifest.output], feeds, run_options)
         hidden = np.asarray(out, dtype=np.float32)
         if self.manifest.output_kind == "sentence_embedding":

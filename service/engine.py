@@ -1,0 +1,378 @@
+"""The engine: a queue per model, micro-batches under a token budget, runs on a small executor.
+
+A request's token rows become a `Job`. Batching workers (asyncio tasks, one per allowed
+concurrent run) take a window of queued rows, sort it by length, cut it into batches whose padded
+cost (longest x count) stays under the token budget, and run each on the shared onnxruntime
+executor. A free worker runs at once (no batch delay by default); rows that arrive while a run
+is in flight are batched together on the next turn, which is where cross-request batching comes
+from.
+
+Reliability, built in rather than bolted on:
+- admission is bounded by queued inputs and tokens: past that, `Overloaded` (429, Retry-After);
+- a job whose request timed out or whose client went away is dropped before it reaches the
+  model, and counted (`edge_embed_dropped_inputs`);
+- a run that raises fails only that batch's jobs (500 with their request ids) and is recorded
+  for /health; a worker that dies is restarted, and past `worker_restarts` per minute the engine
+  is marked dead (/health and /ready 503) so that a supervisor restarts the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from .encoder import BundleModel
+from .errors import ApiError, InternalError, Overloaded, Unavailable
+from .metrics import Metrics
+from .pooling import F32
+
+log = logging.getLogger("edge_embed.engine")
+I64 = npt.NDArray[np.int64]
+
+# A worker takes this many batches' worth of queued rows per turn: enough rows to sort by length
+# across requests, few enough that a request arriving meanwhile waits for at most two batches.
+WINDOW_BATCHES = 2
+# Retry-After bounds (seconds): clients should come back soon, but not hammer a full queue.
+RETRY_AFTER_MIN_S = 1
+RETRY_AFTER_MAX_S = 30
+# Throughput assumed for Retry-After before the first run was measured (tokens/s; int8 MiniLM on
+# 2 cores does ~25 K tokens/s on long inputs).
+INITIAL_TOKENS_PER_S = 20_000.0
+RESTART_WINDOW_S = 60.0
+
+
+class ClientGone(ApiError):
+    """The client closed its connection; nobody reads this answer (logged as 499)."""
+
+    status = 499
+    type = "client_closed_request"
+    code = "client_closed_request"
+
+
+@dataclass(eq=False)
+class Job:
+    rows: Sequence[I64]
+    dimensions: int
+    future: asyncio.Future[F32]
+    request_id: str = ""
+    # A transport that reports closing means the client went away.
+    is_gone: Callable[[], bool] = lambda: False
+    tokens: int = 0
+    taken: int = 0  # rows handed to a worker so far
+    done_rows: int = 0
+    dropped: str | None = None
+    submitted: float = field(default_factory=time.perf_counter)
+    started: float | None = None
+    inference_s: float = 0.0
+    result: F32 | None = None
+
+    def __post_init__(self) -> None:
+        self.result = np.empty((len(self.rows), self.dimensions), dtype=np.float32)
+
+    @property
+    def queue_s(self) -> float:
+        return (self.started or time.perf_counter()) - self.submitted
+
+    def alive(self) -> bool:
+        return self.dropped is None and not self.future.done()
+
+
+class ModelEngine:
+    """One model's queue and batching workers."""
+
+    def __init__(self, name: str, model: BundleModel, executor: Executor, metrics: Metrics, *,
+                 batch_tokens: int, batch_inputs: int, queue_inputs: int, queue_tokens: int,
+                 workers: int = 1, batch_delay_s: float = 0.0, pad_multiple: int = 1,
+                 arena_shrink: bool = False, worker_restarts: int = 5) -> None:
+        self.name = name
+        self.model = model
+        self.executor = executor
+        self.metrics = metrics
+        self.batch_tokens = batch_tokens
+        self.batch_inputs = batch_inputs
+        self.queue_inputs_limit = queue_inputs
+        self.queue_tokens_limit = queue_tokens
+        self.n_workers = workers
+        self.batch_delay_s = batch_delay_s
+        self.pad_multiple = max(1, pad_multiple)
+        self.worker_restarts = worker_restarts
+        self.run_options: ort.RunOptions | None = None
+        if arena_shrink:
+            self.run_options = ort.RunOptions()
+            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self._jobs: deque[Job] = deque()
+        self._wake = asyncio.Event()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._restarts: deque[float] = deque()
+        self._stopping = False
+        self.queued_inputs = 0
+        self.queued_tokens = 0
+        self.running = 0
+        self.faults = 0
+        self.last_fault: dict[str, Any] | None = None
+        self.worker_deaths = 0
+        self.dead = False
+        self.warmed = False
+        self._tokens_per_s = INITIAL_TOKENS_PER_S
+        self._queue_gauge = metrics.queue_inputs.labels(name)
+
+    # ---- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        for _ in range(self.n_workers):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher:{self.name}")
+        self._workers.add(task)
+        task.add_done_callback(self._on_worker_done)
+
+    def _on_worker_done(self, task: asyncio.Task[None]) -> None:
+        self._workers.discard(task)
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        self.worker_deaths += 1
+        now = time.monotonic()
+        self._restarts.append(now)
+        while self._restarts and now - self._restarts[0] > RESTART_WINDOW_S:
+            self._restarts.popleft()
+        if len(self._restarts) > self.worker_restarts:
+            log.error("batching worker for %s died %d times in %.0f s; engine marked dead",
+                      self.name, len(self._restarts), RESTART_WINDOW_S, exc_info=exc)
+            self.dead = True
+            self._fail_queued(Unavailable("The model's engine stopped; the server must be "
+                                          "restarted.", headers={"Retry-After": "5"}))
+            return
+        log.error("batching worker for %s died; restarting it", self.name, exc_info=exc)
+        self._spawn()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in list(self._workers):
+            task.cancel()
+        for task in list(self._workers):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._fail_queued(Unavailable("The server is shutting down.",
+                                      headers={"Retry-After": "1"}))
+
+    async def warmup(self) -> None:
+        """One run before /ready turns 200, so the first client does not pay for session set-up."""
+        rows = self.model.tokenizer.encode(["warm up"])
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self.model.run, [rows[0].ids])
+        self.warmed = True
+
+    @property
+    def alive(self) -> bool:
+        return not self.dead and (self._stopping or len(self._workers) > 0)
+
+    def health(self) -> dict[str, Any]:
+        return {"alive": self.alive, "workers": len(self._workers), "faults": self.faults,
+                "last_fault": self.last_fault, "worker_deaths": self.worker_deaths,
+                "queued_inputs": self.queued_inputs, "queued_tokens": self.queued_tokens,
+                "running": self.running}
+
+    # ---- admission --------------------------------------------------------------------------
+    def retry_after(self) -> int:
+        seconds = self.queued_tokens / max(self._tokens_per_s, 1.0)
+        return int(min(RETRY_AFTER_MAX_S, max(RETRY_AFTER_MIN_S, math.ceil(seconds))))
+
+    def submit(self, rows: Sequence[I64], *, request_id: str = "",
+               is_gone: Callable[[], bool] | None = None) -> Job:
+        if self.dead or self._stopping:
+            raise Unavailable("The model's engine is not running.", headers={"Retry-After": "5"})
+        tokens = sum(len(r) for r in rows)
+        busy = self.queued_inputs > 0
+        # An empty queue admits any request the per-request limits allowed, however large.
+        if busy and (self.queued_inputs + len(rows) > self.queue_inputs_limit
+                     or self.queued_tokens + tokens > self.queue_tokens_limit):
+            self.metrics.rejected.labels("overloaded").inc()
+            retry = self.retry_after()
+            raise Overloaded(
+                f"The server is overloaded ({self.queued_inputs} inputs, {self.queued_tokens} "
+                f"tokens queued for '{self.name}'); retry in {retry} s.",
+                headers={"Retry-After": str(retry)})
+        loop = asyncio.get_running_loop()
+        job = Job(rows=rows, dimensions=self.model.manifest.dimensions,
+                  future=loop.create_future(), request_id=request_id,
+                  is_gone=is_gone or (lambda: False), tokens=tokens)
+        self._jobs.append(job)
+        self.queued_inputs += len(rows)
+        self.queued_tokens += tokens
+        self._queue_gauge.set(self.queued_inputs)
+        self._wake.set()
+        return job
+
+    def drop(self, job: Job, reason: str) -> None:
+        """Drop the rows of `job` not yet run (its request timed out, was cancelled, went away)."""
+        if job.dropped is not None:
+            return
+        job.dropped = reason
+        untaken = len(job.rows) - job.taken
+        if untaken:
+            self.queued_inputs -= untaken
+            self.queued_tokens -= sum(len(r) for r in job.rows[job.taken:])
+            self._queue_gauge.set(self.queued_inputs)
+            self.metrics.dropped.labels(self.name, reason).inc(untaken)
+            job.taken = len(job.rows)
+
+    def _fail_queued(self, error: ApiError) -> None:
+        while self._jobs:
+            job = self._jobs.popleft()
+            if not job.future.done():
+                job.future.set_exception(error)
+            self.drop(job, "shutdown")
+
+    # ---- batching ---------------------------------------------------------------------------
+    def _take_window(self) -> list[tuple[Job, int]]:
+        """Queued rows, in arrival order, up to WINDOW_BATCHES batches' worth."""
+        max_rows = self.batch_inputs * WINDOW_BATCHES
+        max_tokens = self.batch_tokens * WINDOW_BATCHES
+        window: list[tuple[Job, int]] = []
+        tokens = 0
+        while self._jobs and len(window) < max_rows and tokens < max_tokens:
+            job = self._jobs[0]
+            if not job.alive() or job.is_gone():
+                self._check_gone(job)
+                self.drop(job, job.dropped or "cancelled")
+                self._jobs.popleft()
+                continue
+            while job.taken < len(job.rows) and len(window) < max_rows and tokens < max_tokens:
+                n = len(job.rows[job.taken])
+                window.append((job, job.taken))
+                job.taken += 1
+                tokens += n
+                self.queued_inputs -= 1
+                self.queued_tokens -= n
+            if job.taken >= len(job.rows):
+                self._jobs.popleft()
+        self._queue_gauge.set(self.queued_inputs)
+        return window
+
+    def _form_batches(self, window: list[tuple[Job, int]]) -> list[list[tuple[Job, int]]]:
+        """Sort by length; cut where the padded cost (longest x count) would pass the budget."""
+        window = sorted(window, key=lambda item: len(item[0].rows[item[1]]))
+        batches: list[list[tuple[Job, int]]] = []
+        current: list[tuple[Job, int]] = []
+        for item in window:
+            n = self._padded(len(item[0].rows[item[1]]), len(current) + 1)
+            if current and (len(current) + 1 > self.batch_inputs
+                            or n * (len(current) + 1) > self.batch_tokens):
+                batches.append(current)
+                current = []
+            current.append(item)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _padded(self, width: int, count: int) -> int:
+        if count <= 1:
+            return width  # a lone input has no batch-mates to pad for
+        m = self.pad_multiple
+        return min(-(-width // m) * m, max(width, self.model.manifest.max_tokens))
+
+    def _check_gone(self, job: Job) -> None:
+        if job.dropped is None and not job.future.done() and job.is_gone():
+            self.drop(job, "client_gone")
+            job.future.set_exception(ClientGone("The client closed the connection."))
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._jobs:
+                self._wake.clear()
+                await self._wake.wait()
+                if self.batch_delay_s > 0 and self.queued_inputs < self.batch_inputs:
+                    await asyncio.sleep(self.batch_delay_s)
+            window = self._take_window()
+            if not window:
+                continue
+            try:
+                for batch in self._form_batches(window):
+                    await self._run(loop, batch)
+            except BaseException as exc:
+                # Whatever killed this worker, no job it held may hang until its timeout.
+                for job, _ in window:
+                    if not job.future.done():
+                        job.future.set_exception(InternalError(
+                            f"The batching worker failed (request id {job.request_id}).",
+                            extra={"request_id": job.request_id}))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Job, int]]) -> None:
+        live: list[tuple[Job, int]] = []
+        for job, row in batch:
+            self._check_gone(job)
+            if job.alive():
+                live.append((job, row))
+            else:
+                self.metrics.dropped.labels(self.name, job.dropped or "cancelled").inc()
+        if not live:
+            return
+        rows = [job.rows[row] for job, row in live]
+        longest = max(len(r) for r in rows)
+        width = self._padded(longest, len(rows))
+        start = time.perf_counter()
+        for job, _ in live:
+            if job.started is None:
+                job.started = start
+                self.metrics.queue_seconds.labels(self.name).observe(start - job.submitted)
+        self.running += 1
+        try:
+            pooled = await loop.run_in_executor(self.executor, self._run_sync, rows, width)
+        except Exception as exc:  # an onnxruntime fault: fail this batch only
+            self._fault(live, exc)
+            return
+        finally:
+            self.running -= 1
+        elapsed = time.perf_counter() - start
+        real = sum(len(r) for r in rows)
+        m = self.metrics
+        m.batches.labels(self.name).inc()
+        m.batch_size.labels(self.name).observe(len(rows))
+        m.batch_tokens.labels(self.name, "real").inc(real)
+        m.batch_tokens.labels(self.name, "padding").inc(width * len(rows) - real)
+        m.inference_seconds.labels(self.name).observe(elapsed)
+        if elapsed > 0:  # an EWMA of throughput, for Retry-After
+            self._tokens_per_s = 0.8 * self._tokens_per_s + 0.2 * (width * len(rows) / elapsed)
+        for i, (job, row) in enumerate(live):
+            if job.future.done() or job.result is None:
+                continue
+            job.result[row] = pooled[i]
+            job.inference_s += elapsed
+            job.done_rows += 1
+            if job.done_rows == len(job.rows):
+                job.future.set_result(job.result)
+
+    def _run_sync(self, rows: list[I64], width: int) -> F32:
+        return self.model.run(rows, self.run_options, width)
+
+    def _fault(self, live: list[tuple[Job, int]], exc: Exception) -> None:
+        self.faults += 1
+        self.metrics.engine_faults.labels(self.name).inc()
+        ids = sorted({job.request_id for job, _ in live})
+        self.last_fault = {"time": time.time(), "error": f"{type(exc).__name__}: {exc}"[:500],
+                           "request_ids": ids[:16]}
+        log.error("model run failed for %s (requests %s)", self.name, ", ".join(ids),
+                  exc_info=exc)
+        for job, _ in live:
+            if not job.future.done():
+                job.future.set_exception(InternalError(
+                    f"The model failed on this request; request id {job.request_id}.",
+                    extra={"request_id": job.request_id}))
+            self.drop(job, "fault")

@@ -1,0 +1,85 @@
+"""The served models: bundles loaded into onnxruntime, found by id or alias."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .bundle import BundleError
+from .encoder import BundleModel
+from .engine import ModelEngine
+from .errors import ModelNotFound
+from .runtime import RuntimeOptions
+
+log = logging.getLogger("edge_embed.models")
+
+
+@dataclass
+class ServedModel:
+    model: BundleModel
+    engine: ModelEngine | None = None  # set when the app starts
+
+    @property
+    def id(self) -> str:
+        return self.model.manifest.id
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.id, *self.model.manifest.aliases)
+
+    def info(self, created: int) -> dict[str, Any]:
+        """OpenAI's model object plus what a caller needs to use this one well."""
+        m = self.model.manifest
+        p = self.model.providers
+        quality = None
+        if m.quality is not None:
+            q = m.quality
+            quality = {"reference": q.reference, "eval_set": q.eval_set, "n_inputs": q.n_inputs,
+                       "cosine_min": q.cosine_min, "cosine_mean": q.cosine_mean,
+                       "nn_agreement": q.nn_agreement,
+                       "batch_invariance_min": q.batch_invariance_min}
+        return {
+            "id": m.id, "object": "model", "created": created, "owned_by": "edge-embed",
+            "aliases": list(m.aliases), "dimensions": m.dimensions,
+            "matryoshka_dimensions": list(m.matryoshka_dimensions), "max_tokens": m.max_tokens,
+            "pooling": m.pooling, "normalized": m.normalize, "precision": m.precision,
+            "input_types": sorted(m.prompts), "provider": list(p.used),
+            "provider_requested": list(p.requested), "provider_fell_back": p.fell_back,
+            "provider_message": p.message or None, "quality": quality,
+            "source": m.source.get("model"),
+        }
+
+
+class Registry:
+    def __init__(self, served: list[ServedModel]) -> None:
+        self.models = served
+        self._by_name: dict[str, ServedModel] = {}
+        for s in served:
+            for name in s.names:
+                other = self._by_name.get(name)
+                if other is not None and other is not s:
+                    raise BundleError(s.model.folder / "bundle.json",
+                                      f"'{name}' is already served by {other.model.folder}",
+                                      "aliases" if name != s.id else "id")
+                self._by_name[name] = s
+
+    @classmethod
+    def load(cls, folders: tuple[Path, ...], options: RuntimeOptions) -> Registry:
+        return cls([ServedModel(BundleModel(f, options)) for f in folders])
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        return iter(self.models)
+
+    def get(self, name: str) -> ServedModel:
+        served = self._by_name.get(name)
+        if served is None:
+            known = ", ".join(sorted(self._by_name))
+            raise ModelNotFound(f"The model '{name[:200]}' does not exist. Served: {known}.",
+                                param="model")
+        return served
+
+    def find(self, name: str) -> ServedModel | None:
+        return self._by_name.get(name)

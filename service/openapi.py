@@ -1,0 +1,161 @@
+"""/openapi.json: the HTTP contract, machine-readable (OpenAPI 3.0), errors included.
+
+Written by hand so that it says exactly what the server does; tests and the fuzzer
+(schemathesis) hold the server to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+from .settings import Settings
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
+def _ok(description: str, ref: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+_COMMON_ERRORS = {
+    "401": _err("Missing or wrong API key (WWW-Authenticate: Bearer)"),
+    "404": _err("Unknown model or path"),
+    "405": _err("Method not allowed"),
+    "500": _err("A server fault; the message carries the request id"),
+    "503": _err("Not ready, draining or engine stopped"),
+}
+
+
+def openapi_spec(settings: Settings) -> dict[str, Any]:
+    token_ids = {"type": "array", "minItems": 1, "maxItems": settings.max_input_chars,
+                 "items": {"type": "integer", "minimum": 0}}
+    text = {"type": "string", "minLength": 1, "maxLength": settings.max_input_chars}
+    embeddings_op = {
+        "summary": "Create embeddings (OpenAI-compatible)",
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/EmbeddingRequest"}}}},
+        "responses": {
+            "200": {**_ok("Embeddings", "EmbeddingResponse"),
+                    "headers": {"X-Edge-Embed-Truncated": {
+                        "description": "How many inputs were cut at the model's token limit",
+                        "schema": {"type": "integer"}}}},
+            "400": _err("Invalid request (names the field and item)"),
+            "403": _err("The API key may not use this model"),
+            "408": _err("The request did not finish within the request timeout"),
+            "413": _err("Body over the size limit"),
+            "429": _err("Overloaded: queue full (Retry-After)"),
+            **_COMMON_ERRORS,
+        },
+    }
+    probe = {"description": "Status", "content": {"application/json": {
+        "schema": {"type": "object"}}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "edge-embed", "version": __version__,
+                 "description": "OpenAI-compatible embeddings on onnxruntime."},
+        "paths": {
+            **{p: {"post": {**embeddings_op, "operationId": f"createEmbedding{i}"}}
+               for i, p in enumerate(("/v1/embeddings", "/embeddings", "/api/embeddings",
+                                      "/api/v2/embeddings"))},
+            "/v1/models": {"get": {"operationId": "listModels", "summary": "Served models",
+                                   "responses": {"200": _ok("Models", "ModelList"),
+                                                 **_COMMON_ERRORS}}},
+            "/v1/models/{model}": {"get": {
+                "operationId": "retrieveModel", "summary": "One served model",
+                "parameters": [{"name": "model", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": _ok("Model", "Model"),
+                              "403": _err("The API key may not use this model"),
+                              **_COMMON_ERRORS}}},
+            "/health": {"get": {"operationId": "health", "summary": "Liveness",
+                                "responses": {"200": probe, "503": probe}}},
+            "/ready": {"get": {"operationId": "ready", "summary": "Readiness",
+                               "responses": {"200": probe, "503": probe}}},
+            "/info": {"get": {"operationId": "info", "summary": "Version, limits, providers",
+                              "responses": {"200": probe, **_COMMON_ERRORS}}},
+            "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
+                                 "responses": {"200": {"description": "Prometheus text format",
+                                                       "content": {"text/plain": {
+                                                           "schema": {"type": "string"}}}}}}},
+            "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
+                                      "responses": {"200": probe, **_COMMON_ERRORS}}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                    "type": "object", "required": ["message", "type", "param", "code"],
+                    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                                   "param": {"type": "string", "nullable": True},
+                                   "code": {"type": "string", "nullable": True},
+                                   "request_id": {"type": "string"}}}}},
+                "EmbeddingRequest": {
+                    "type": "object", "required": ["model", "input"],
+                    "properties": {
+                        "model": {"type": "string", "minLength": 1},
+                        "input": {"oneOf": [
+                            text, {"type": "array", "minItems": 1,
+                                   "maxItems": settings.max_inputs, "items": text},
+                            token_ids, {"type": "array", "minItems": 1,
+                                        "maxItems": settings.max_inputs, "items": token_ids}]},
+                        "encoding_format": {"type": "string", "enum": ["float", "base64"],
+                                            "nullable": True},
+                        "dimensions": {"type": "integer", "minimum": 1, "nullable": True},
+                        "user": {"type": "string", "nullable": True},
+                        "metadata": {"type": "object", "nullable": True},
+                        "extra_body": {"type": "object", "nullable": True},
+                        "truncate": {"type": "boolean", "nullable": True,
+                                     "description": "cut over-long inputs (warn) or refuse"},
+                        "input_type": {"type": "string", "nullable": True,
+                                       "description": "query or passage: the bundle's prompts"},
+                        "cache_control": {"type": "object", "nullable": True, "properties": {
+                            "no_cache": {"type": "boolean"},
+                            "ttl": {"type": "number", "minimum": 0}}},
+                    },
+                },
+                "Embedding": {"type": "object", "required": ["object", "index", "embedding"],
+                              "properties": {"object": {"type": "string", "enum": ["embedding"]},
+                                             "index": {"type": "integer"},
+                                             "embedding": {"oneOf": [
+                                                 {"type": "array", "items": {"type": "number"}},
+                                                 {"type": "string", "format": "byte"}]}}},
+                "Warning": {"type": "object", "properties": {
+                    "index": {"type": "integer"}, "code": {"type": "string"},
+                    "message": {"type": "string"}, "original_tokens": {"type": "integer"},
+                    "used_tokens": {"type": "integer"}}},
+                "EmbeddingResponse": {
+                    "type": "object", "required": ["object", "data", "model", "usage"],
+                    "properties": {
+                        "object": {"type": "string", "enum": ["list"]},
+                        "data": {"type": "array",
+                                 "items": {"$ref": "#/components/schemas/Embedding"}},
+                        "model": {"type": "string"}, "id": {"type": "string"},
+                        "usage": {"type": "object",
+                                  "required": ["prompt_tokens", "total_tokens"],
+                                  "properties": {"prompt_tokens": {"type": "integer"},
+                                                 "total_tokens": {"type": "integer"}}},
+                        "warnings": {"type": "array",
+                                     "items": {"$ref": "#/components/schemas/Warning"}}}},
+                "Model": {"type": "object", "required": ["id", "object", "created", "owned_by"],
+                          "properties": {"id": {"type": "string"}, "object": {"type": "string"},
+                                         "created": {"type": "integer"},
+                                         "owned_by": {"type": "string"},
+                                         "dimensions": {"type": "integer"},
+                                         "max_tokens": {"type": "integer"},
+                                         "precision": {"type": "string"},
+                                         "provider": {"type": "array",
+                                                      "items": {"type": "string"}}}},
+                "ModelList": {"type": "object", "required": ["object", "data"],
+                              "properties": {"object": {"type": "string"},
+                                             "data": {"type": "array", "items": {
+                                                 "$ref": "#/components/schemas/Model"}}}},
+            },
+        },
+        "security": [{"bearer": []}] if settings.api_keys or settings.api_keys_file else [],
+    }

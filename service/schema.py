@@ -1,0 +1,229 @@
+"""The OpenAI embeddings schema: parse a request body into a typed object; encode a response.
+
+Parsing here is model-independent (types, shapes, bounds); checks that need the model (token ids
+in its vocabulary, `dimensions`, `input_type`) are in `check_for_model`. Every refusal is an
+`InvalidRequest` naming the field (`param`) and, for inputs, the item.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+
+from .bundle import Manifest
+from .errors import InvalidRequest
+from .pooling import F32
+
+EncodingFormat = Literal["float", "base64"]
+TextInput = str | tuple[int, ...]  # text, or the model's own token ids
+INPUT_TYPES = ("query", "passage")
+_TIKTOKEN_NOTE = (
+    "Token ids must come from this model's own tokenizer (vocabulary size {vocab}), not from "
+    "tiktoken; send text instead if unsure (LangChain: check_embedding_ctx_length=False).")
+
+
+@dataclass(frozen=True)
+class CacheControl:
+    no_cache: bool = False
+    ttl: float | None = None
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    model: str
+    inputs: tuple[TextInput, ...]
+    encoding_format: EncodingFormat = "float"
+    dimensions: int | None = None
+    truncate: bool | None = None  # None: the server's default
+    input_type: str | None = None
+    cache_control: CacheControl = CacheControl()
+
+
+def _invalid(message: str, param: str) -> InvalidRequest:
+    return InvalidRequest(message, param=param)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _type_name(value: Any) -> str:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
+             list: "an array", dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def parse_body(raw: bytes) -> Any:
+    """JSON from the raw body; malformed JSON, non-UTF-8 bytes, deep nesting -> 400."""
+    if not raw.strip():
+        raise _invalid("The request body is empty; send a JSON object with 'model' and 'input'.",
+                       "body")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc).split(":", 1)[0]
+        raise _invalid(f"The request body is not valid JSON ({reason}).", "body") from None
+
+
+def _parse_inputs(value: Any, max_inputs: int, max_chars: int) -> tuple[TextInput, ...]:
+    if value is None:
+        raise _invalid("'input' is required: a string, an array of strings, an array of token "
+                       "ids, or an array of arrays of token ids.", "input")
+    if isinstance(value, str):
+        items: list[Any] = [value]
+        single = True
+    elif isinstance(value, list):
+        if not value:
+            raise _invalid("'input' is an empty array; send at least one input.", "input")
+        if all(_is_int(v) for v in value):
+            items, single = [value], True  # one input given as token ids
+        else:
+            items, single = value, False
+    else:
+        raise _invalid(f"'input' must be a string or an array, got {_type_name(value)}.", "input")
+    if len(items) > max_inputs:
+        raise _invalid(f"'input' has {len(items)} items; at most {max_inputs} are allowed per "
+                       "request.", "input")
+    kind: type | None = None
+    out: list[TextInput] = []
+    for i, item in enumerate(items):
+        where = "input" if single else f"input[{i}]"
+        if isinstance(item, str):
+            item_kind: type = str
+            if not item:
+                raise _invalid(f"'{where}' is an empty string; every input must contain text.",
+                               "input")
+            if len(item) > max_chars:
+                raise _invalid(f"'{where}' has {len(item)} characters; at most {max_chars} are "
+                               "allowed per input.", "input")
+            parsed: TextInput = item
+        elif isinstance(item, list):
+            item_kind = list
+            if not item:
+                raise _invalid(f"'{where}' is an empty array of token ids.", "input")
+            for j, tok in enumerate(item):
+                if not _is_int(tok):
+                    raise _invalid(f"'{where}[{j}]' must be an integer token id, got "
+                                   f"{_type_name(tok)}.", "input")
+            if len(item) > max_chars:
+                raise _invalid(f"'{where}' has {len(item)} token ids; at most {max_chars} are "
+                               "allowed per input.", "input")
+            parsed = tuple(item)
+        else:
+            raise _invalid(f"'{where}' must be a string or an array of token ids, got "
+                           f"{_type_name(item)}.", "input")
+        if kind is not None and item_kind is not kind:
+            raise _invalid(f"'{where}' is {_type_name(item)} but earlier items are not: 'input' "
+                           "must not mix strings and token-id arrays.", "input")
+        kind = item_kind
+        out.append(parsed)
+    return tuple(out)
+
+
+def parse_request(data: Any, *, max_inputs: int, max_input_chars: int) -> EmbeddingRequest:
+    if not isinstance(data, dict):
+        raise _invalid(f"The request body must be a JSON object, got {_type_name(data)}.", "body")
+    extra = data.get("extra_body")
+    if extra is not None:
+        if not isinstance(extra, dict):
+            raise _invalid("'extra_body' must be an object.", "extra_body")
+        # The seed APIs pass `extra_body` through verbatim: its keys count as the request's own.
+        data = {**data, **extra}
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise _invalid("'model' is required: the id of a served model (GET /v1/models).",
+                       "model")
+    inputs = _parse_inputs(data.get("input"), max_inputs, max_input_chars)
+    fmt = data.get("encoding_format")
+    if fmt is None:
+        fmt = "float"
+    if fmt not in ("float", "base64"):
+        raise _invalid(f"'encoding_format' must be 'float' or 'base64', got "
+                       f"{orjson.dumps(fmt).decode()[:40]}.", "encoding_format")
+    dims = data.get("dimensions")
+    if dims is not None and (not _is_int(dims) or dims <= 0):
+        raise _invalid("'dimensions' must be a positive integer.", "dimensions")
+    for key in ("truncate",):
+        if data.get(key) is not None and not isinstance(data[key], bool):
+            raise _invalid(f"'{key}' must be true or false.", key)
+    user = data.get("user")
+    if user is not None and not isinstance(user, str):
+        raise _invalid("'user' must be a string.", "user")
+    metadata = data.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise _invalid("'metadata' must be an object.", "metadata")
+    input_type = data.get("input_type")
+    if input_type is not None and not isinstance(input_type, str):
+        raise _invalid("'input_type' must be a string such as 'query' or 'passage'.",
+                       "input_type")
+    return EmbeddingRequest(model=model, inputs=inputs, encoding_format=fmt, dimensions=dims,
+                            truncate=data.get("truncate"), input_type=input_type,
+                            cache_control=_cache_control(data.get("cache_control")))
+
+
+def _cache_control(value: Any) -> CacheControl:
+    if value is None:
+        return CacheControl()
+    if not isinstance(value, dict):
+        raise _invalid("'cache_control' must be an object: {\"no_cache\": bool, \"ttl\": "
+                       "seconds}.", "cache_control")
+    no_cache = value.get("no_cache", False)
+    if not isinstance(no_cache, bool):
+        raise _invalid("'cache_control.no_cache' must be true or false.", "cache_control")
+    ttl = value.get("ttl")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
+                            or not math.isfinite(ttl) or ttl < 0):
+        raise _invalid("'cache_control.ttl' must be a number of seconds >= 0.", "cache_control")
+    return CacheControl(no_cache=no_cache, ttl=None if ttl is None else float(ttl))
+
+
+def check_for_model(req: EmbeddingRequest, manifest: Manifest, vocab_size: int) -> None:
+    """The checks that need the model: dimensions, input_type, token ids in its vocabulary."""
+    if req.dimensions is not None:
+        if not manifest.matryoshka_dimensions:
+            raise _invalid("This model does not support specifying dimensions.", "dimensions")
+        if req.dimensions > manifest.dimensions:
+            cuts = ", ".join(map(str, manifest.matryoshka_dimensions))
+            raise _invalid(f"'dimensions' must be at most {manifest.dimensions} for this model "
+                           f"(trained cuts: {cuts}).", "dimensions")
+    if req.input_type is not None and req.input_type not in (*INPUT_TYPES, *manifest.prompts):
+        choices = sorted({*INPUT_TYPES, *manifest.prompts})
+        raise _invalid(f"'input_type' must be one of {', '.join(choices)}.", "input_type")
+    single = len(req.inputs) == 1
+    for i, item in enumerate(req.inputs):
+        if isinstance(item, str):
+            continue
+        for j, tok in enumerate(item):
+            if tok < 0 or tok >= vocab_size:
+                where = "input" if single else f"input[{i}]"
+                raise _invalid(f"'{where}[{j}]' is token id {tok}, outside this model's "
+                               f"vocabulary (0..{vocab_size - 1}). "
+                               + _TIKTOKEN_NOTE.format(vocab=vocab_size), "input")
+
+
+def encode_vector(row: F32, fmt: EncodingFormat) -> Any:
+    if fmt == "base64":
+        # Little-endian float32 bytes, what the official clients decode with numpy/Float32Array.
+        return base64.b64encode(row.astype("<f4", copy=False).tobytes()).decode("ascii")
+    return row  # orjson writes numpy arrays itself (OPT_SERIALIZE_NUMPY), no Python floats
+
+
+def encode_response(vectors: F32, fmt: EncodingFormat, model: str, prompt_tokens: int,
+                    request_id: str, warnings: list[dict[str, Any]]) -> bytes:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    body: dict[str, Any] = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encode_vector(vectors[i], fmt)}
+                 for i in range(vectors.shape[0])],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        "id": request_id,
+    }
+    if warnings:
+        body["warnings"] = warnings
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
