@@ -246,3 +246,24 @@ def test_eval_set_falls_back_to_builtin_texts(tmp_path: Path) -> None:
     loaded = parity.load_eval_set(path)
     assert loaded.texts == ("one", "two")
     assert loaded.name.startswith("eval.jsonl@")
+
+
+def test_folder_without_tokenizer_json(tiny_st_model: Path, tmp_path: Path) -> None:
+    # Older models ship only vocab.txt: transformers builds the fast tokenizer, the bundle
+    # keeps it as tokenizer.json, and the ids are the ones the original file gave.
+    import shutil
+
+    src = Path(shutil.copytree(tiny_st_model, tmp_path / "src"))
+    (src / "tokenizer.json").unlink()
+    out = tmp_path / "bundle"
+    assert main([str(src), "--out", str(out), "--quiet"]) == 0
+    ours = BundleModel(out).tokenizer.encode(TEXTS)
+    reference = json.loads((tiny_st_model / "tokenizer.json").read_text(encoding="utf-8"))
+    assert reference["model"]["type"] == "WordPiece"
+    from tokenizers import Tokenizer
+
+    original = Tokenizer.from_file(str(tiny_st_model / "tokenizer.json"))
+    original.enable_truncation(TINY_MAX_SEQ_LENGTH)
+    for tokens, enc in zip(ours, original.encode_batch(TEXTS), strict=True):
+        assert tokens.ids.tolist() == [i for i, m in zip(enc.ids, enc.attention_mask,
+                                                          strict=True) if m]

@@ -200,3 +200,10 @@ def test_edge_embed_dispatcher_runs_export(tmp_path: Path) -> None:
                              "--out", str(tmp_path / "y")], cwd=ROOT, capture_output=True,
                             text=True, timeout=CLI_TIMEOUT_S)
     assert_refused(result, "no such model folder")
+
+
+def test_source_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"not a folder")
+    result = run_export(str(tmp_path / "model.onnx"), "--out", str(tmp_path / "out"))
+    assert_refused(result, "is a file")
+    assert_nothing_left(tmp_path, {"model.onnx"})
