@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .auth import OPEN_PATHS, Authenticator
+from .auth import OPEN_PATHS, ApiKey, Authenticator
 from .errors import (
     ApiError,
     InternalError,
@@ -69,8 +69,8 @@ class ServerState:
             self.idle.set()
 
 
-LOG_KEY = "edge_embed.log"
-KEY_KEY = "edge_embed.key"
+LOG_KEY = web.RequestKey("log", RequestLog)
+KEY_KEY = web.RequestKey("api_key", ApiKey)  # set only when keys are configured
 
 
 def error_response(error: ApiError, request_id: str) -> web.Response:
@@ -170,7 +170,9 @@ def make_gate_middleware(auth: Authenticator, state: ServerState) -> Any:
         if state.draining:
             raise Unavailable("The server is shutting down; retry on another instance.",
                               headers={"Retry-After": "1", "Connection": "close"})
-        request[KEY_KEY] = auth.check(request.headers.get("Authorization"))
+        key = auth.check(request.headers.get("Authorization"))
+        if key is not None:
+            request[KEY_KEY] = key
         return await handler(request)
 
     return gate_middleware

@@ -80,7 +80,12 @@ def _parse_inputs(value: Any, max_inputs: int, max_chars: int) -> tuple[TextInpu
     elif isinstance(value, list):
         if not value:
             raise _invalid("'input' is an empty array; send at least one input.", "input")
-        if all(_is_int(v) for v in value):
+        if _is_int(value[0]):
+            for j, tok in enumerate(value):
+                if not _is_int(tok):
+                    raise _invalid(f"'input[{j}]' is {_type_name(tok)}, but 'input' starts as "
+                                   "an array of token ids: every item must be an integer.",
+                                   "input")
             items, single = [value], True  # one input given as token ids
         else:
             items, single = value, False
