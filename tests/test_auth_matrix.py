@@ -1,0 +1,144 @@
+"""Auth (issue 5, item 7): a matrix that really sends every case to a live server.
+
+Keys: one from --api-key (every model), one from a keys file limited to the "tiny" model. Every
+protected route is called with no key, a wrong key, each right key, and a right key for a model
+it may not use; the open routes with no key at all. A wrong and a missing key must differ only in
+the documented code and message. At the end the server's whole output (run at debug level) is
+searched for every key: none may appear.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.reliability_server import LiveServer, assert_openai_error, http
+
+# Distinct, unguessable keys, so that finding one in the log cannot be a coincidence.
+ADMIN_KEY = "sk-admin-" + secrets.token_hex(16)
+LIMITED_KEY = "sk-limited-" + secrets.token_hex(16)
+WRONG_KEY = "sk-wrong-" + secrets.token_hex(16)
+ALL_KEYS = (ADMIN_KEY, LIMITED_KEY, WRONG_KEY)
+
+EMBEDDING_ROUTES = ("/v1/embeddings", "/embeddings", "/api/embeddings", "/api/v2/embeddings")
+PROTECTED_GETS = ("/v1/models", "/v1/models/tiny", "/info")
+OPEN_GETS = ("/health", "/ready", "/metrics")
+# Headers that legitimately differ between any two answers.
+VOLATILE = {"date", "content-length", "x-request-id", "request-id", "x-process-time"}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle: Path, tiny_cls_bundle: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    keys_file = tmp_path_factory.mktemp("auth") / "keys.txt"
+    keys_file.write_text(f"# limited key\n{LIMITED_KEY} tiny\n", encoding="utf-8")
+    live = LiveServer([tiny_bundle, tiny_cls_bundle], [
+        "--api-key", ADMIN_KEY, "--api-keys-file", str(keys_file), "--log-level", "debug",
+        "--access-log"])
+    try:
+        yield live.start()
+    finally:
+        live.stop()
+
+
+def bearer(key: str | None) -> dict[str, str]:
+    return {} if key is None else {"Authorization": f"Bearer {key}"}
+
+
+def embed(server: LiveServer, route: str, key: str | None,
+          model: str = "tiny") -> tuple[int, dict[str, str], object]:
+    return http("POST", server.base + route, headers=bearer(key),
+                body={"model": model, "input": ["a dog in the park", "a cat"]})
+
+
+def assert_401(status: int, headers: dict[str, str], body: object) -> dict[str, object]:
+    assert status == 401, (status, body)
+    lowered = {k.lower(): v for k, v in headers.items()}
+    assert lowered.get("www-authenticate", "").lower().startswith("bearer"), headers
+    return assert_openai_error(body, 401, type_="invalid_request_error")
+
+
+@pytest.mark.parametrize("route", EMBEDDING_ROUTES)
+def test_embeddings_matrix(server: LiveServer, route: str) -> None:
+    assert_401(*embed(server, route, None))
+    assert_401(*embed(server, route, WRONG_KEY))
+    for key in (ADMIN_KEY, LIMITED_KEY):
+        status, _, body = embed(server, route, key)
+        assert status == 200, (route, status, body)
+        assert isinstance(body, dict) and len(body["data"]) == 2
+    status, _, body = embed(server, route, ADMIN_KEY, model="tiny-cls")
+    assert status == 200, body
+    status, _, body = embed(server, route, LIMITED_KEY, model="tiny-cls")
+    assert status == 403, (route, status, body)
+    assert_openai_error(body, 403, type_="invalid_request_error")
+    # The refusal comes before the model: an unknown model with no key is 401, not 404.
+    assert_401(*embed(server, route, None, model="no-such-model"))
+
+
+@pytest.mark.parametrize("route", PROTECTED_GETS)
+def test_protected_gets_matrix(server: LiveServer, route: str) -> None:
+    assert_401(*http("GET", server.base + route))
+    assert_401(*http("GET", server.base + route, headers=bearer(WRONG_KEY)))
+    for key in (ADMIN_KEY, LIMITED_KEY):
+        status, _, body = http("GET", server.base + route, headers=bearer(key))
+        assert status == 200, (route, key[:9], status, body)
+
+
+@pytest.mark.parametrize("route", OPEN_GETS)
+def test_open_routes_need_no_key(server: LiveServer, route: str) -> None:
+    for key in (None, WRONG_KEY):
+        status, _, body = http("GET", server.base + route, headers=bearer(key))
+        assert status == 200, (route, status, body)
+
+
+def test_wrong_and_missing_key_differ_only_in_code_and_message(server: LiveServer) -> None:
+    missing = embed(server, "/v1/embeddings", None)
+    wrong = embed(server, "/v1/embeddings", WRONG_KEY)
+    m_err, w_err = assert_401(*missing), assert_401(*wrong)
+    assert m_err["type"] == w_err["type"] and m_err["param"] == w_err["param"], (m_err, w_err)
+    assert m_err["code"] and w_err["code"], "each 401 carries a documented code"
+    assert set(m_err) == set(w_err), (m_err, w_err)
+    m_head = {k.lower(): v for k, v in missing[1].items() if k.lower() not in VOLATILE}
+    w_head = {k.lower(): v for k, v in wrong[1].items() if k.lower() not in VOLATILE}
+    assert m_head == w_head, f"headers differ: {m_head} vs {w_head}"
+
+
+@pytest.mark.parametrize("authorization", [
+    f"Basic {ADMIN_KEY}",  # the right secret in the wrong scheme
+    "Bearer",
+    "Bearer ",
+    f"Bearer {ADMIN_KEY}x",  # the right key plus one character
+    f"Bearer {ADMIN_KEY[:-1]}",  # the right key less one character
+    f"Bearer {ADMIN_KEY} {ADMIN_KEY}",
+    f"{ADMIN_KEY}",  # no scheme at all
+    "Bearer \u00e9t\u00e9",  # non-ASCII (sent as Latin-1 bytes)
+], ids=["basic", "bearer-only", "bearer-space", "key-plus-one", "key-less-one", "key-twice",
+        "no-scheme", "non-ascii"])
+def test_malformed_authorization_is_401(server: LiveServer, authorization: str) -> None:
+    status, headers, body = http("POST", server.base + "/v1/embeddings",
+                                 headers={"Authorization": authorization},
+                                 body={"model": "tiny", "input": "x"})
+    assert_401(status, headers, body)
+
+
+def test_bearer_scheme_is_case_insensitive(server: LiveServer) -> None:
+    # RFC 9110 section 11.1: the authentication scheme is case-insensitive.
+    status, _, body = http("POST", server.base + "/v1/embeddings",
+                           headers={"Authorization": f"bearer {ADMIN_KEY}"},
+                           body={"model": "tiny", "input": "x"})
+    assert status == 200, body
+
+
+def test_keys_never_reach_the_log(server: LiveServer) -> None:
+    # Runs last in this module (pytest keeps file order): every case above has been logged.
+    embed(server, "/v1/embeddings", WRONG_KEY)
+    embed(server, "/v1/embeddings", ADMIN_KEY)
+    log = server.log_text()
+    assert log.strip(), "the server logged nothing: this test would prove nothing"
+    assert "/v1/embeddings" in log or "embeddings" in log, "requests are not logged at all"
+    for key in ALL_KEYS:
+        secret = key.split("-")[-1]
+        assert key not in log and secret not in log, f"key {key[:10]}... appears in the log"
