@@ -1,0 +1,100 @@
+"""The embedding cache: bounded by entries and bytes, TTL, keys, no_cache, hit/miss metrics."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from service.cache import EmbeddingCache
+from tests.fixtures.server import MakeClient
+
+
+def test_lru_by_entries_and_bytes() -> None:
+    now = [0.0]
+    cache = EmbeddingCache(max_entries=2, max_bytes=10_000, ttl=10, clock=lambda: now[0])
+    v = np.ones(4, dtype=np.float32)
+    cache.put("a", v, 3, 3)
+    cache.put("b", v, 3, 3)
+    assert cache.get("a") is not None  # a is now the most recent
+    cache.put("c", v, 3, 3)
+    assert cache.get("b") is None and cache.get("a") is not None and len(cache) == 2
+    small = EmbeddingCache(max_entries=100, max_bytes=2 * (16 + 200) + 10, ttl=10)
+    for key in "abc":
+        small.put(key, v, 3, 3)
+    assert len(small) == 2 and small.bytes <= small.max_bytes and small.get("a") is None
+
+
+def test_ttl_and_override() -> None:
+    now = [0.0]
+    cache = EmbeddingCache(max_entries=10, max_bytes=10_000, ttl=10, clock=lambda: now[0])
+    v = np.zeros(2, dtype=np.float32)
+    cache.put("a", v, 1, 1)
+    cache.put("b", v, 1, 1, ttl=100)
+    cache.put("c", v, 1, 1, ttl=0)  # ttl 0: not stored
+    now[0] = 11
+    assert cache.get("a") is None and cache.get("b") is not None and cache.get("c") is None
+    assert len(cache) == 1
+
+
+def test_stored_vector_is_a_copy() -> None:
+    cache = EmbeddingCache(10, 10_000, 10)
+    v = np.ones(3, dtype=np.float32)
+    cache.put("a", v, 1, 1)
+    v[:] = 5
+    entry = cache.get("a")
+    assert entry is not None and float(entry.vector[0]) == 1.0
+
+
+def counter(text: str, result: str) -> float:
+    m = re.search(rf'edge_embed_cache_total{{result="{result}"}} ([0-9.]+)', text)
+    return float(m.group(1)) if m else 0.0
+
+
+async def metrics(client: Any) -> str:
+    return str(await (await client.get("/metrics")).text())
+
+
+async def test_cache_over_http(make_client: MakeClient) -> None:
+    client = await make_client()
+    body = {"model": "tiny", "input": ["cats and dogs", "a red car"]}
+    first = await (await client.post("/v1/embeddings", json=body)).json()
+    text = await metrics(client)
+    assert counter(text, "miss") == 2 and counter(text, "hit") == 0
+    second = await (await client.post("/v1/embeddings", json=body)).json()
+    text = await metrics(client)
+    assert counter(text, "hit") == 2
+    assert second["data"] == first["data"] and second["usage"] == first["usage"]
+    # keyed by dimensions and input type: these are misses, not wrong hits
+    await client.post("/v1/embeddings", json={**body, "input_type": "query"})
+    text = await metrics(client)
+    assert counter(text, "hit") == 2 and counter(text, "miss") == 4
+    # no_cache bypasses it entirely (no lookup counted)
+    await client.post("/v1/embeddings", json={**body, "cache_control": {"no_cache": True}})
+    text = await metrics(client)
+    assert counter(text, "hit") == 2 and counter(text, "miss") == 4
+    assert "edge_embed_cache_entries 4.0" in text
+
+
+async def test_cache_keeps_truncation_warnings(make_client: MakeClient) -> None:
+    client = await make_client()
+    body = {"model": "tiny", "input": ["fox " * 200]}
+    a = await client.post("/v1/embeddings", json=body)
+    b = await client.post("/v1/embeddings", json=body)
+    ja, jb = await a.json(), await b.json()
+    assert counter(await metrics(client), "hit") == 1
+    assert ja["warnings"] == jb["warnings"] and b.headers["X-Edge-Embed-Truncated"] == "1"
+
+
+async def test_cache_ttl_zero_request_and_disabled(make_client: MakeClient) -> None:
+    client = await make_client()
+    body = {"model": "tiny", "input": "x y z", "cache_control": {"ttl": 0}}
+    await client.post("/v1/embeddings", json=body)
+    await client.post("/v1/embeddings", json=body)
+    assert counter(await metrics(client), "hit") == 0
+    off = await make_client(cache_entries=0)
+    await off.post("/v1/embeddings", json={"model": "tiny", "input": "x"})
+    await off.post("/v1/embeddings", json={"model": "tiny", "input": "x"})
+    text = await metrics(off)
+    assert counter(text, "hit") == 0 and counter(text, "miss") == 0
