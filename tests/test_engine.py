@@ -1,0 +1,234 @@
+"""The engine's mechanisms, made deterministic by holding the model run on a gate (no timing).
+
+Cross-request batching, the bounded queue (429 + Retry-After), deadlines (408, dropped work
+never reaches the model), clients that go away, engine faults (500 with the request id, /health
+reports it) and a dead batching worker (restarted; past the limit, the engine is marked dead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.app import REGISTRY, STATE
+from service.engine import ModelEngine
+from tests.fixtures.server import MakeClient
+
+SENTENCES = [f"sentence number {i} about a cat and a dog" + " fox" * (i % 5) for i in range(16)]
+
+
+class Gate:
+    """Wraps an engine's model run: records each batch, blocks runs until opened."""
+
+    def __init__(self, engine: ModelEngine) -> None:
+        self.engine = engine
+        self.open = threading.Event()
+        self.batches: list[int] = []
+        self.fail_next = 0
+        self._real = engine._run_sync
+
+    def __call__(self, rows: list[Any], width: int) -> Any:
+        self.batches.append(len(rows))
+        self.open.wait(timeout=60)
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError("injected onnxruntime failure")
+        return self._real(rows, width)
+
+
+@pytest.fixture
+async def gated(make_client: MakeClient) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    gates: list[Gate] = []
+
+    async def make(**settings: Any) -> tuple[Any, Gate]:
+        client = await make_client(cache_entries=0, **settings)
+        engine = client.server.app[REGISTRY].get("tiny").engine
+        gate = Gate(engine)
+        engine._run_sync = gate  # type: ignore[method-assign]
+        gates.append(gate)
+        return client, gate
+
+    yield make
+    for gate in gates:
+        gate.open.set()  # never leave an executor thread blocked
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    """Wait for a state change the test caused (polling; not a timing assertion)."""
+    for _ in range(2000):
+        if cond():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+async def embed(client: Any, text: Any, **extra: Any) -> tuple[int, Any, Any]:
+    resp = await client.post("/v1/embeddings", json={"model": "tiny", "input": text, **extra})
+    return resp.status, await resp.json(), resp.headers
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    sel = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    m = re.search(rf"^{name}{{{re.escape(sel)}}} ([0-9.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def test_concurrent_requests_share_a_batch(gated: Any) -> None:
+    client, gate = await gated()
+    engine = gate.engine
+    singles = []
+    gate.open.set()
+    for s in SENTENCES:
+        status, body, _ = await embed(client, s)
+        assert status == 200
+        singles.append(np.asarray(body["data"][0]["embedding"], dtype=np.float32))
+    gate.open.clear()
+    gate.batches.clear()
+    first = asyncio.ensure_future(embed(client, SENTENCES[0]))
+    await until(lambda: engine.running == 1)
+    rest = [asyncio.ensure_future(embed(client, s)) for s in SENTENCES[1:]]
+    await until(lambda: engine.queued_inputs == 15)
+    gate.open.set()
+    results = await asyncio.gather(first, *rest)
+    assert gate.batches == [1, 15]  # 15 callers' inputs in one run
+    for single, (status, body, _) in zip(singles, results, strict=True):
+        assert status == 200
+        got = np.asarray(body["data"][0]["embedding"], dtype=np.float32)
+        assert float(got @ single) >= 0.9999
+
+
+async def test_queue_bound_gives_429_with_retry_after(gated: Any) -> None:
+    client, gate = await gated(queue_inputs=4)
+    engine = gate.engine
+    running = asyncio.ensure_future(embed(client, "first"))
+    await until(lambda: engine.running == 1)
+    queued = asyncio.ensure_future(embed(client, ["a", "b", "c", "d"]))
+    await until(lambda: engine.queued_inputs == 4)
+    status, body, headers = await embed(client, "one too many")
+    assert status == 429
+    assert body["error"]["type"] == "rate_limit_error"
+    assert body["error"]["code"] == "server_overloaded"
+    assert int(headers["Retry-After"]) >= 1
+    assert (await client.get("/health")).status == 200  # probes answer while overloaded
+    gate.open.set()
+    assert (await running)[0] == 200 and (await queued)[0] == 200
+    assert (await embed(client, "after"))[0] == 200  # serves normally afterwards
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "edge_embed_rejected_total", reason="overloaded") == 1
+
+
+async def test_timed_out_work_never_reaches_the_model(gated: Any) -> None:
+    client, gate = await gated(request_timeout=0.3)
+    engine = gate.engine
+    running = asyncio.ensure_future(embed(client, "first"))
+    await until(lambda: engine.running == 1)
+    status, body, _ = await embed(client, ["queued one", "queued two"])
+    assert status == 408 and body["error"]["code"] == "request_timeout"
+    assert engine.queued_inputs == 0
+    gate.open.set()
+    await running
+    await until(lambda: engine.running == 0)
+    assert gate.batches == [1]  # the timed-out request's two inputs were never run
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "edge_embed_dropped_inputs_total", model="tiny", reason="timeout") == 2
+
+
+async def test_work_of_a_client_that_went_away_is_dropped(gated: Any) -> None:
+    client, gate = await gated()
+    engine = gate.engine
+    running = asyncio.ensure_future(embed(client, "first"))
+    await until(lambda: engine.running == 1)
+    gone = asyncio.ensure_future(embed(client, ["x1", "x2", "x3"]))
+    await until(lambda: engine.queued_inputs == 3)
+    gone.cancel()  # the client closes its connection
+    await asyncio.sleep(0.05)
+    gate.open.set()
+    assert (await running)[0] == 200
+    assert (await embed(client, "next"))[0] == 200
+    assert gate.batches == [1, 1]  # the three inputs of the departed client never ran
+    text = await (await client.get("/metrics")).text()
+    dropped = sum(metric(text, "edge_embed_dropped_inputs_total", model="tiny", reason=r)
+                  for r in ("client_gone", "cancelled"))
+    assert dropped == 3
+
+
+async def test_engine_fault_fails_only_its_batch(gated: Any) -> None:
+    client, gate = await gated()
+    gate.fail_next = 1
+    gate.open.set()
+    status, body, headers = await embed(client, "boom")
+    assert status == 500
+    rid = headers["X-Request-Id"]
+    assert rid in body["error"]["message"] and body["error"]["request_id"] == rid
+    assert "Traceback" not in body["error"]["message"]
+    assert (await embed(client, "fine"))[0] == 200
+    health = await client.get("/health")
+    report = await health.json()
+    assert health.status == 200 and report["status"] == "degraded"
+    assert report["models"]["tiny"]["faults"] == 1
+    assert rid in report["models"]["tiny"]["last_fault"]["request_ids"]
+
+
+async def test_dead_worker_is_restarted(gated: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, gate = await gated()
+    gate.open.set()
+    engine = gate.engine
+    real = engine._form_batches
+    calls = [0]
+
+    def broken(window: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("injected worker bug")
+        return real(window)
+
+    monkeypatch.setattr(engine, "_form_batches", broken)
+    status, body, _ = await embed(client, "first")
+    assert status == 500 and body["error"]["code"] == "internal_error"
+    await until(lambda: len(engine._workers) == 1)
+    assert (await embed(client, "second"))[0] == 200
+    report = await (await client.get("/health")).json()
+    assert report["models"]["tiny"]["worker_deaths"] == 1 and report["models"]["tiny"]["alive"]
+
+
+async def test_worker_dying_past_the_limit_marks_the_engine_dead(
+        gated: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, gate = await gated(worker_restarts=0)
+    gate.open.set()
+    engine = gate.engine
+
+    def broken(window: Any) -> Any:
+        raise RuntimeError("injected worker bug")
+
+    monkeypatch.setattr(engine, "_form_batches", broken)
+    assert (await embed(client, "first"))[0] == 500
+    await until(lambda: engine.dead)
+    assert (await client.get("/health")).status == 503
+    assert (await client.get("/ready")).status == 503
+    status, _body, headers = await embed(client, "refused")
+    assert status == 503 and "Retry-After" in headers
+
+
+async def test_draining_refuses_new_work(make_client: MakeClient) -> None:
+    client = await make_client()
+    client.server.app[STATE].draining = True
+    assert (await client.get("/ready")).status == 503
+    assert (await client.get("/health")).status == 200
+    status, body, headers = await embed(client, "late")
+    assert status == 503 and body["error"]["code"] == "service_unavailable"
+    assert headers["Retry-After"] == "1"
+
+
+async def test_batches_respect_the_token_budget(gated: Any) -> None:
+    client, gate = await gated(batch_tokens=64, batch_inputs=32)
+    gate.open.set()
+    texts = ["fox " * 20] * 6  # 22 tokens each: two fit under 64 padded tokens
+    status, _, _ = await embed(client, texts)
+    assert status == 200
+    assert gate.batches and max(gate.batches) <= 2 and sum(gate.batches) == 6
