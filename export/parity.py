@@ -158,3 +158,20 @@ def check(quality: Quality, min_cosine: float = MIN_COSINE) -> None:
         raise ToolError(f"the exported graph disagrees with torch: cosine min "
                         f"{quality.cosine_min:.6f} < {min_cosine} (mean {quality.cosine_mean:.6f}, "
                         f"max abs diff {quality.max_abs_diff:.3g}); no bundle written")
+
+
+def check_tokenizer(source: Path, bundle: Path, texts: Sequence[str], max_tokens: int) -> None:
+    """The bundle's tokenization (the service's code) must give the source tokenizer's ids.
+
+    The reference is transformers' tokenizer for the source folder, cut at max_tokens: what
+    sentence-transformers feeds the model.
+    """
+    from .tokenizer import source_tokenizer
+
+    reference = source_tokenizer(source)
+    want = reference(list(texts), truncation=True, max_length=max_tokens)["input_ids"]
+    got = BundleModel(bundle, RuntimeOptions(spinning=False)).tokenizer.encode(list(texts))
+    bad = [i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g.ids.tolist() != list(w)]
+    if bad:
+        raise ToolError(f"the bundle's tokenizer disagrees with the source's on {len(bad)} of "
+                        f"{len(texts)} inputs (first: {texts[bad[0]][:60]!r}); no bundle written")

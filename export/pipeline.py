@@ -76,6 +76,7 @@ def run(opts: ExportOptions, reporter: Reporter) -> Path:
                                    settings=settings, graph=graph, vocab_size=vocab,
                                    matryoshka=opts.matryoshka)
         draft.write(tmp)
+        parity.check_tokenizer(src.folder, tmp, eval_set.texts, settings.max_tokens)
         reporter.step(f"checking the graph against torch on {len(eval_set.texts)} inputs "
                       f"({eval_set.name})")
         quality = parity.measure(tmp, model, eval_set.texts, eval_set.name, reporter)

@@ -17,26 +17,35 @@ from .tooling import ToolError
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def _load(folder: Path) -> Any:
-    from tokenizers import Tokenizer
+def source_tokenizer(folder: Path) -> Any:
+    """The tokenizer transformers (and so sentence-transformers) really uses for this folder.
 
-    path = folder / TOKENIZER_FILE
-    if path.is_file():
-        try:
-            return Tokenizer.from_file(str(path))
-        except Exception as exc:  # tokenizers raises a bare Exception on a bad file
-            raise ToolError(f"{path} is not a valid tokenizers file ({exc})") from None
-    # No tokenizer.json (older models ship vocab.txt / sentencepiece only): let transformers
-    # build the fast tokenizer it would use, and keep its backend.
+    Its backend, not the raw tokenizer.json: transformers re-applies tokenizer_config.json
+    (BertTokenizerFast rebuilds the normalizer when `do_lower_case` disagrees with the file), and
+    the bundle must tokenize as the model was used. Older folders without tokenizer.json (only
+    vocab.txt or a sentencepiece model) are converted the same way.
+    """
     try:
         from transformers import AutoTokenizer
 
-        fast = AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
+        return AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
             str(folder), use_fast=True, local_files_only=True)
-    except Exception as exc:
-        raise ToolError(f"{folder} has no {TOKENIZER_FILE} and transformers could not build "
-                        f"one: {type(exc).__name__}: {str(exc).strip()[:200]}") from None
+    except Exception as exc:  # tokenizer loading raises many kinds
+        raise ToolError(f"transformers could not load the tokenizer in {folder}: "
+                        f"{type(exc).__name__}: {str(exc).strip()[:200]}") from None
+
+
+def _load(folder: Path) -> Any:
+    fast = source_tokenizer(folder)
     if not getattr(fast, "is_fast", False):
+        if (folder / TOKENIZER_FILE).is_file():
+            from tokenizers import Tokenizer
+
+            try:
+                return Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+            except Exception as exc:  # tokenizers raises a bare Exception on a bad file
+                raise ToolError(f"{folder / TOKENIZER_FILE} is not a valid tokenizers file "
+                                f"({exc})") from None
         raise ToolError(f"{folder} has no {TOKENIZER_FILE} and no fast tokenizer to convert")
     return fast.backend_tokenizer
 

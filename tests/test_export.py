@@ -267,3 +267,46 @@ def test_folder_without_tokenizer_json(tiny_st_model: Path, tmp_path: Path) -> N
     for tokens, enc in zip(ours, original.encode_batch(TEXTS), strict=True):
         assert tokens.ids.tolist() == [i for i, m in zip(enc.ids, enc.attention_mask,
                                                           strict=True) if m]
+
+
+def test_tokenizer_follows_transformers_not_the_raw_file(tiny_st_model: Path,
+                                                         tmp_path: Path) -> None:
+    # tokenizer.json says "no lowercasing", tokenizer_config.json says do_lower_case: transformers
+    # (and so sentence-transformers) lowercases, and the bundle must tokenize the same way.
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    src = Path(shutil.copytree(tiny_st_model, tmp_path / "src"))
+    data = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    data["normalizer"]["lowercase"] = False
+    (src / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    raw = Tokenizer.from_file(str(src / "tokenizer.json")).encode("The Museum").tokens
+    assert "[UNK]" in raw  # the raw file alone would lose the capitalised words
+    out = tmp_path / "bundle"
+    assert main([str(src), "--out", str(out), "--quiet"]) == 0
+    bundle_tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert bundle_tok.encode("The Museum").tokens == ["[CLS]", "the", "museum", "[SEP]"]
+    want = _sentence_transformers(src).encode(TEXTS, convert_to_numpy=True)
+    assert _cosines(BundleModel(out).embed(TEXTS), want).min() >= PARITY_COSINE
+
+
+def test_refuses_a_tokenizer_that_disagrees_with_the_source(
+        tiny_st_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from export import tokenizer
+
+    real = tokenizer.write
+
+    def broken(folder: Path, out: Path, max_tokens: int, pad: int | None) -> Any:
+        tok = real(folder, out, max_tokens, pad)
+        data = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+        data["normalizer"]["lowercase"] = False  # a bundle tokenizer that drifted
+        (out / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+        return tok
+
+    monkeypatch.setattr(tokenizer, "write", broken)
+    out = tmp_path / "bad"
+    with pytest.raises(ToolError, match="tokenizer disagrees"):
+        pipeline.run(pipeline.ExportOptions(src=str(tiny_st_model), out=out),
+                     Reporter(quiet=True))
+    assert list(tmp_path.iterdir()) == []
