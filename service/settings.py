@@ -132,6 +132,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number, 0-65535")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
@@ -176,7 +183,7 @@ def _typed(fn: Callable[[str], Any], name: str) -> Callable[[str], Any]:
 # (flag, type, help); the env variable is derived from the flag.
 _SCALARS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--host", str, "address to listen on"),
-    ("--port", _positive_int, "port to listen on (0: any free port)"),
+    ("--port", _port, "port to listen on (0: any free port)"),
     ("--api-keys-file", Path, "file of API keys, one per line: KEY [model,model,...]"),
     ("--max-inputs", _positive_int, "inputs per request (OpenAI: 2048)"),
     ("--max-request-tokens", _positive_int, "tokens per request, summed over its inputs"),
