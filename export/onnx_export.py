@@ -7,10 +7,13 @@ pooling mode and quantization sees only the encoder (see FINDINGS.md, Export).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,6 +61,22 @@ def check_supported(model_type: str) -> None:
                         f"(it supports: {', '.join(tasks)})")
 
 
+@contextlib.contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """Send file descriptor 1 to /dev/null: on a failed export torch prints its whole IR graph
+    (hundreds of lines) to stdout, and the user must see one line."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def export(model: PreTrainedModel, out: Path, opset: int | None) -> ExportedGraph:
     """Write `out/model.onnx` (and any external data files) from the loaded torch model."""
     import onnx
@@ -68,7 +87,7 @@ def export(model: PreTrainedModel, out: Path, opset: int | None) -> ExportedGrap
     for name in ("optimum", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _stdout_silenced():
             # torch.jit's TracerWarnings about constants in attention-mask helpers: the graph
             # is checked against torch afterwards, which is the test that matters.
             warnings.simplefilter("ignore")

@@ -34,6 +34,7 @@ def assert_refused(result: subprocess.CompletedProcess[str], *needles: str) -> s
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
+    assert result.stdout == ""  # nothing else on the terminal either
     assert lines[0].startswith("edge-embed export: error: ")
     for needle in needles:
         assert needle in lines[0], lines[0]
@@ -172,6 +173,13 @@ def test_max_tokens_beyond_position_embeddings(tiny_st_model: Path, tmp_path: Pa
     result = run_export(str(tiny_st_model), "--out", str(tmp_path / "out"),
                         "--max-tokens", "4096")
     assert_refused(result, "4096", "position embeddings")
+
+
+def test_opset_the_exporter_cannot_use(tiny_st_model: Path, tmp_path: Path) -> None:
+    # torch fails deep inside the exporter and prints its IR graph; the user sees one line
+    result = run_export(str(tiny_st_model), "--out", str(tmp_path / "out"), "--opset", "5")
+    assert_refused(result, "optimum could not export model_type 'bert'")
+    assert_nothing_left(tmp_path, set())
 
 
 def test_bad_id(tiny_st_model: Path, tmp_path: Path) -> None:
