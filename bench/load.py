@@ -148,7 +148,17 @@ class Outcome:
     latency_s: float
     ok: bool
     inputs: int
-    detail: str = ""
+    detail: str = ""  # what went wrong, for the report
+    kind: str = ""  # how failures are grouped in the report: "HTTP 429 server_overloaded", ...
+
+
+def error_kind(status: int, body: bytes) -> str:
+    """`HTTP <status> <code>` from an OpenAI-shaped error body (the code alone when unparsable)."""
+    try:
+        code = json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        code = "?"
+    return f"HTTP {status} {code}"
 
 
 @dataclass
@@ -171,16 +181,18 @@ async def one_request(session: aiohttp.ClientSession, url: str, payload: dict[st
             body = await r.read()
             latency = time.perf_counter() - start
             if r.status != 200:
-                return Outcome(latency, False, n_inputs, f"HTTP {r.status}: {body[:200]!r}")
+                return Outcome(latency, False, n_inputs, f"HTTP {r.status}: {body[:200]!r}",
+                               error_kind(r.status, body))
             parsed = json.loads(body)
             data = parsed.get("data") if isinstance(parsed, dict) else None
             if not isinstance(data, list) or len(data) != n_inputs or any(
                     not isinstance(d.get("embedding"), list) or not d["embedding"] for d in data):
-                return Outcome(latency, False, n_inputs, f"malformed body: {body[:200]!r}")
+                return Outcome(latency, False, n_inputs, f"malformed body: {body[:200]!r}",
+                               "malformed 200")
             return Outcome(latency, True, n_inputs)
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as err:
         return Outcome(time.perf_counter() - start, False, n_inputs,
-                       f"{type(err).__name__}: {err}")
+                       f"{type(err).__name__}: {err}", type(err).__name__)
 
 
 async def run_load(base_url: str, model: str, *, rate: float, duration_s: float,
@@ -225,11 +237,11 @@ def report(result: LoadResult, rate: float, duration_s: float) -> str:
                                      for p in PERCENTILES)
         + (f"  max {latencies[-1]:.1f}" if latencies else ""),
     ]
-    kinds: dict[str, int] = {}
+    kinds: dict[str, list[Outcome]] = {}
     for o in result.failures:
-        kinds[o.detail[:120]] = kinds.get(o.detail[:120], 0) + 1
-    for detail, count in sorted(kinds.items(), key=lambda kv: -kv[1])[:10]:
-        lines.append(f"  FAILED x{count}: {detail}")
+        kinds.setdefault(o.kind, []).append(o)
+    for kind, group in sorted(kinds.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"  FAILED x{len(group)} {kind}, e.g. {group[0].detail[:160]}")
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ limit and character bound so that going past them costs little.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import socket
 from collections.abc import Iterator
@@ -26,6 +27,11 @@ MAX_CHARS = 5000
 # never come (it reads the whole body before refusing it).
 ANSWER_WITHIN_S = 10.0
 NESTING = 100_000
+# A gzip bomb: 200 MB of one byte compresses to ~200 KB, under MAX_BODY on the wire.
+BOMB_BYTES = 200 * 1024 * 1024
+# What a server may grow while refusing it: a fraction of the inflated size (a server that
+# inflates the whole body first grows by ~200 MB).
+BOMB_RSS_GROWTH_MIB = 64
 TINY_VOCAB_LIMIT = 10**6  # far above any tiny vocabulary: certainly out of range
 
 
@@ -154,6 +160,21 @@ def test_complete_body_one_byte_over_the_limit_is_413(server: LiveServer) -> Non
     answer = post(server, body)
     assert answer.status == 413, answer
     assert_openai_error(answer.json(), 413)
+
+
+def test_gzip_bomb_is_413_without_inflating_it_in_memory(server: LiveServer) -> None:
+    # ~200 KB of gzip (under the limit on the wire) that inflates to 200 MB: the limit must
+    # apply to the inflated body, counted while inflating, not after.
+    prefix = b'{"model":"tiny","input":"'
+    bomb = gzip.compress(prefix + b"a" * BOMB_BYTES + b'"}', 9)
+    assert len(bomb) <= MAX_BODY
+    rss_before = server.rss_kib()
+    answer = post(server, bomb, extra_headers="Content-Encoding: gzip\r\n")
+    assert answer.status == 413, answer
+    assert_openai_error(answer.json(), 413)
+    grown_mib = (server.rss_kib() - rss_before) / 1024
+    assert grown_mib < BOMB_RSS_GROWTH_MIB, f"RSS grew {grown_mib:.0f} MiB on a refused body"
+    assert_unaffected(server)
 
 
 # --- malformed bodies -------------------------------------------------------------------------
