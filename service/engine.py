@@ -89,6 +89,13 @@ class Job:
         return self.dropped is None and not self.future.done()
 
 
+def _fail(job: Job, error: ApiError) -> None:
+    """Fail `job`'s request; its handler may be gone already, so never log it as unretrieved."""
+    if not job.future.done():
+        job.future.set_exception(error)
+        job.future.exception()  # marks it retrieved: a departed handler is not an error
+
+
 class ModelEngine:
     """One model's queue and batching workers."""
 
@@ -232,8 +239,7 @@ class ModelEngine:
     def _fail_queued(self, error: ApiError) -> None:
         while self._jobs:
             job = self._jobs.popleft()
-            if not job.future.done():
-                job.future.set_exception(error)
+            _fail(job, error)
             self.drop(job, "shutdown")
 
     # ---- batching ---------------------------------------------------------------------------
@@ -287,7 +293,7 @@ class ModelEngine:
     def _check_gone(self, job: Job) -> None:
         if job.dropped is None and not job.future.done() and job.is_gone():
             self.drop(job, "client_gone")
-            job.future.set_exception(ClientGone("The client closed the connection."))
+            _fail(job, ClientGone("The client closed the connection."))
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -304,14 +310,14 @@ class ModelEngine:
                 for batch in self._form_batches(window):
                     await self._run(loop, batch)
             except BaseException as exc:
-                # Whatever killed this worker, no job it held may hang until its timeout.
+                # Whatever ended this worker, no job it held may hang until its timeout.
+                stopping = isinstance(exc, asyncio.CancelledError)
                 for job, _ in window:
-                    if not job.future.done():
-                        job.future.set_exception(InternalError(
-                            f"The batching worker failed (request id {job.request_id}).",
-                            extra={"request_id": job.request_id}))
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+                    _fail(job, Unavailable("The server is shutting down.",
+                                           headers={"Retry-After": "1"}) if stopping else
+                          InternalError(f"The batching worker failed (request id "
+                                        f"{job.request_id}).",
+                                        extra={"request_id": job.request_id}))
                 raise
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Job, int]]) -> None:
@@ -371,8 +377,7 @@ class ModelEngine:
         log.error("model run failed for %s (requests %s)", self.name, ", ".join(ids),
                   exc_info=exc)
         for job, _ in live:
-            if not job.future.done():
-                job.future.set_exception(InternalError(
-                    f"The model failed on this request; request id {job.request_id}.",
-                    extra={"request_id": job.request_id}))
+            _fail(job, InternalError(
+                f"The model failed on this request; request id {job.request_id}.",
+                extra={"request_id": job.request_id}))
             self.drop(job, "fault")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,29 +16,9 @@ import numpy as np
 import pytest
 
 from service.app import REGISTRY, STATE
-from service.engine import ModelEngine
-from tests.fixtures.server import MakeClient
+from tests.fixtures.server import Gate, MakeClient, until
 
 SENTENCES = [f"sentence number {i} about a cat and a dog" + " fox" * (i % 5) for i in range(16)]
-
-
-class Gate:
-    """Wraps an engine's model run: records each batch, blocks runs until opened."""
-
-    def __init__(self, engine: ModelEngine) -> None:
-        self.engine = engine
-        self.open = threading.Event()
-        self.batches: list[int] = []
-        self.fail_next = 0
-        self._real = engine._run_sync
-
-    def __call__(self, rows: list[Any], width: int) -> Any:
-        self.batches.append(len(rows))
-        self.open.wait(timeout=60)
-        if self.fail_next:
-            self.fail_next -= 1
-            raise RuntimeError("injected onnxruntime failure")
-        return self._real(rows, width)
 
 
 @pytest.fixture
@@ -57,15 +36,6 @@ async def gated(make_client: MakeClient) -> AsyncIterator[Callable[..., Awaitabl
     yield make
     for gate in gates:
         gate.open.set()  # never leave an executor thread blocked
-
-
-async def until(cond: Callable[[], bool]) -> None:
-    """Wait for a state change the test caused (polling; not a timing assertion)."""
-    for _ in range(2000):
-        if cond():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")
 
 
 async def embed(client: Any, text: Any, **extra: Any) -> tuple[int, Any, Any]:

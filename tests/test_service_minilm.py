@@ -1,0 +1,92 @@
+"""The real all-MiniLM-L6-v2 through the service: agreement with sentence-transformers on torch,
+and batch invariance (alone vs in a batch vs sharing a batch with other callers' requests)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.app import REGISTRY, create_app
+from service.settings import Settings
+from tests.fixtures.server import Gate, until
+
+pytestmark = pytest.mark.minilm
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "How do I reset my password?",
+    "Edge devices run small embedding models on a couple of CPU cores.",
+    "A man is playing a guitar.",
+    "Stock markets fell sharply after the announcement of new interest rates, and analysts "
+    "expect further volatility throughout the coming quarter as investors reassess risk.",
+    "cat",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+    "Où est la gare, s'il vous plaît ?",
+]
+# Agreement with torch: int8 per-token quantization measured mean 0.996, min 0.974 on MiniLM
+# over a harder set (FINDINGS); the issue asks >= 0.99 on ordinary sentences like these.
+MIN_COSINE_VS_TORCH = 0.99
+# Alone vs batched: the same arithmetic except padding, so essentially identical.
+MIN_COSINE_BATCH = 0.9999
+
+
+@pytest.fixture(scope="module", params=["minilm_int8_bundle", "minilm_fp32_bundle"])
+def bundle(request: pytest.FixtureRequest) -> Path:
+    path: Path = request.getfixturevalue(request.param)
+    return path
+
+
+@pytest.fixture(scope="module")
+def torch_vectors(minilm_src: Path) -> np.ndarray[Any, Any]:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_src), device="cpu")
+    out: np.ndarray[Any, Any] = model.encode(TEXTS, normalize_embeddings=True)
+    return out
+
+
+def as_array(body: dict[str, Any]) -> np.ndarray[Any, Any]:
+    return np.asarray([d["embedding"] for d in body["data"]], dtype=np.float32)
+
+
+async def post(client: Any, model: str, inputs: Any) -> np.ndarray[Any, Any]:
+    resp = await client.post("/v1/embeddings", json={"model": model, "input": inputs})
+    assert resp.status == 200, await resp.text()
+    return as_array(await resp.json())
+
+
+async def test_agrees_with_sentence_transformers_and_is_batch_invariant(
+        bundle: Path, torch_vectors: np.ndarray[Any, Any], aiohttp_client: Any) -> None:
+    settings = Settings(models=(bundle,), cache_entries=0)
+    client = await aiohttp_client(create_app(settings))
+    served = next(iter(client.server.app[REGISTRY]))
+    model = served.id
+    batch = await post(client, model, TEXTS)
+    cosines = np.sum(batch * torch_vectors, axis=1)
+    assert cosines.min() >= MIN_COSINE_VS_TORCH, cosines
+    singles = np.concatenate([await post(client, model, t) for t in TEXTS])
+    assert np.sum(singles * batch, axis=1).min() >= MIN_COSINE_BATCH
+
+    # Other callers' requests share the batch: hold the run, queue everyone, release.
+    engine = served.engine
+    gate = Gate(engine)
+    engine._run_sync = gate  # type: ignore[method-assign]
+    try:
+        first = asyncio.ensure_future(post(client, model, "warm the gate"))
+        await until(lambda: engine.running == 1)
+        mine = [asyncio.ensure_future(post(client, model, t)) for t in TEXTS]
+        others = [asyncio.ensure_future(post(client, model, [f"caller {i}", "x " * (i + 1)]))
+                  for i in range(4)]
+        await until(lambda: engine.queued_inputs == len(TEXTS) + 8)
+        gate.open.set()
+        await first
+        shared = np.concatenate(await asyncio.gather(*mine))
+        await asyncio.gather(*others)
+    finally:
+        gate.open.set()
+    assert gate.batches[1] == len(TEXTS) + 8  # everyone in one run
+    assert np.sum(shared * singles, axis=1).min() >= MIN_COSINE_BATCH
