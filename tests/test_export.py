@@ -310,3 +310,17 @@ def test_refuses_a_tokenizer_that_disagrees_with_the_source(
         pipeline.run(pipeline.ExportOptions(src=str(tiny_st_model), out=out),
                      Reporter(quiet=True))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_source_names_the_hub_cache_commit(tmp_path: Path) -> None:
+    from export import source
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = tmp_path / "models--org--name" / "snapshots" / commit
+    folder.mkdir(parents=True)
+    resolved = source.resolve(str(folder))
+    assert (resolved.revision, resolved.hub, resolved.folder) == (commit, False, folder)
+    assert source.resolve(str(folder), "v2").revision == "v2"  # the user's word wins
+    assert source.looks_like_hub_id("sentence-transformers/all-MiniLM-L6-v2")
+    assert not source.looks_like_hub_id("./models/x")
+    assert not source.looks_like_hub_id("plain-name")
