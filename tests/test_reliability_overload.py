@@ -131,3 +131,44 @@ async def test_serves_normally_after_the_flood(server: LiveServer) -> None:
         async with session.get(f"{server.base}/ready") as r:
             assert r.status == 200
     assert metric_sum(scrape(server.base), "edge_embed_queue_inputs") == 0
+
+
+# The tokenizer is a stage too: a flood of long texts must be refused (429) at admission, not
+# queue unbounded in front of the tokenizer thread and time out there (408) after holding
+# every body in memory. 60 requests of 512 inputs of 300 words (~1 MB each, seconds of
+# tokenizing in all) against a 64-input queue and a 5 s deadline.
+TEXT_FLOOD_REQUESTS = 60
+TEXT_FLOOD_INPUTS = 512
+TEXT_FLOOD_WORDS = 300
+TEXT_FLOOD_TIMEOUT_S = 5.0
+
+
+@pytest.fixture(scope="module")
+def strict_server(tiny_bundle: Path) -> Iterator[LiveServer]:
+    live = LiveServer([tiny_bundle], [
+        "--queue-inputs", str(QUEUE_INPUTS), "--queue-tokens", str(QUEUE_TOKENS),
+        "--cache-entries", "0", "--request-timeout", str(TEXT_FLOOD_TIMEOUT_S)])
+    try:
+        yield live.start()
+    finally:
+        live.stop()
+
+
+async def test_flood_of_long_texts_is_refused_with_429_not_408(strict_server: LiveServer) -> None:
+    base = strict_server.base
+
+    async def one(session: aiohttp.ClientSession, i: int) -> int:
+        texts = [words_text(i * TEXT_FLOOD_INPUTS + k, TEXT_FLOOD_WORDS)
+                 for k in range(TEXT_FLOOD_INPUTS)]
+        async with session.post(f"{base}/v1/embeddings", json={"model": "tiny", "input": texts},
+                                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as r:
+            await r.read()
+            return r.status
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        statuses = await asyncio.gather(*(one(session, i) for i in range(TEXT_FLOOD_REQUESTS)))
+    counts = {s: statuses.count(s) for s in sorted(set(statuses))}
+    assert set(statuses) <= {200, 429}, (
+        f"a flood past the queue got {counts}: overload must be refused with 429 at admission, "
+        "not left to time out (408) in front of the tokenizer")
+    assert 429 in statuses, f"nothing was refused: {counts}"
