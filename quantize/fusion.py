@@ -5,7 +5,8 @@ residual + bias + LayerNorm one `SkipLayerNormalization`, bias + GELU one `BiasG
 optimizer is asked for `MultiHeadAttention` rather than `Attention` on purpose: `Attention` packs
 the Q/K/V weights inside the fused node, where no int8 scheme of ours can reach them, while
 `MultiHeadAttention` leaves the three projections as plain MatMuls (their biases move into the
-attention node), so they are quantized like every other matmul.
+attention node), so they are quantized like every other matmul. `skip_layer_norm=False` keeps
+residual + LayerNorm as two plain nodes (faster on CPU, see build.py).
 
 A graph the optimizer cannot fuse (an architecture it does not know) is used unfused.
 """
@@ -35,13 +36,17 @@ class FusionResult:
     ops: dict[str, int]  # count of each fused operator
 
 
-def fuse(model: onnx.ModelProto, model_type: str = "bert") -> FusionResult:
+def fuse(model: onnx.ModelProto, model_type: str = "bert", *, attention: bool = True,
+         skip_layer_norm: bool = True) -> FusionResult:
     """The optimizer's fusions; on any failure, the model unchanged and fused=False."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     options = FusionOptions(model_type)
     options.use_multi_head_attention = True
+    options.enable_attention = attention
+    options.enable_skip_layer_norm = skip_layer_norm
+    options.enable_bias_skip_layer_norm = skip_layer_norm
     # The optimizer logs every pattern it looks for; a user needs only our summary.
     quiet = logging.getLogger("onnxruntime.transformers")
     level = quiet.level

@@ -140,7 +140,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
-                      switches: bool = False) -> PerTokenResult:
+                      switches: bool = False, shapes_info: bool = True) -> PerTokenResult:
     """A copy of `model` with every weight MatMul not in `exclude` in per-token int8.
 
     With `switches`, each quantized MatMul also keeps its fp32 twin and a bool graph input
@@ -174,7 +174,8 @@ def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
         if mm.activation not in rows:
             start = len(b.nodes)
             rows[mm.activation] = b.quantize_rows(mm.activation, mm.k)
-            _describe(model, shapes.get(mm.activation), *rows[mm.activation])
+            if shapes_info:
+                _describe(model, shapes.get(mm.activation), *rows[mm.activation])
             new_nodes.extend(b.nodes[start:])
         q, row_scale = rows[mm.activation]
         wq, w_scale = quantize_weight(weight_array(model, mm.weight))

@@ -1,0 +1,95 @@
+"""Speed of candidate bundles relative to their fp32 bundle, measured as interleaved ratios.
+
+    python -m quantize.speedtest FP32_BUNDLE CANDIDATE [CANDIDATE ...] [--rounds 12]
+
+In one process, round after round, every bundle runs the same batch of 32 short inputs and the
+same batch of 32 inputs of ~256 tokens (from the evaluation set), in rotating order; each round
+gives a ratio fp32 time / candidate time, and the median ratio is printed. On a shared 2-core
+machine absolute times swing by 2x from minute to minute; ratios taken seconds apart do not.
+This is a measurement tool, not a test (speed is asserted nowhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.encoder import I64, BundleModel
+from service.runtime import RuntimeOptions
+
+from .evalset import load_eval_set
+
+# Batch 32: where short-input throughput peaks on 2 cores (FINDINGS.md).
+BATCH = 32
+# Short inputs: the evaluation set's paraphrase sentences (10-25 tokens).
+SHORT_KIND = "para"
+# Timed calls per round: a short batch takes ~20-80 ms, a long one ~0.3-0.6 s.
+SHORT_CALLS = 4
+LONG_CALLS = 1
+
+
+def _batches(model: BundleModel) -> dict[str, list[I64]]:
+    items = load_eval_set().items
+    short = [i.text for i in items if i.kind == SHORT_KIND][:BATCH]
+    longest = sorted(items, key=lambda i: -len(i.text))[:BATCH]
+    tok = model.tokenizer
+    return {"short": [t.ids for t in tok.encode(short)],
+            "long": [t.ids for t in tok.encode([i.text for i in longest])]}
+
+
+def _time(model: BundleModel, batch: Sequence[I64], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        model.run(batch)
+    return (time.perf_counter() - start) / calls
+
+
+def measure(paths: Sequence[Path], rounds: int, level: str,
+            threads: int | None = None) -> dict[str, dict[str, float]]:
+    """{bundle: {"short": median ratio, "long": ..., "short_ms": ..., "long_ms": ...}}."""
+    options = RuntimeOptions(graph_optimization=level, intra_op_threads=threads)
+    models = [BundleModel(p, options) for p in paths]
+    batches = _batches(models[0])
+    ratios: dict[str, dict[str, list[float]]] = {str(p): {"short": [], "long": []} for p in paths}
+    times: dict[str, dict[str, list[float]]] = {str(p): {"short": [], "long": []} for p in paths}
+    for model in models:  # warm-up: first runs allocate the arena and pack weights
+        for batch in batches.values():
+            model.run(batch)
+    for r in range(rounds):
+        for kind, calls in (("short", SHORT_CALLS), ("long", LONG_CALLS)):
+            order = list(range(len(models)))
+            order = order[r % len(order):] + order[: r % len(order)]
+            took = {i: _time(models[i], batches[kind], calls) for i in order}
+            for i, p in enumerate(paths):
+                ratios[str(p)][kind].append(took[0] / took[i])
+                times[str(p)][kind].append(took[i])
+    return {p: {"short": statistics.median(ratios[p]["short"]),
+                "long": statistics.median(ratios[p]["long"]),
+                "short_ms": 1000 * statistics.median(times[p]["short"]),
+                "long_ms": 1000 * statistics.median(times[p]["long"])} for p in ratios}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m quantize.speedtest", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("fp32", type=Path)
+    p.add_argument("candidates", type=Path, nargs="+")
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--level", default="auto", choices=("auto", "basic", "extended", "all"),
+                   help="onnxruntime graph optimization level (auto: the service's choice)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: every "
+                   "usable CPU, as the service; 1 is steadier on a machine shared with others)")
+    args = p.parse_args(argv)
+    result = measure([args.fp32, *args.candidates], args.rounds, args.level, args.threads)
+    print(f"{'bundle':50s} {'short x':>8s} {'long x':>8s} {'short ms':>9s} {'long ms':>9s}")
+    for path, r in result.items():
+        print(f"{path[-50:]:50s} {r['short']:8.2f} {r['long']:8.2f} {r['short_ms']:9.1f} "
+              f"{r['long_ms']:9.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
