@@ -49,6 +49,11 @@ A_ZERO_POINT = 128
 # activation's max/127 and far above float32's smallest normal number).
 MIN_SCALE = 1e-8
 SWITCH_PREFIX = "edge_embed_fp32__"
+# Unsigned range for shifted (one-sided) activations.
+UQMAX = 255.0
+# Operators whose output never falls below -GELU_SHIFT: GELU's minimum is -0.16997 (at
+# x = -0.7518), the tanh approximation's -0.1700; a hair of margin on top.
+ONE_SIDED_OPS = {"Gelu": 0.1701, "BiasGelu": 0.1701, "FastGelu": 0.1701, "Relu": 0.0}
 
 
 @dataclass(frozen=True)
@@ -98,23 +103,37 @@ class _Builder:
             return self.node("ReduceMax", [x, axes], "rowmax", keepdims=1)
         return self.node("ReduceMax", [x], "rowmax", axes=[1], keepdims=1)
 
-    def quantize_rows(self, x: str, k: int) -> tuple[str, str]:
-        """uint8 rows of `x` (same shape as x) and their scales (x's shape with last dim 1)."""
+    def quantize_rows(self, x: str, k: int, shift: float | None = None) -> tuple[str, str, str]:
+        """uint8 rows of `x` (same shape as x), their scales (x's shape with last dim 1), and
+        the zero point to give the matmul.
+
+        With `shift` (an activation known to stay above -shift, like GELU's output), rows are
+        quantized as x + shift over the whole unsigned range [0, 255] instead of a symmetric
+        [-127, 127] half of which such an activation never uses: twice the resolution. The
+        matmul then computes (x + shift) W; the caller subtracts shift * colsum(W).
+        """
         shape = self.node("Shape", [x], "shape")
         lead = self.node("Slice", [shape, self.const("zero", np.array([0], dtype=np.int64)),
                                    self.const("minus1", np.array([-1], dtype=np.int64))], "lead")
         flat = self.node("Reshape", [x, self.const("rows", np.array([-1, k], dtype=np.int64))],
                          "flat")
-        amax = self.row_max(self.node("Abs", [flat], "abs"))
+        if shift is None:
+            amax = self.row_max(self.node("Abs", [flat], "abs"))
+            qmax, zp_int = QMAX, A_ZERO_POINT
+        else:
+            flat = self.node("Add", [flat, self.const("shift", np.array(shift, np.float32))],
+                             "shifted")
+            amax = self.row_max(flat)
+            qmax, zp_int = UQMAX, 0
         scaled = self.node("Mul", [amax, self.const("inv_qmax",
-                                                    np.array(1.0 / QMAX, dtype=np.float32))],
+                                                    np.array(1.0 / qmax, dtype=np.float32))],
                            "scale_raw")
         scale = self.node("Max", [scaled, self.const("min_scale",
                                                      np.array(MIN_SCALE, dtype=np.float32))],
                           "scale")
         scale_1d = self.node("Reshape", [scale, self.const("flat1", np.array([-1], np.int64))],
                              "scale_1d")
-        zp_value = helper.make_tensor("zp", TensorProto.UINT8, [1], [A_ZERO_POINT])
+        zp_value = helper.make_tensor("zp", TensorProto.UINT8, [1], [zp_int])
         zero_points = self.node("ConstantOfShape", [self.node("Shape", [scale_1d], "nrows")],
                                 "zp", value=zp_value)
         q_flat = self.node("QuantizeLinear", [flat, scale_1d, zero_points], "q", axis=0)
@@ -122,7 +141,7 @@ class _Builder:
         scale_shape = self.node("Concat", [lead, self.const("one", np.array([1], np.int64))],
                                 "scale_shape", axis=0)
         row_scale = self.node("Reshape", [scale, scale_shape], "row_scale")
-        return q, row_scale
+        return q, row_scale, self.const("a_zp", np.array(zp_int, dtype=np.uint8))
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -140,7 +159,8 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
-                      switches: bool = False, shapes_info: bool = True) -> PerTokenResult:
+                      switches: bool = False, shapes_info: bool = True,
+                      one_sided: bool = True) -> PerTokenResult:
     """A copy of `model` with every weight MatMul not in `exclude` in per-token int8.
 
     With `switches`, each quantized MatMul also keeps its fp32 twin and a bool graph input
@@ -162,10 +182,11 @@ def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
     by_node = {c.name: c for c in chosen}
     b = _Builder(model)
     has_opset(model, MS_DOMAIN, 1)
-    rows: dict[str, tuple[str, str]] = {}
+    rows: dict[str, tuple[str, str, str]] = {}
+    shifts: dict[str, float | None] = {}
     switch_inputs: dict[str, str] = {}
     new_nodes: list[onnx.NodeProto] = []
-    zp = b.const("a_zp", np.array(A_ZERO_POINT, dtype=np.uint8))
+    producers = {out: n.op_type for n in model.graph.node for out in n.output}
     for node in model.graph.node:
         mm: WeightMatMul | None = by_node.get(node.name)
         if mm is None:
@@ -173,12 +194,15 @@ def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
             continue
         if mm.activation not in rows:
             start = len(b.nodes)
-            rows[mm.activation] = b.quantize_rows(mm.activation, mm.k)
+            shift = ONE_SIDED_OPS.get(producers.get(mm.activation, "")) if one_sided else None
+            rows[mm.activation] = b.quantize_rows(mm.activation, mm.k, shift)
+            shifts[mm.activation] = shift
             if shapes_info:
-                _describe(model, shapes.get(mm.activation), *rows[mm.activation])
+                _describe(model, shapes.get(mm.activation), *rows[mm.activation][:2])
             new_nodes.extend(b.nodes[start:])
-        q, row_scale = rows[mm.activation]
+        q, row_scale, zp = rows[mm.activation]
         wq, w_scale = quantize_weight(weight_array(model, mm.weight))
+        shift = shifts[mm.activation]
         wq_name = b.const("w_int8", wq)
         ws_name = b.const("w_scale", w_scale)
         target = mm.output
@@ -187,9 +211,18 @@ def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
             node.output[0] = fp32_out
             new_nodes.append(node)
             target = b.name("int8_out")
+        shifted = target
+        if shift:
+            shifted = b.name("shifted_out")
         new_nodes.append(helper.make_node(
-            "MatMulIntegerToFloat", [q, wq_name, row_scale, ws_name, zp], [target],
+            "MatMulIntegerToFloat", [q, wq_name, row_scale, ws_name, zp], [shifted],
             name=b.name("mm") + "/" + mm.name, domain=MS_DOMAIN))
+        if shift:
+            # (x + shift) W - shift * colsum(W), with W as the kernel sees it (dequantized)
+            colsum = (wq.astype(np.float64).sum(axis=0) * w_scale).astype(np.float32)
+            fix = b.const("unshift", (-shift * colsum).astype(np.float32))
+            new_nodes.append(helper.make_node("Add", [shifted, fix], [target],
+                                              name=b.name("unshift_node")))
         if switches:
             flag = SWITCH_PREFIX + str(len(switch_inputs))
             switch_inputs[mm.name] = flag
