@@ -32,7 +32,9 @@ class ApiKey:
 
 
 def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8")).digest()
+    # aiohttp decodes header bytes with surrogateescape: a non-UTF-8 key must still hash (and
+    # fail to match, 401), never raise.
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
 def load_keys_file(path: Path) -> list[tuple[str, frozenset[str] | None]]:
