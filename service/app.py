@@ -282,6 +282,17 @@ async def embeddings(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type=_JSON, headers=headers)
 
 
+# English text averages 4-5 characters per WordPiece/BPE token; 4 errs towards counting more
+# tokens, so a flood is refused early rather than late.
+CHARS_PER_TOKEN_ESTIMATE = 4
+
+
+def _estimate_tokens(items: Sequence[TextInput], limit: int) -> int:
+    """Tokens the items will cost once tokenized and cut, estimated before tokenizing."""
+    return sum(min(limit, (len(item) if not isinstance(item, str)
+                           else len(item) // CHARS_PER_TOKEN_ESTIMATE) + 2) for item in items)
+
+
 async def _compute(request: web.Request, served: ServedModel, inputs: Sequence[TextInput],
                    misses: list[int], prompt: str, truncate: bool, out: np.ndarray[Any, Any],
                    used: list[int], original: list[int], dimensions: int | None) -> None:
@@ -293,17 +304,18 @@ async def _compute(request: web.Request, served: ServedModel, inputs: Sequence[T
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.request_timeout
     items = [inputs[i] for i in misses]
+    limit = served.model.manifest.max_tokens
     try:
-        tokens = await asyncio.wait_for(loop.run_in_executor(
-            runtime.tokenizer_executor, _tokenize, served.model.tokenizer, items, prompt),
-            settings.request_timeout)
+        with engine.reserve(len(items), _estimate_tokens(items, limit)):
+            tokens = await asyncio.wait_for(loop.run_in_executor(
+                runtime.tokenizer_executor, _tokenize, served.model.tokenizer, items, prompt),
+                settings.request_timeout)
     except TimeoutError:
         raise RequestTimeout(f"The request did not finish within {settings.request_timeout:g} s."
                              ) from None
     single = len(inputs) == 1
     rows: list[I64] = []
     total = 0
-    limit = served.model.manifest.max_tokens
     for i, tok in zip(misses, tokens, strict=True):
         if tok.truncated and not truncate:
             where = "input" if single else f"input[{i}]"
