@@ -53,10 +53,11 @@ DRAIN_TIMEOUT_S = 20.0
 CACHE_ENTRIES = 10_000
 CACHE_BYTES = 64 * 1024 * 1024
 CACHE_TTL_S = 3600.0
-# Pad batch widths up to a multiple of this: fewer distinct shapes keep onnxruntime's arena from
-# growing with every new width (FINDINGS: RSS 100 -> 400-715 MB with varied shapes). A lone
-# input is never padded (it has no batch-mates to pad for).
-PAD_MULTIPLE = 16
+# Pad batch widths up to a multiple of this (fewer distinct shapes for onnxruntime's arena).
+# 1, measured by `make bench`: 16 rounded ~21-token short batches up to 32 and made 46-51 % of
+# their computed tokens padding (0.73x raw throughput); the arena levels off anyway (~650 MB),
+# and --arena-shrink is the memory knob. A lone input is never padded.
+PAD_MULTIPLE = 1
 # Tokenizer threads: `tokenizers` parallelizes encode_batch itself; one thread keeps the event
 # loop free without competing with onnxruntime for the cores.
 TOKENIZER_THREADS = 1
