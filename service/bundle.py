@@ -109,8 +109,8 @@ def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], path
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {str: "a string", int: "an integer", bool: "a boolean", list: "a list", dict: "an object",
-             float: "a number"}
+    names = {str: "a string", int: "an integer", bool: "a boolean", list: "a list",
+             dict: "an object", float: "a number"}
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
@@ -194,7 +194,8 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         inputs=tuple(inputs),
         output=_require(data, "output", str, path),
         output_kind=cast(OutputKind, output_kind),
-        model_file=_require(data, "model_file", str, path) if "model_file" in data else "model.onnx",
+        model_file=(_require(data, "model_file", str, path) if "model_file" in data
+                    else "model.onnx"),
         tokenizer_file=data.get("tokenizer_file", "tokenizer.json"),
         aliases=tuple(aliases),
         source=dict(data.get("source", {})),

@@ -25,14 +25,14 @@ def pool(hidden: F32, mask: npt.NDArray[np.int64], mode: Pooling) -> F32:
         last = np.maximum(mask.sum(axis=1) - 1, 0)
         return np.ascontiguousarray(hidden[np.arange(hidden.shape[0]), last, :], dtype=np.float32)
     weights = mask.astype(np.float32)[:, :, None]
-    summed = np.einsum("bth,bt->bh", hidden, weights[:, :, 0], dtype=np.float32)
+    summed: F32 = np.einsum("bth,bt->bh", hidden, weights[:, :, 0], dtype=np.float32)
     counts = np.maximum(weights.sum(axis=1), 1e-9)
-    return (summed / counts).astype(np.float32, copy=False)
+    return np.asarray(summed / counts, dtype=np.float32)
 
 
 def normalize(vectors: F32) -> F32:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, _NORM_EPS)).astype(np.float32, copy=False)
+    return np.asarray(vectors / np.maximum(norms, _NORM_EPS), dtype=np.float32)
 
 
 def finish(pooled: F32, *, dimensions: int | None, normalized: bool) -> F32:

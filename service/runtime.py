@@ -1,4 +1,4 @@
-"""Building the onnxruntime session: provider choice, threads, arena, graph optimization, in one place.
+"""Building the onnxruntime session: provider, threads, arena, graph optimization, in one place.
 
 Every number here is a default chosen from measurements on a 2-core machine (see FINDINGS.md and
 `make bench`); each is overridable from settings.
@@ -129,8 +129,8 @@ def create_session(folder: Path, manifest: Manifest,
     fell_back = choice.fell_back or any(r not in used for r in requested_names)
     message = choice.message
     if fell_back and not message:
-        message = (f"onnxruntime did not start {', '.join(r for r in requested_names if r not in used)};"
-                   f" running on {', '.join(used)}")
+        missing = ", ".join(r for r in requested_names if r not in used)
+        message = f"onnxruntime did not start {missing}; running on {', '.join(used)}"
     if fell_back and not opts.provider_fallback:
         raise ProviderError(message + " (pass --provider-fallback to accept this)")
     return session, ProviderChoice(choice.requested, used, fell_back, message)
