@@ -390,11 +390,14 @@ class ModelEngine:
         m.inference_seconds.labels(self.name).observe(elapsed)
         if elapsed > 0:  # an EWMA of throughput, for Retry-After
             self._tokens_per_s = 0.8 * self._tokens_per_s + 0.2 * (width * len(rows) / elapsed)
+        # A request's inference time is the wall time of the runs it took part in: once per run,
+        # however many of its rows that run carried.
+        for job in {id(j): j for j, _ in live}.values():
+            job.inference_s += elapsed
         for i, (job, row) in enumerate(live):
             if job.future.done() or job.result is None:
                 continue
             job.result[row] = pooled[i]
-            job.inference_s += elapsed
             job.done_rows += 1
             if job.done_rows == len(job.rows):
                 job.future.set_result(job.result)
