@@ -22,7 +22,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.server import free_port
 from bench.stats import percentile
 from bench.wordlist import WORDS
 
@@ -63,13 +63,6 @@ def make_text(rng: random.Random, max_words: int) -> str:
 
 
 # --- the service process ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 # Start-up of a tiny bundle takes well under 2 s (FINDINGS: a process to its first MiniLM
 # embedding in 0.24 s); 60 s leaves room for a machine shared with several busy test runs.
@@ -28,14 +29,6 @@ START_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.05
 # A process that does not exit this long after SIGKILL is a bug in the OS, not in the service.
 KILL_WAIT_S = 10.0
-
-
-def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1 (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def http_status(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> int:
