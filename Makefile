@@ -65,7 +65,7 @@ test: install model
 	EDGE_EMBED_MODELS=$(abspath $(MODELS)) $(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check service export quantize bench tests
+	$(BIN)/ruff check edge_embed service export quantize bench tests
 	$(BIN)/mypy
 
 # The memory run is repeated on a server without the memory bound (the per-run token budget,
@@ -80,10 +80,10 @@ bench-sweep: install model
 	$(BIN)/edge-embed bench sweep --int8 $(INT8) --fp32 $(FP32) --out bench/results
 
 soak: install model
-	$(PY) -m bench.soak --model $(INT8)
+	$(PY) -m edge_embed.bench.soak --model $(INT8)
 
 load: install model
-	$(PY) -m bench.load --model $(INT8)
+	$(PY) -m edge_embed.bench.load --model $(INT8)
 
 clean:
 	rm -rf $(VENV) .venv-runtime .venv-gpu .venv-openvino $(MODELS) .pytest_cache .mypy_cache

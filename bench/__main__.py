@@ -1,3 +1,3 @@
 from .cli import main
 
-raise SystemExit(main(prog="python -m bench"))
+raise SystemExit(main(prog="python -m edge_embed.bench"))

@@ -9,8 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from export.tooling import ToolError, run_cli
-from service.bundle import BundleError, load_manifest
+from edge_embed.export.tooling import ToolError, run_cli
+from edge_embed.service.bundle import BundleError, load_manifest
 
 from .chart import chart
 from .report import table, write_json

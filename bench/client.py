@@ -1,6 +1,7 @@
 """The HTTP load generator: a process of its own that drives the service over 127.0.0.1.
 
-`python -m bench.client --url URL --model ID --workloads FILE` answers measure commands (see
+`python -m edge_embed.bench.client --url URL --model ID --workloads FILE` answers measure commands
+(see
 worker.py). Request bodies are encoded before the clock starts; each window keeps `concurrency`
 requests in flight, stops at its time limit or request count, and checks every answer carries
 one vector per input. Consecutive windows continue through the workload's request pool rather
@@ -84,7 +85,7 @@ class Client:
                         payload = await resp.read()
                         ok = resp.status == 200 and len(orjson.loads(payload)["data"]) == sizes[i]
                         reason = f"HTTP {resp.status}: {payload[:200]!r}"
-                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as exc:
+                except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
                     ok, reason = False, f"{type(exc).__name__}: {exc}"
                 done = time.perf_counter()
                 last = max(last, done)
@@ -107,7 +108,7 @@ class Client:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.client", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m edge_embed.bench.client", description=__doc__)
     parser.add_argument("--url", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--workloads", type=Path, required=True)

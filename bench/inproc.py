@@ -27,9 +27,9 @@ Embed = Callable[[Sequence[str]], object]
 
 def ort_embedder(bundle: Path) -> tuple[Embed, int]:
     """The embedder and how many batches to run at once: the service's default thread plan."""
-    from service.cpus import plan_threads, usable_cpus
-    from service.encoder import BundleModel
-    from service.runtime import RuntimeOptions
+    from edge_embed.service.cpus import plan_threads, usable_cpus
+    from edge_embed.service.encoder import BundleModel
+    from edge_embed.service.runtime import RuntimeOptions
 
     threads, runs = plan_threads(usable_cpus(), None, None)
     model = BundleModel(bundle, RuntimeOptions(intra_op_threads=threads))
@@ -47,7 +47,7 @@ def st_embedder(source: Path) -> Embed:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from service.cpus import usable_cpus
+    from edge_embed.service.cpus import usable_cpus
 
     torch.set_num_threads(usable_cpus())
     model = SentenceTransformer(str(source), device="cpu")
@@ -110,7 +110,7 @@ class Runner:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.inproc", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m edge_embed.bench.inproc", description=__doc__)
     parser.add_argument("--kind", choices=("ort", "st"), required=True)
     parser.add_argument("--model", type=Path, required=True,
                         help="a bundle folder (ort) or a sentence-transformers folder (st)")

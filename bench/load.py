@@ -6,8 +6,8 @@ latency) for a fixed time. Every answer must be a 200 whose body holds one vecto
 size per input; anything else is a failure and the exit code is 1. Prints throughput and latency
 percentiles.
 
-    python -m bench.load --model models/all-minilm-l6-v2-int8 [--rate 40] [--duration 60]
-    python -m bench.load --url http://127.0.0.1:8000 --model-id all-minilm-l6-v2
+    python -m edge_embed.bench.load --model models/all-minilm-l6-v2-int8 [--rate 40] [--duration 60]
+    python -m edge_embed.bench.load --url http://127.0.0.1:8000 --model-id all-minilm-l6-v2
 
 The service runs in a subprocess started here (unless --url is given), the same command a user
 runs, so the numbers include HTTP, JSON and batching, not only the model.
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from bench.server import Server
-from bench.stats import percentile
-from bench.wordlist import WORDS
+from edge_embed.bench.server import Server
+from edge_embed.bench.stats import percentile
+from edge_embed.bench.wordlist import WORDS
 
 # 40 requests/s of 1-8 short sentences is about a tenth of what the int8 MiniLM serves on the
 # 2-core build machine (FINDINGS: 1260-2437 short inputs/s in process), so a healthy server
@@ -116,7 +116,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, payload: dict[st
                 return Outcome(latency, False, n_inputs, f"malformed body: {body[:200]!r}",
                                "malformed 200")
             return Outcome(latency, True, n_inputs)
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as err:
+    except (TimeoutError, aiohttp.ClientError, ValueError) as err:
         return Outcome(time.perf_counter() - start, False, n_inputs,
                        f"{type(err).__name__}: {err}", type(err).__name__)
 
@@ -172,7 +172,7 @@ def report(result: LoadResult, rate: float, duration_s: float) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m edge_embed.bench.load", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--model", help="bundle folder: start the service on it here")

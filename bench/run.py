@@ -19,7 +19,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from service.bundle import load_manifest
+from edge_embed.service.bundle import load_manifest
 
 from . import install_size, workloads
 from .server import BatchCounters, Server
@@ -133,13 +133,13 @@ def fresh_memory_run(bundle: Path, model_id: str, plan: Plan, wl_file: Path, log
 
 def _client(server: Server, model_id: str, wl_file: Path, logs: Path, name: str,
             encoding: str) -> Worker:
-    return Worker(name, [sys.executable, "-m", "bench.client", "--url", server.url,
+    return Worker(name, [sys.executable, "-m", "edge_embed.bench.client", "--url", server.url,
                          "--model", model_id, "--workloads", str(wl_file),
                          "--encoding", encoding], logs / f"{name}.log")
 
 
 def _inproc(kind: str, model: Path, wl_file: Path, logs: Path, name: str) -> Worker:
-    return Worker(name, [sys.executable, "-m", "bench.inproc", "--kind", kind, "--model",
+    return Worker(name, [sys.executable, "-m", "edge_embed.bench.inproc", "--kind", kind, "--model",
                          str(model), "--workloads", str(wl_file)], logs / f"{name}.log")
 
 

@@ -124,7 +124,7 @@ def parse_counters(text: str) -> BatchCounters:
 
 
 class Server:
-    """One `python -m service` process on a free loopback port, its output in a log file.
+    """One `python -m edge_embed.service` process on a free loopback port, its output in a log file.
 
     Started by the constructor; `wait_ready()` waits for /ready. The service runs in its own
     process group, so that `kill()` also reaches anything it started, and so that a Ctrl-C meant
@@ -141,7 +141,8 @@ class Server:
         self.url = f"http://{HOST}:{self.port}"
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"edge-embed-{self.port}.log"
         self.extra_args = tuple(extra_args)
-        self.command = [python, "-m", "service", *(a for m in self.models for a in ("--model", m)),
+        self.command = [python, "-m", "edge_embed.service",
+                        *(a for m in self.models for a in ("--model", m)),
                         "--host", HOST, "--port", str(self.port), *self.extra_args]
         # Unbuffered: the log is read while the service runs (failure tails, tests searching it
         # for what a request printed), so every line must be in the file when it is written.

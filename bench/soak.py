@@ -10,7 +10,7 @@ every padded batch shape and the arena's growth are exercised), samples the serv
 (the first third is warm-up: the arena and caches fill there). Exit 0 when it levels off and no
 request failed, 1 otherwise. Not part of `make test`: it takes minutes by design.
 
-    python -m bench.soak --model models/all-minilm-l6-v2-int8 [--duration 180] [--plot]
+    python -m edge_embed.bench.soak --model models/all-minilm-l6-v2-int8 [--duration 180] [--plot]
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.load import model_id
-from bench.server import Server
-from bench.wordlist import WORDS
-from service.bundle import load_manifest
+from edge_embed.bench.load import model_id
+from edge_embed.bench.server import Server
+from edge_embed.bench.wordlist import WORDS
+from edge_embed.service.bundle import load_manifest
 
 # The issue asks for "a bounded few minutes"; 3 min covers the arena's warm-up and two thirds
 # of steady state on the 2-core build machine.
@@ -94,7 +94,7 @@ async def client(session: aiohttp.ClientSession, url: str, model: str, rng: rand
                     stats.inputs += len(inputs)
                     continue
                 key = f"HTTP {r.status}: {body[:160]!r}"
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+        except (TimeoutError, aiohttp.ClientError) as err:
             key = f"{type(err).__name__}: {err}"
         stats.failed += 1
         stats.failures[key] = stats.failures.get(key, 0) + 1
@@ -177,7 +177,7 @@ def plot(samples: Sequence[tuple[float, int, int]], path: Path, title: str) -> P
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m edge_embed.bench.soak", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="bundle folder to serve")
     p.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, help="seconds")

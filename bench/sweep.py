@@ -26,12 +26,12 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-import service
-from export.tooling import ToolError, run_cli
-from service.bundle import Manifest, load_manifest
-from service.cpus import plan_threads, usable_cpus
-from service.runtime import graph_level_name
-from service.settings import Settings
+import edge_embed.service
+from edge_embed.export.tooling import ToolError, run_cli
+from edge_embed.service.bundle import Manifest, load_manifest
+from edge_embed.service.cpus import plan_threads, usable_cpus
+from edge_embed.service.runtime import graph_level_name
+from edge_embed.service.settings import Settings
 
 from . import workloads
 from .cli import check_bundles
@@ -226,7 +226,7 @@ def served_fingerprint(bundle: Path) -> str:
     would measure the change. Bundle files count by name, size and modification time (a model
     is tens of MB; it is replaced whole, never edited in place).
     """
-    root = Path(service.__file__).parent
+    root = Path(edge_embed.service.__file__).parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
@@ -542,4 +542,4 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed bench sweep") ->
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(prog="python -m bench.sweep"))
+    raise SystemExit(main(prog="python -m edge_embed.bench.sweep"))

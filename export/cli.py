@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import cast
 
-from service.bundle import POOLINGS, Pooling
+from edge_embed.service.bundle import POOLINGS, Pooling
 
 from .tooling import Reporter, run_tool, tool_parser
 

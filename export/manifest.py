@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from service.bundle import Manifest, Quality
+from edge_embed.service.bundle import Manifest, Quality
 
 from .onnx_export import ExportedGraph
 from .source import Source

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.bundle import Quality
-from service.encoder import BundleModel
-from service.pooling import F32, finish
-from service.runtime import RuntimeOptions
+from edge_embed.service.bundle import Quality
+from edge_embed.service.encoder import BundleModel
+from edge_embed.service.pooling import F32, finish
+from edge_embed.service.runtime import RuntimeOptions
 
 from . import torch_model
 from .tooling import Reporter, ToolError

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.bundle import Pooling
+from edge_embed.service.bundle import Pooling
 
 from . import manifest as manifest_mod
 from . import onnx_export, parity, source, st_config, tokenizer, torch_model

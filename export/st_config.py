@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.bundle import Pooling
+from edge_embed.service.bundle import Pooling
 
 from .tooling import ToolError
 

@@ -16,11 +16,11 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from service.bundle import _ID_RE
+from edge_embed.service.bundle import _ID_RE
 
 T = TypeVar("T")
 EXIT_USAGE = 2
@@ -166,4 +166,4 @@ def tool_versions(*packages: str) -> dict[str, str]:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    return datetime.now(UTC).replace(microsecond=0).isoformat()

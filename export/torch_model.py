@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.bundle import Pooling
-from service.pooling import F32
+from edge_embed.service.bundle import Pooling
+from edge_embed.service.pooling import F32
 
 from .tooling import ToolError
 

@@ -1,3 +1,3 @@
-from quantize.cli import main
+from edge_embed.quantize.cli import main
 
 raise SystemExit(main())

@@ -17,9 +17,16 @@ from typing import Any
 
 import onnx
 
-from export.tooling import Reporter, ToolError, atomic_output, file_hashes, now, tool_versions
-from service.bundle import BundleError, Manifest, Precision, load_manifest
-from service.runtime import graph_level
+from edge_embed.export.tooling import (
+    Reporter,
+    ToolError,
+    atomic_output,
+    file_hashes,
+    now,
+    tool_versions,
+)
+from edge_embed.service.bundle import BundleError, Manifest, Precision, load_manifest
+from edge_embed.service.runtime import graph_level
 
 from .evalset import load_eval_set
 from .evaluate import Evaluation, evaluate

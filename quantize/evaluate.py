@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from export.tooling import Reporter
-from service.bundle import Quality
-from service.encoder import BundleModel
-from service.pooling import F32
-from service.runtime import RuntimeOptions
+from edge_embed.export.tooling import Reporter
+from edge_embed.service.bundle import Quality
+from edge_embed.service.encoder import BundleModel
+from edge_embed.service.pooling import F32
+from edge_embed.service.runtime import RuntimeOptions
 
 from .evalset import EvalSet
 

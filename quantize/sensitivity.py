@@ -22,10 +22,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from export.tooling import Reporter
-from service.bundle import Manifest
-from service.encoder import TextTokenizer
-from service.pooling import F32, finish, pool
+from edge_embed.export.tooling import Reporter
+from edge_embed.service.bundle import Manifest
+from edge_embed.service.encoder import TextTokenizer
+from edge_embed.service.pooling import F32, finish, pool
 
 from .evaluate import cosines
 from .graph import weight_matmuls

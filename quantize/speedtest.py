@@ -1,6 +1,6 @@
 """Speed of candidate bundles relative to their fp32 bundle, measured as interleaved ratios.
 
-    python -m quantize.speedtest FP32_BUNDLE CANDIDATE [CANDIDATE ...] [--rounds 12]
+    python -m edge_embed.quantize.speedtest FP32_BUNDLE CANDIDATE [CANDIDATE ...] [--rounds 12]
 
 In one process, round after round, every bundle runs the same batch of 32 short inputs and the
 same batch of 32 inputs of ~256 tokens (from the evaluation set), in rotating order; each round
@@ -17,8 +17,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.encoder import I64, BundleModel
-from service.runtime import RuntimeOptions
+from edge_embed.service.encoder import I64, BundleModel
+from edge_embed.service.runtime import RuntimeOptions
 
 from .evalset import load_eval_set
 
@@ -73,7 +73,7 @@ def measure(paths: Sequence[Path], rounds: int, level: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m quantize.speedtest", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m edge_embed.quantize.speedtest", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("fp32", type=Path)
     p.add_argument("candidates", type=Path, nargs="+")

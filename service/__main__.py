@@ -1,3 +1,3 @@
-from service.serve import main
+from edge_embed.service.serve import main
 
 raise SystemExit(main())

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
-from . import __version__
+from .. import __version__
 from .auth import Authenticator, load_keys_file
 from .cache import EmbeddingCache
 from .cpus import plan_threads, usable_cpus

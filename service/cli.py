@@ -10,10 +10,12 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "export": ("export.cli", "export a Hugging Face / sentence-transformers model to a bundle"),
-    "quantize": ("quantize.cli", "quantize a bundle (int8 for CPU, fp16 for GPU) and measure it"),
-    "serve": ("service.serve", "serve bundles behind the OpenAI embeddings API"),
-    "bench": ("bench.cli", "benchmark the service against baselines"),
+    "export": ("edge_embed.export.cli",
+               "export a Hugging Face / sentence-transformers model to a bundle"),
+    "quantize": ("edge_embed.quantize.cli",
+                 "quantize a bundle (int8 for CPU, fp16 for GPU) and measure it"),
+    "serve": ("edge_embed.service.serve", "serve bundles behind the OpenAI embeddings API"),
+    "bench": ("edge_embed.bench.cli", "benchmark the service against baselines"),
 }
 USAGE = "usage: edge-embed {" + ",".join(SUBCOMMANDS) + "} [options]\n\n" + "\n".join(
     f"  {name:<9} {help_}" for name, (_, help_) in SUBCOMMANDS.items()
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(USAGE)
         return 0 if args else 2
     if args[0] in ("-V", "--version"):
-        from . import __version__
+        from .. import __version__
 
         print(f"edge-embed {__version__}")
         return 0

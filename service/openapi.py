@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import __version__
+from .. import __version__
 from .settings import Settings
 
 _ERROR = {"$ref": "#/components/schemas/Error"}

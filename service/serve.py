@@ -1,4 +1,4 @@
-"""`edge-embed serve` / `python -m service`: parse settings, load bundles, serve, drain on SIGTERM.
+"""`edge-embed serve` / `python -m edge_embed.service`: load bundles, serve, drain on SIGTERM.
 
 Start-up failures (a bad bundle, a missing provider, an unreadable keys file) are one line on
 stderr naming the file and field, and exit code 2. On SIGTERM (or SIGINT): /ready turns 503 and

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.auth import Authenticator, KeysFileError, load_keys_file
+from edge_embed.service.auth import Authenticator, KeysFileError, load_keys_file
 from tests.fixtures.server import MakeClient
 
 KEY_A = "sk-test-aaaaaaaaaaaaaaaa"
@@ -118,7 +118,7 @@ def test_constant_time_compares_every_key(monkeypatch: pytest.MonkeyPatch) -> No
         calls.append(1)
         return real(a, b)
 
-    monkeypatch.setattr("service.auth.hmac.compare_digest", counting)
+    monkeypatch.setattr("edge_embed.service.auth.hmac.compare_digest", counting)
     auth = Authenticator([(f"k{i}", None) for i in range(5)])
     auth.check("Bearer k0")  # the first key matches: every key is still compared
     assert len(calls) == 5

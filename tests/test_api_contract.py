@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.encoder import BundleModel
+from edge_embed.service.encoder import BundleModel
 from tests.fixtures.server import MakeClient
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "A cat sleeps.",

@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 from tokenizers import Tokenizer
 
-from bench import sweep, workloads
-from bench.cli import main
-from bench.server import parse_counters
-from bench.stats import percentile
-from bench.sweep import KNOB_NAMES, thread_values
-from bench.targets import evaluate
-from bench.worker import Worker
-from service.bundle import load_manifest
-from service.runtime import graph_level_name
-from service.settings import Settings
+from edge_embed.bench import sweep, workloads
+from edge_embed.bench.cli import main
+from edge_embed.bench.server import parse_counters
+from edge_embed.bench.stats import percentile
+from edge_embed.bench.sweep import KNOB_NAMES, thread_values
+from edge_embed.bench.targets import evaluate
+from edge_embed.bench.worker import Worker
+from edge_embed.service.bundle import load_manifest
+from edge_embed.service.runtime import graph_level_name
+from edge_embed.service.settings import Settings
 
 SYSTEMS = {"service_int8", "service_fp32", "ort_int8"}
 WORKLOADS = {"single_c1", "single_c16", "short32", "long8", "mixed"}
@@ -116,7 +116,8 @@ def test_torch_baseline_worker_embeds_the_workload(tiny_bundle: Path, tiny_st_mo
     wls = workloads.build(_tokenizer(tiny_bundle), 64, quick=True)
     wl_file = tmp_path / "workloads.json"
     workloads.save(wls, wl_file)
-    worker = Worker("st", [sys.executable, "-m", "bench.inproc", "--kind", "st", "--model",
+    worker = Worker("st", [sys.executable, "-m", "edge_embed.bench.inproc", "--kind", "st",
+                           "--model",
                            str(tiny_st_model), "--workloads", str(wl_file)], tmp_path / "st.log")
     try:
         w = worker.measure("short32", 0.2, 3, 1)

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.app import REGISTRY, STATE
-from service.engine import RUN_COST_TOKENS, Job
+from edge_embed.service.app import REGISTRY, STATE
+from edge_embed.service.engine import RUN_COST_TOKENS, Job
 from tests.fixtures.server import Gate, MakeClient, until
 
 SENTENCES = [f"sentence number {i} about a cat and a dog" + " fox" * (i % 5) for i in range(16)]

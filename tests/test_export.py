@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from export import parity, pipeline, torch_model
-from export.cli import main
-from export.tooling import Reporter, ToolError
-from service.bundle import load_manifest
-from service.encoder import BundleModel
+from edge_embed.export import parity, pipeline, torch_model
+from edge_embed.export.cli import main
+from edge_embed.export.tooling import Reporter, ToolError
+from edge_embed.service.bundle import load_manifest
+from edge_embed.service.encoder import BundleModel
 from tests.fixtures.tiny import (
     TINY_HIDDEN,
     TINY_MAX_SEQ_LENGTH,
@@ -293,7 +293,7 @@ def test_tokenizer_follows_transformers_not_the_raw_file(tiny_st_model: Path,
 
 def test_refuses_a_tokenizer_that_disagrees_with_the_source(
         tiny_st_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from export import tokenizer
+    from edge_embed.export import tokenizer
 
     real = tokenizer.write
 
@@ -313,7 +313,7 @@ def test_refuses_a_tokenizer_that_disagrees_with_the_source(
 
 
 def test_source_names_the_hub_cache_commit(tmp_path: Path) -> None:
-    from export import source
+    from edge_embed.export import source
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     folder = tmp_path / "models--org--name" / "snapshots" / commit

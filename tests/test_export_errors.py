@@ -25,7 +25,8 @@ def run_export(*args: str, quiet: bool = True) -> subprocess.CompletedProcess[st
     """The CLI in a subprocess; --quiet so that stderr holds only the error line."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGE_EMBED_DEBUG": ""}
     flags = ["--quiet"] if quiet else []
-    return subprocess.run([sys.executable, "-m", "export", *args, *flags], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "edge_embed.export", *args, *flags], cwd=ROOT,
+                          env=env,
                           capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
 
 
@@ -204,7 +205,8 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 
 
 def test_edge_embed_dispatcher_runs_export(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "service.cli", "export", str(tmp_path / "x"),
+    result = subprocess.run([sys.executable, "-m", "edge_embed.service.cli", "export",
+                             str(tmp_path / "x"),
                              "--out", str(tmp_path / "y")], cwd=ROOT, capture_output=True,
                             text=True, timeout=CLI_TIMEOUT_S)
     assert_refused(result, "no such model folder")

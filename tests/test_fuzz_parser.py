@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from service.bundle import Manifest, load_manifest
-from service.errors import ApiError, InvalidRequest
-from service.schema import (
+from edge_embed.service.bundle import Manifest, load_manifest
+from edge_embed.service.errors import ApiError, InvalidRequest
+from edge_embed.service.schema import (
     EmbeddingRequest,
     check_for_model,
     encode_response,

@@ -18,11 +18,11 @@ import numpy as np
 import onnx
 import pytest
 
-from quantize.cli import main
-from quantize.evalset import load_eval_set
-from quantize.graph import weight_matmuls
-from service.bundle import load_manifest
-from service.encoder import BundleModel
+from edge_embed.quantize.cli import main
+from edge_embed.quantize.evalset import load_eval_set
+from edge_embed.quantize.graph import weight_matmuls
+from edge_embed.service.bundle import load_manifest
+from edge_embed.service.encoder import BundleModel
 from tests.fixtures.quantized import TINY_GATES, TINY_INT8_ID, build_tiny_int8
 
 EXIT_USAGE = 2
@@ -244,15 +244,15 @@ def test_error_unknown_exclude(tiny_bundle: Path, tmp_path: Path,
 
 
 def test_python_dash_m_and_dispatcher() -> None:
-    for argv in ([sys.executable, "-m", "quantize", "--help"],
-                 [sys.executable, "-m", "service.cli", "quantize", "--help"]):
+    for argv in ([sys.executable, "-m", "edge_embed.quantize", "--help"],
+                 [sys.executable, "-m", "edge_embed.service.cli", "quantize", "--help"]):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, done.stderr
         assert "--gate-invariance" in done.stdout
 
 
 def test_auto_exclusion_measures_before_excluding(tiny_int8_bundle: Path) -> None:
-    from quantize.sensitivity import TARGET_MIN_COSINE
+    from edge_embed.quantize.sensitivity import TARGET_MIN_COSINE
 
     data = json.loads((tiny_int8_bundle / "bundle.json").read_text())
     q = data["quantization"]

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantize.cli import main
-from quantize.evalset import load_eval_set
-from service.bundle import load_manifest
-from service.encoder import BundleModel
+from edge_embed.quantize.cli import main
+from edge_embed.quantize.evalset import load_eval_set
+from edge_embed.service.bundle import load_manifest
+from edge_embed.service.encoder import BundleModel
 
 pytestmark = pytest.mark.minilm
 

@@ -112,7 +112,7 @@ async def _give_up(session: aiohttp.ClientSession, base: str, i: int) -> str:
         async with session.post(f"{base}/v1/embeddings", json=payload(i, 32),
                                 timeout=aiohttp.ClientTimeout(total=CLIENT_GIVES_UP_S)) as r:
             return f"answered {r.status}"
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return "gave up"
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.encoder import BundleModel
-from service.engine import ModelEngine
+from edge_embed.service.encoder import BundleModel
+from edge_embed.service.engine import ModelEngine
 from tests.fixtures.server import MakeClient
 from tests.reliability_server import assert_openai_error
 

@@ -56,7 +56,7 @@ async def _poll(session: aiohttp.ClientSession, base: str, stop: asyncio.Event,
             async with session.get(f"{base}/metrics",
                                    timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as r:
                 queue_peaks.append(metric_sum(await r.text(), "edge_embed_queue_inputs"))
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             health.append(0)  # no answer at all
         await asyncio.sleep(HEALTH_POLL_S)
 

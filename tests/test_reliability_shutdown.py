@@ -58,7 +58,7 @@ async def _send(session: aiohttp.ClientSession, base: str, i: int) -> tuple[int 
                                 timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)) as r:
             body = await r.read()
             return r.status, complete(body, INPUTS_PER_REQUEST) if r.status == 200 else True
-    except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+    except (TimeoutError, aiohttp.ClientError) as err:
         return type(err).__name__, False
 
 

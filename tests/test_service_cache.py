@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from service.cache import EmbeddingCache
+from edge_embed.service.cache import EmbeddingCache
 from tests.fixtures.server import MakeClient
 
 

@@ -1,4 +1,4 @@
-"""A live `python -m service` on a free port, driven by the official `openai` Python client."""
+"""A live `python -m edge_embed.service` on a free port, driven by the official `openai` client."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import openai
 import pytest
 
-from service.encoder import BundleModel
+from edge_embed.service.encoder import BundleModel
 from tests.fixtures.server import ROOT, Live, live_server
 
 KEY = "sk-live-test-key-0123456789"
@@ -120,7 +120,8 @@ def test_sigterm_drains_and_exits_zero(tiny_bundle: Path) -> None:
 
 
 def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service", "--port", "0", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "edge_embed.service", "--port", "0", *args],
+                          cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

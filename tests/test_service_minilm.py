@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.app import REGISTRY, create_app
-from service.settings import Settings
+from edge_embed.service.app import REGISTRY, create_app
+from edge_embed.service.settings import Settings
 from tests.fixtures.server import Gate, until
 
 pytestmark = pytest.mark.minilm

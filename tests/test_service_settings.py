@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from service.bundle import load_manifest
-from service.runtime import ALLOW_SPINNING_KEY, session_options
-from service.settings import SPINNING, parse_settings
+from edge_embed.service.bundle import load_manifest
+from edge_embed.service.runtime import ALLOW_SPINNING_KEY, session_options
+from edge_embed.service.settings import SPINNING, parse_settings
 
 
 def _spinning_entry(bundle: Path, argv: list[str], environ: dict[str, str]) -> str:
@@ -48,7 +48,7 @@ def test_spinning_refuses_other_values(tiny_bundle: Path, argv: list[str],
 
 
 def test_thread_plan_fills_the_cpus_with_what_is_not_given() -> None:
-    from service.cpus import DEFAULT_MAX_RUNS, plan_threads
+    from edge_embed.service.cpus import DEFAULT_MAX_RUNS, plan_threads
 
     # Neither flag: one single-threaded run per CPU, up to the cap (then threads share the rest).
     assert plan_threads(2, None, None) == (1, 2)
