@@ -31,7 +31,8 @@ async def gated(make_client: MakeClient) -> AsyncIterator[Callable[..., Awaitabl
         # flight" is then exactly what the next run takes.
         settings.setdefault("concurrent_runs", 1)
         client = await make_client(cache_entries=0, **settings)
-        engine = client.server.app[REGISTRY].get("tiny").engine
+        engine = client.app[REGISTRY].get("tiny").engine
+        assert engine is not None
         gate = Gate(engine)
         engine._run_sync = gate  # type: ignore[method-assign]
         gates.append(gate)
@@ -206,7 +207,7 @@ async def test_worker_dying_past_the_limit_marks_the_engine_dead(
 
 async def test_draining_refuses_new_work(make_client: MakeClient) -> None:
     client = await make_client()
-    client.server.app[STATE].draining = True
+    client.app[STATE].draining = True
     assert (await client.get("/ready")).status == 503
     assert (await client.get("/health")).status == 200
     status, body, headers = await embed(client, "late")

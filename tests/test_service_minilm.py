@@ -12,7 +12,7 @@ import pytest
 
 from edge_embed.service.app import REGISTRY, create_app
 from edge_embed.service.settings import Settings
-from tests.fixtures.server import Gate, until
+from tests.fixtures.server import AiohttpClient, Gate, until
 
 pytestmark = pytest.mark.minilm
 
@@ -60,11 +60,13 @@ async def post(client: Any, model: str, inputs: Any) -> np.ndarray[Any, Any]:
 
 
 async def test_agrees_with_sentence_transformers_and_is_batch_invariant(
-        bundle: Path, torch_vectors: np.ndarray[Any, Any], aiohttp_client: Any) -> None:
+        bundle: Path, torch_vectors: np.ndarray[Any, Any],
+        aiohttp_client: AiohttpClient) -> None:
     # One batching worker, so that everything queued behind the held run is batched next.
     settings = Settings(models=(bundle,), cache_entries=0, concurrent_runs=1)
     client = await aiohttp_client(create_app(settings))
-    served = next(iter(client.server.app[REGISTRY]))
+    registry = client.app[REGISTRY]
+    served = registry.models[0]
     model = served.id
     batch = await post(client, model, TEXTS)
     cosines = np.sum(batch * torch_vectors, axis=1)
@@ -74,6 +76,7 @@ async def test_agrees_with_sentence_transformers_and_is_batch_invariant(
 
     # Other callers' requests share the batch: hold the run, queue everyone, release.
     engine = served.engine
+    assert engine is not None
     gate = Gate(engine)
     engine._run_sync = gate  # type: ignore[method-assign]
     try:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from edge_embed.service.bundle import load_manifest
-from edge_embed.service.runtime import ALLOW_SPINNING_KEY, session_options
-from edge_embed.service.settings import SPINNING, parse_settings
+from edge_embed.service.runtime import ALLOW_SPINNING_KEY, SPINNING, session_options
+from edge_embed.service.settings import parse_settings
 
 
 def _spinning_entry(bundle: Path, argv: list[str], environ: dict[str, str]) -> str:
