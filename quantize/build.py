@@ -25,7 +25,8 @@ from edge_embed.export.tooling import (
     now,
     tool_versions,
 )
-from edge_embed.service.bundle import BundleError, Manifest, Precision, load_manifest
+from edge_embed.service.bundle import Manifest, Precision, load_manifest
+from edge_embed.service.errors import BundleError
 from edge_embed.service.runtime import graph_level
 
 from .evalset import load_eval_set

@@ -14,15 +14,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import Forbidden, Unauthorized
+from .errors import Forbidden, KeysFileError, Unauthorized
 
 # Paths anyone may call: probes and scrapers do not carry keys.
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
-
-
-class KeysFileError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from .errors import BundleError
+
 MANIFEST_NAME = "bundle.json"
 FORMAT = "edge-embed.bundle"
 # Bump on any change a reader of an older version would misread; readers refuse unknown ones.
@@ -29,16 +31,6 @@ POOLINGS: tuple[Pooling, ...] = ("mean", "cls", "last")
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
 OUTPUT_KINDS: tuple[OutputKind, ...] = ("token_embeddings", "sentence_embedding")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be served; the message names the file and, where known, the field."""
-
-    def __init__(self, path: Path | str, message: str, field_name: str | None = None) -> None:
-        self.path = Path(path)
-        self.field = field_name
-        where = f"{self.path}" + (f": field '{field_name}'" if field_name else "")
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass(frozen=True)

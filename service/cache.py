@@ -1,8 +1,11 @@
 """The embedding cache: a bounded LRU (entries and bytes) with a per-entry TTL.
 
-Keyed by (model, input_type, dimensions, input): the same text asked for as a query and as a
-passage, or at two Matryoshka cuts, are different vectors. Runs on the event loop only (no
-locks): every operation is a dict move, far cheaper than a thread hop.
+A cache may change how fast an answer comes, never what it is. So the key (`CacheKey`) holds
+everything that changes a vector: the model, the input (text or token ids), the prompt its input
+type adds, the token limit it is cut at, and the Matryoshka cut. An entry keeps the input's token
+counts beside its vector, so that the request path checks a cached input exactly as a computed
+one (an over-long input under `truncate: false` is refused either way). Runs on the event loop
+only (no locks): every operation is a dict move, far cheaper than a thread hop.
 """
 
 from __future__ import annotations
@@ -11,13 +14,27 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
+from .limits import CacheLimits
 from .pooling import F32
 
 # Per-entry bookkeeping besides the vector: the key's tuple, the dict slot, this object.
 _ENTRY_OVERHEAD = 200
+
+
+class CacheKey(NamedTuple):
+    model: str
+    item: str | tuple[int, ...]  # the text as sent, or the token ids as sent
+    prompt: str  # what the input type puts before a text ("" for none)
+    max_tokens: int  # where an over-long input is cut
+    dimensions: int | None  # the Matryoshka cut asked for; None: the model's full vector
+
+    def size(self) -> int:
+        """Bytes the key holds beyond the tuple (for the byte bound)."""
+        return len(self.item) * (1 if isinstance(self.item, str) else 8) + len(self.prompt)
 
 
 @dataclass(frozen=True)
@@ -30,18 +47,18 @@ class Cached:
 
 
 class EmbeddingCache:
-    def __init__(self, max_entries: int, max_bytes: int, ttl: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self.ttl = ttl
+    def __init__(self, limits: CacheLimits, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self.max_entries = limits.entries
+        self.max_bytes = limits.bytes
+        self.ttl = limits.ttl_s
         self._clock = clock
         self._items: OrderedDict[Hashable, Cached] = OrderedDict()
         self.bytes = 0
 
     @property
     def enabled(self) -> bool:
-        return self.max_entries > 0 and self.max_bytes > 0 and self.ttl > 0
+        return self.limits.enabled
 
     def __len__(self) -> int:
         return len(self._items)

@@ -8,7 +8,10 @@ is in flight are batched together on the next turn, which is where cross-request
 from.
 
 Reliability, built in rather than bolted on:
-- admission is bounded by queued inputs and tokens: past that, `Overloaded` (429, Retry-After);
+- admission is by time (service/admission.py): a request whose work, behind what is queued,
+  would not end well within its deadline at the measured throughput gets `Overloaded` (429,
+  Retry-After) at once instead of waiting out its timeout; queued inputs and tokens are bounded
+  too, for memory;
 - a job whose request timed out or whose client went away is dropped before it reaches the
   model, and counted (`edge_embed_dropped_inputs`);
 - a run that raises fails only that batch's jobs (500 with their request ids) and is recorded
@@ -33,8 +36,10 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from .admission import RUN_COST_TOKENS, RUNNING_SHARE_LEFT, Meter, judge
 from .encoder import BundleModel
-from .errors import ApiError, InternalError, Overloaded, Unavailable
+from .errors import ApiError, ClientGone, InternalError, Overloaded, Unavailable
+from .limits import BatchPolicy, QueueLimits
 from .metrics import Metrics
 from .pooling import F32
 
@@ -44,21 +49,21 @@ I64 = npt.NDArray[np.int64]
 # A worker takes this many batches' worth of queued rows per turn: enough rows to sort by length
 # across requests, few enough that a request arriving meanwhile waits for at most two batches.
 WINDOW_BATCHES = 2
-# Retry-After bounds (seconds): clients should come back soon, but not hammer a full queue.
-RETRY_AFTER_MIN_S = 1
-RETRY_AFTER_MAX_S = 30
-# Throughput assumed for Retry-After before the first run was measured (tokens/s; int8 MiniLM on
-# 2 cores does ~25 K tokens/s on long inputs).
-INITIAL_TOKENS_PER_S = 20_000.0
+# The window over which batching-worker deaths are counted against `worker_restarts`.
 RESTART_WINDOW_S = 60.0
+# The warm-up's calibration run is this many inputs of the model's full length (at most the
+# batch token budget): long inputs are what fills a queue, so their rate is the one to know
+# before the first request.
+CALIBRATION_ROWS = 4
 
 
-class ClientGone(ApiError):
-    """The client closed its connection; nobody reads this answer (logged as 499)."""
+@dataclass(eq=False)
+class Ticket:
+    """A request's place in the queue from admission to submit (while it is tokenized)."""
 
-    status = 499
-    type = "client_closed_request"
-    code = "client_closed_request"
+    inputs: int
+    tokens: int  # estimated until submit
+    open: bool = True
 
 
 @dataclass(eq=False)
@@ -96,33 +101,23 @@ def _fail(job: Job, error: ApiError) -> None:
         job.future.exception()  # marks it retrieved: a departed handler is not an error
 
 
-# What one more model run costs beyond its tokens (session call, executor hop, pooling, the
-# worker's bookkeeping), in tokens of compute: on 2 cores int8 MiniLM takes ~0.9 ms for one
-# 12-token sentence and ~45 us a token in larger batches, so ~0.35 ms, ~8 tokens, of fixed cost
-# plus the Python around it. (Those figures are for 2-thread runs; a single-threaded run spends
-# about twice as long per token, so 16 errs towards fewer, larger runs.) Batches are cut where
-# padding would cost more than another run: 5.8 % padding on `make bench`'s mixed stream.
-RUN_COST_TOKENS = 16
-
-
 class ModelEngine:
     """One model's queue and batching workers."""
 
     def __init__(self, name: str, model: BundleModel, executor: Executor, metrics: Metrics, *,
-                 batch_tokens: int, batch_inputs: int, queue_inputs: int, queue_tokens: int,
-                 workers: int = 1, batch_delay_s: float = 0.0, pad_multiple: int = 1,
+                 batching: BatchPolicy, queue: QueueLimits, workers: int = 1,
                  arena_shrink: bool = False, worker_restarts: int = 5) -> None:
         self.name = name
         self.model = model
         self.executor = executor
         self.metrics = metrics
-        self.batch_tokens = batch_tokens
-        self.batch_inputs = batch_inputs
-        self.queue_inputs_limit = queue_inputs
-        self.queue_tokens_limit = queue_tokens
+        self.batching = batching
+        self.queue = queue
+        self.batch_tokens = batching.max_tokens
+        self.batch_inputs = batching.max_inputs
         self.n_workers = workers
-        self.batch_delay_s = batch_delay_s
-        self.pad_multiple = max(1, pad_multiple)
+        self.batch_delay_s = batching.delay_ms / 1000
+        self.pad_multiple = max(1, batching.pad_multiple)
         self.worker_restarts = worker_restarts
         self.run_options: ort.RunOptions | None = None
         if arena_shrink:
@@ -135,15 +130,16 @@ class ModelEngine:
         self._stopping = False
         self.queued_inputs = 0
         self.queued_tokens = 0
-        self.pending_inputs = 0  # reserved by requests still being tokenized
+        self.pending_inputs = 0  # held by admitted requests still being tokenized
         self.pending_tokens = 0
         self.running = 0
+        self.running_cost = 0.0
         self.faults = 0
         self.last_fault: dict[str, Any] | None = None
         self.worker_deaths = 0
         self.dead = False
         self.warmed = False
-        self._tokens_per_s = INITIAL_TOKENS_PER_S
+        self.meter = Meter(batching, workers)
         self._queue_gauge = metrics.queue_inputs.labels(name)
 
     # ---- life cycle -------------------------------------------------------------------------
@@ -187,10 +183,20 @@ class ModelEngine:
                                       headers={"Retry-After": "1"}))
 
     async def warmup(self) -> None:
-        """One run before /ready turns 200, so the first client does not pay for session set-up."""
-        rows = self.model.tokenizer.encode(["warm up"])
+        """Runs before /ready turns 200: one so that the first client does not pay for session
+        set-up, then a timed batch of full-length inputs that seeds the throughput estimate
+        admission decides by."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.executor, self.model.run, [rows[0].ids])
+        short = self.model.tokenizer.encode(["warm up"])[0].ids
+        await loop.run_in_executor(self.executor, self.model.run, [short])
+        limit = self.model.manifest.max_tokens
+        long = self.model.tokenizer.encode(["warm up " * limit])[0].ids
+        rows = [long] * max(1, min(CALIBRATION_ROWS, self.batch_tokens // len(long)))
+        # Timed the second time: the first run of a new shape also pays for its buffers.
+        for _ in range(2):
+            start = time.perf_counter()
+            await loop.run_in_executor(self.executor, self.model.run, rows)
+        self.meter.record(RUN_COST_TOKENS + len(long) * len(rows), time.perf_counter() - start)
         self.warmed = True
 
     @property
@@ -201,49 +207,76 @@ class ModelEngine:
         return {"alive": self.alive, "workers": len(self._workers), "faults": self.faults,
                 "last_fault": self.last_fault, "worker_deaths": self.worker_deaths,
                 "queued_inputs": self.queued_inputs, "queued_tokens": self.queued_tokens,
-                "running": self.running}
+                "running": self.running,
+                # what admission decides by: the measured rate and the work it sees ahead
+                "throughput_tokens_per_s": round(self.meter.rate),
+                "work_ahead_s": round(self.meter.seconds(self.work_ahead()), 3)}
 
     # ---- admission --------------------------------------------------------------------------
-    def retry_after(self) -> int:
-        seconds = self.queued_tokens / max(self._tokens_per_s, 1.0)
-        return int(min(RETRY_AFTER_MAX_S, max(RETRY_AFTER_MIN_S, math.ceil(seconds))))
+    def work_ahead(self) -> float:
+        """Cost units queued, being tokenized, and left of the runs in flight."""
+        inputs = self.queued_inputs + self.pending_inputs
+        tokens = self.queued_tokens + self.pending_tokens
+        waiting = self.meter.cost(tokens, inputs) if inputs else 0.0
+        return waiting + RUNNING_SHARE_LEFT * self.running_cost
 
-    def _check_room(self, inputs: int, tokens: int, queued_inputs: int,
-                    queued_tokens: int) -> None:
+    def retry_after(self) -> int:
+        return judge(self.meter, self.queue, ahead=self.work_ahead(), own=0.0, time_left_s=0.0,
+                     timeout_s=0.0).retry_after_s
+
+    def admit(self, inputs: int, tokens: int, *, time_left_s: float, timeout_s: float) -> Ticket:
+        """Admit a request of `inputs` and (estimated) `tokens`, or refuse it (429) at once.
+
+        Admitted when the work ahead of it and its own end within the queue's share of the time
+        the request has left, and the queue's memory bounds hold. The ticket holds the request's
+        place while it is tokenized; `submit` turns it into queued rows.
+        """
         if self.dead or self._stopping:
             raise Unavailable("The model's engine is not running.", headers={"Retry-After": "5"})
+        ahead = self.work_ahead()
+        verdict = judge(self.meter, self.queue, ahead=ahead,
+                        own=self.meter.cost(tokens, inputs), time_left_s=time_left_s,
+                        timeout_s=timeout_s)
+        queued_inputs = self.queued_inputs + self.pending_inputs
+        queued_tokens = self.queued_tokens + self.pending_tokens
         # An empty queue admits any request the per-request limits allowed, however large.
-        if queued_inputs > 0 and (queued_inputs + inputs > self.queue_inputs_limit
-                                  or queued_tokens + tokens > self.queue_tokens_limit):
+        full = queued_inputs > 0 and (queued_inputs + inputs > self.queue.max_inputs
+                                      or queued_tokens + tokens > self.queue.max_tokens)
+        if full or not verdict.admit:
             self.metrics.rejected.labels("overloaded").inc()
-            retry = self.retry_after()
-            raise Overloaded(
-                f"The server is overloaded ({queued_inputs} inputs, {queued_tokens} "
-                f"tokens queued or being tokenized for '{self.name}'); retry in {retry} s.",
-                headers={"Retry-After": str(retry)})
-
-    @contextlib.contextmanager
-    def reserve(self, inputs: int, tokens: int) -> Iterator[None]:
-        """Hold room in the queue while a request waits for the tokenizer.
-
-        Admission is decided before tokenizing: otherwise a flood of long texts piles up,
-        unbounded, in front of the tokenizer threads and ends in 408s instead of 429s.
-        `tokens` is an estimate; `submit` checks the real count again.
-        """
-        self._check_room(inputs, tokens, self.queued_inputs + self.pending_inputs,
-                         self.queued_tokens + self.pending_tokens)
+            retry = verdict.retry_after_s
+            why = (f"{queued_inputs} inputs, {queued_tokens} tokens queued" if full else
+                   f"the work queued ahead would end in ~{verdict.eta_s:.1f} s, past this "
+                   f"request's {time_left_s:.1f} s")
+            raise Overloaded(f"The server is overloaded for '{self.name}' ({why}); retry in "
+                             f"{retry} s.", headers={"Retry-After": str(retry)})
         self.pending_inputs += inputs
         self.pending_tokens += tokens
-        try:
-            yield
-        finally:
-            self.pending_inputs -= inputs
-            self.pending_tokens -= tokens
+        return Ticket(inputs, tokens)
 
-    def submit(self, rows: Sequence[I64], *, request_id: str = "",
+    def release(self, ticket: Ticket) -> None:
+        """Give back a ticket's place (its request failed before submit, or was submitted)."""
+        if ticket.open:
+            ticket.open = False
+            self.pending_inputs -= ticket.inputs
+            self.pending_tokens -= ticket.tokens
+
+    @contextlib.contextmanager
+    def admitted(self, inputs: int, tokens: int, *, time_left_s: float,
+                 timeout_s: float) -> Iterator[Ticket]:
+        ticket = self.admit(inputs, tokens, time_left_s=time_left_s, timeout_s=timeout_s)
+        try:
+            yield ticket
+        finally:
+            self.release(ticket)
+
+    def submit(self, rows: Sequence[I64], ticket: Ticket, *, request_id: str = "",
                is_gone: Callable[[], bool] | None = None) -> Job:
+        """Queue an admitted request's token rows; the exact count replaces the estimate."""
+        if self.dead or self._stopping:
+            raise Unavailable("The model's engine is not running.", headers={"Retry-After": "5"})
+        self.release(ticket)
         tokens = sum(len(r) for r in rows)
-        self._check_room(len(rows), tokens, self.queued_inputs, self.queued_tokens)
         loop = asyncio.get_running_loop()
         job = Job(rows=rows, dimensions=self.model.manifest.dimensions,
                   future=loop.create_future(), request_id=request_id,
@@ -384,7 +417,9 @@ class ModelEngine:
             if job.started is None:
                 job.started = start
                 self.metrics.queue_seconds.labels(self.name).observe(start - job.submitted)
+        cost = RUN_COST_TOKENS + width * len(rows)
         self.running += 1
+        self.running_cost += cost
         try:
             pooled = await loop.run_in_executor(self.executor, self._run_sync, rows, width)
         except Exception as exc:  # an onnxruntime fault: fail this batch only
@@ -392,6 +427,7 @@ class ModelEngine:
             return
         finally:
             self.running -= 1
+            self.running_cost -= cost
         elapsed = time.perf_counter() - start
         real = sum(len(r) for r in rows)
         m = self.metrics
@@ -400,8 +436,7 @@ class ModelEngine:
         m.batch_tokens.labels(self.name, "real").inc(real)
         m.batch_tokens.labels(self.name, "padding").inc(width * len(rows) - real)
         m.inference_seconds.labels(self.name).observe(elapsed)
-        if elapsed > 0:  # an EWMA of throughput, for Retry-After
-            self._tokens_per_s = 0.8 * self._tokens_per_s + 0.2 * (width * len(rows) / elapsed)
+        self.meter.record(cost, elapsed)
         # A request's inference time is the wall time of the runs it took part in: once per run,
         # however many of its rows that run carried.
         for job in {id(j): j for j, _ in live}.values():
@@ -430,3 +465,10 @@ class ModelEngine:
                 f"The model failed on this request; request id {job.request_id}.",
                 extra={"request_id": job.request_id}))
             self.drop(job, "fault")
+
+
+class Engines(dict[str, ModelEngine]):
+    """The running engines by model id; created and stopped by the app's clean-up context."""
+
+    def find(self, model_id: str) -> ModelEngine | None:
+        return self.get(model_id)

@@ -1,13 +1,44 @@
-"""One exception family for every client-visible failure, rendered in the OpenAI error shape.
+"""The service's exceptions, all of them, in one module.
 
-`{"error": {"message", "type", "param", "code"}}`: the official clients map the status to their
-exception classes (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError, 429
-RateLimitError, …) and show `message`; `param` names the offending field.
+Two families:
+- `ApiError`: every client-visible failure, rendered in the OpenAI error shape
+  `{"error": {"message", "type", "param", "code"}}`. The official clients map the status to their
+  exception classes (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError, 429
+  RateLimitError, …) and show `message`; `param` names the offending field.
+- `StartupError`: what stops the process before it serves (a bad bundle, a missing provider,
+  an unreadable keys file): one line on stderr naming the file and field, exit code 2.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+
+# ---- start-up --------------------------------------------------------------------------------
+class StartupError(Exception):
+    """The server cannot start as configured; the message says what to fix."""
+
+
+class BundleError(StartupError, ValueError):
+    """A bundle that cannot be served; the message names the file and, where known, the field."""
+
+    def __init__(self, path: Path | str, message: str, field_name: str | None = None) -> None:
+        self.path = Path(path)
+        self.field = field_name
+        where = f"{self.path}" + (f": field '{field_name}'" if field_name else "")
+        super().__init__(f"{where}: {message}")
+
+
+class ProviderError(StartupError, RuntimeError):
+    """A requested execution provider is not in the installed onnxruntime (or did not start)."""
+
+
+class KeysFileError(StartupError, ValueError):
+    """The API keys file cannot be read or has a malformed line."""
+
+
+# ---- per request -----------------------------------------------------------------------------
 
 
 class ApiError(Exception):
@@ -83,6 +114,14 @@ class UnsupportedMediaType(ApiError):
     status = 415
     type = "invalid_request_error"
     code = "unsupported_media_type"
+
+
+class ClientGone(ApiError):
+    """The client closed its connection; nobody reads this answer (logged as 499)."""
+
+    status = 499
+    type = "client_closed_request"
+    code = "client_closed_request"
 
 
 class Overloaded(ApiError):

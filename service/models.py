@@ -8,19 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bundle import BundleError
 from .encoder import BundleModel
-from .engine import ModelEngine
-from .errors import ModelNotFound
+from .errors import BundleError, ModelNotFound
 from .runtime import RuntimeOptions
 
 log = logging.getLogger("edge_embed.models")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServedModel:
+    """A loaded bundle and the names it answers to; its engine lives in the app's `Engines`."""
+
     model: BundleModel
-    engine: ModelEngine | None = None  # set when the app starts
 
     @property
     def id(self) -> str:

@@ -33,9 +33,9 @@ _COMMON_ERRORS = {
 
 
 def openapi_spec(settings: Settings) -> dict[str, Any]:
-    token_ids = {"type": "array", "minItems": 1, "maxItems": settings.max_input_chars,
+    token_ids = {"type": "array", "minItems": 1, "maxItems": settings.requests.max_input_chars,
                  "items": {"type": "integer", "minimum": 0}}
-    text = {"type": "string", "minLength": 1, "maxLength": settings.max_input_chars}
+    text = {"type": "string", "minLength": 1, "maxLength": settings.requests.max_input_chars}
     embeddings_op = {
         "summary": "Create embeddings (OpenAI-compatible)",
         "requestBody": {"required": True, "content": {"application/json": {
@@ -101,9 +101,10 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                         "model": {"type": "string", "minLength": 1},
                         "input": {"oneOf": [
                             text, {"type": "array", "minItems": 1,
-                                   "maxItems": settings.max_inputs, "items": text},
+                                   "maxItems": settings.requests.max_inputs, "items": text},
                             token_ids, {"type": "array", "minItems": 1,
-                                        "maxItems": settings.max_inputs, "items": token_ids}]},
+                                        "maxItems": settings.requests.max_inputs,
+                                        "items": token_ids}]},
                         "encoding_format": {"type": "string", "enum": ["float", "base64"],
                                             "nullable": True},
                         "dimensions": {"type": "integer", "minimum": 1, "nullable": True},

@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from .bundle import Manifest
 from .cpus import usable_cpus
+from .errors import ProviderError
 
 log = logging.getLogger("edge_embed.runtime")
 
@@ -40,10 +41,6 @@ _LEVELS = {
 # which a box shared with other work may prefer to give back (--spinning off).
 SPINNING = True
 ALLOW_SPINNING_KEY = "session.intra_op.allow_spinning"
-
-
-class ProviderError(RuntimeError):
-    """A requested execution provider is not in the installed onnxruntime."""
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,7 @@ from collections.abc import Sequence
 import orjson
 from aiohttp import web
 
-from .auth import KeysFileError
-from .bundle import BundleError
-from .runtime import ProviderError
+from .errors import StartupError
 from .settings import Settings, parse_settings
 
 log = logging.getLogger("edge_embed.serve")
@@ -102,7 +100,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "edge-embed serve") -> i
 
     try:
         app = create_app(settings)
-    except (BundleError, ProviderError, KeysFileError) as exc:
+    except StartupError as exc:
         sys.stderr.write(f"{prog}: {exc}\n")
         return 2
     except Exception as exc:  # onnxruntime refusing a model file, a tokenizer that won't load

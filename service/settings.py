@@ -1,8 +1,9 @@
 """Settings: one frozen object built from CLI flags and `EDGE_EMBED_*` environment variables.
 
 Every flag has an environment variable (`--max-inputs` <-> `EDGE_EMBED_MAX_INPUTS`); a flag given
-on the command line wins over the environment. Every limit is a named default below with the
-reason for its number, so that an operator changing one knows what they trade.
+on the command line wins over the environment. The limits live in their own frozen objects
+(service/limits.py, each default named there with the reason for its number); Settings holds
+one of each and hands it whole to the part that enforces it.
 """
 
 from __future__ import annotations
@@ -10,64 +11,25 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .limits import BatchPolicy, CacheLimits, QueueLimits, RequestLimits
 from .runtime import PROVIDERS, SPINNING, RuntimeOptions
 
 ENV_PREFIX = "EDGE_EMBED_"
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: exposing the server is an explicit choice
 DEFAULT_PORT = 8000
-# OpenAI's own limit on inputs per request; clients (LangChain, the SDKs) chunk to it.
-MAX_INPUTS = 2048
-# OpenAI's limit on tokens summed over one request's inputs.
-MAX_REQUEST_TOKENS = 300_000
-# A character bound checked before tokenizing, so that a hostile 100 MB string costs nothing:
-# 64 Ki characters is far beyond any model's token limit (MiniLM: 256 tokens ~ 1-2 K characters)
-# yet leaves room for documents that are meant to be cut with a warning.
-MAX_INPUT_CHARS = 65_536
-# 2048 inputs of ~1 K characters each, JSON-quoted, with room to spare; larger bodies are
-# refused with 413 before they are read whole.
-MAX_BODY_BYTES = 16 * 1024 * 1024
-# Padded tokens per model run (longest x count): 4 texts of 256 tokens, 32 of 32. Smaller runs
-# keep a single-threaded run's activations in cache (one 1024 x 1536 FFN tensor is 6 MB) and
-# bound the arena; short requests still batch 32 at a time (their throughput peaks there).
-# `make bench-sweep` against 8192 (two runs): 2048 gave long8 1.06-1.08x, mixed the same; then
-# against 2048: 1024 gave long8 1.06x and mixed 1.12x. `make bench` at 2048: RSS after all
-# workloads 393 MB instead of 567 MB at 8192.
-BATCH_TOKENS = 1024
-# Short inputs gain up to batch 32 and drop at 64 (FINDINGS).
-BATCH_INPUTS = 32
-# Extra wait to fill a batch when the worker is free. 0: never wait; batches form from what
-# queues while a run is in flight, so an idle server answers at once.
-BATCH_DELAY_MS = 0.0
-# Queue bounds: about one largest request (OpenAI's 300 K tokens) of work; at ~25 K tokens/s
-# (int8 MiniLM, 2 cores, long inputs) that is ~12 s, under the request timeout. Past it: 429.
-QUEUE_INPUTS = 8192
-QUEUE_TOKENS = 300_000
-# A request waits at most this long (queue + model) before 408. Shorter than the drain timeout,
-# so every request in flight when SIGTERM arrives ends (answered or timed out) inside the drain.
-REQUEST_TIMEOUT_S = 15.0
 # Kubernetes gives 30 s between SIGTERM and SIGKILL by default; 20 s leaves room to exit.
 DRAIN_TIMEOUT_S = 20.0
-# Embedding cache: 10 K vectors of 384 floats ~ 15 MB; the byte bound caps larger models.
-CACHE_ENTRIES = 10_000
-CACHE_BYTES = 64 * 1024 * 1024
-CACHE_TTL_S = 3600.0
-# Pad batch widths up to a multiple of this (fewer distinct shapes for onnxruntime's arena).
-# 1, measured by `make bench`: 16 rounded ~21-token short batches up to 32 and made 46-51 % of
-# their computed tokens padding (0.73x raw throughput); the arena levels off anyway (~650 MB),
-# and --arena-shrink is the memory knob. A lone input is never padded.
-PAD_MULTIPLE = 1
 # Tokenizer threads: `tokenizers` parallelizes encode_batch itself; one thread keeps the event
 # loop free without competing with onnxruntime for the cores.
 TOKENIZER_THREADS = 1
-# A batching worker that dies is restarted this many times within WORKER_RESTART_WINDOW_S; past
-# that the engine is marked dead (/health and /ready 503) so the supervisor restarts the process.
+# A batching worker that dies is restarted this many times within a minute; past that the
+# engine is marked dead (/health and /ready 503) so the supervisor restarts the process.
 WORKER_RESTARTS = 5
-WORKER_RESTART_WINDOW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -77,21 +39,11 @@ class Settings:
     port: int = DEFAULT_PORT
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # never printed
     api_keys_file: Path | None = None
-    max_inputs: int = MAX_INPUTS
-    max_request_tokens: int = MAX_REQUEST_TOKENS
-    max_input_chars: int = MAX_INPUT_CHARS
-    max_body_bytes: int = MAX_BODY_BYTES
-    batch_tokens: int = BATCH_TOKENS
-    batch_inputs: int = BATCH_INPUTS
-    batch_delay_ms: float = BATCH_DELAY_MS
-    queue_inputs: int = QUEUE_INPUTS
-    queue_tokens: int = QUEUE_TOKENS
-    request_timeout: float = REQUEST_TIMEOUT_S
+    requests: RequestLimits = field(default_factory=RequestLimits)
+    queue: QueueLimits = field(default_factory=QueueLimits)
+    batching: BatchPolicy = field(default_factory=BatchPolicy)
+    cache: CacheLimits = field(default_factory=CacheLimits)
     drain_timeout: float = DRAIN_TIMEOUT_S
-    cache_entries: int = CACHE_ENTRIES
-    cache_bytes: int = CACHE_BYTES
-    cache_ttl: float = CACHE_TTL_S
-    truncate: bool = True
     providers: tuple[str, ...] = ("cpu",)
     provider_fallback: bool = False
     threads: int | None = None  # intra-op threads per run; None: usable CPUs / concurrent runs
@@ -100,7 +52,6 @@ class Settings:
     cpu_arena: bool = True
     arena_shrink: bool = False  # shrink the arena after every run (flat RSS, slower long batches)
     spinning: bool = SPINNING  # onnxruntime's intra-op threads spin between runs (runtime.py)
-    pad_multiple: int = PAD_MULTIPLE
     tokenizer_threads: int = TOKENIZER_THREADS
     worker_restarts: int = WORKER_RESTARTS
     log_level: str = "info"
@@ -113,14 +64,10 @@ class Settings:
                               cpu_arena=self.cpu_arena, spinning=self.spinning)
 
     def limits(self) -> dict[str, Any]:
-        """The limits a client may run into (for /info and the start-up log)."""
-        return {k: v for k, v in asdict(self).items() if k in _LIMIT_KEYS}
-
-
-_LIMIT_KEYS = ("max_inputs", "max_request_tokens", "max_input_chars", "max_body_bytes",
-               "batch_tokens", "batch_inputs", "batch_delay_ms", "queue_inputs", "queue_tokens",
-               "request_timeout", "drain_timeout", "cache_entries", "cache_bytes", "cache_ttl",
-               "truncate", "pad_multiple")
+        """The limits a client may run into, by group (for /info and the start-up log)."""
+        return {"requests": asdict(self.requests), "queue": asdict(self.queue),
+                "batching": asdict(self.batching), "cache": asdict(self.cache),
+                "drain_timeout": self.drain_timeout}
 
 
 def _positive_int(text: str) -> int:
@@ -155,6 +102,13 @@ def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0 or value == float("inf"):
         raise ValueError("must be a number >= 0")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError("must be a number in (0, 1]")
     return value
 
 
@@ -209,6 +163,8 @@ _SCALARS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--queue-inputs", _positive_int, "inputs waiting per model before 429"),
     ("--queue-tokens", _positive_int, "tokens waiting per model before 429"),
     ("--request-timeout", _positive_float, "seconds before a request gets 408"),
+    ("--admit-deadline-share", _share, "admit a request only if the work ahead of it and its "
+     "own end within this share of its timeout, at the measured throughput (else 429)"),
     ("--drain-timeout", _non_negative_float, "seconds to finish in-flight requests on SIGTERM"),
     ("--cache-entries", _non_negative_int, "embedding cache entries (0: no cache)"),
     ("--cache-bytes", _non_negative_int, "embedding cache size in bytes"),
@@ -231,6 +187,28 @@ _BOOLS: tuple[tuple[str, str], ...] = (
     ("--arena-shrink", "shrink the arena after each run: flat RSS, slower long batches"),
     ("--access-log", "one JSON line per request (default on)"),
 )
+# Flags that set a field of one of the limit objects (service/limits.py): flag -> (group, field).
+# The rest set the Settings field of the flag's own name.
+_GROUPED: dict[str, tuple[str, str]] = {
+    "--max-inputs": ("requests", "max_inputs"),
+    "--max-request-tokens": ("requests", "max_request_tokens"),
+    "--max-input-chars": ("requests", "max_input_chars"),
+    "--max-body-bytes": ("requests", "max_body_bytes"),
+    "--request-timeout": ("requests", "timeout_s"),
+    "--truncate": ("requests", "truncate"),
+    "--queue-inputs": ("queue", "max_inputs"),
+    "--queue-tokens": ("queue", "max_tokens"),
+    "--admit-deadline-share": ("queue", "deadline_share"),
+    "--batch-tokens": ("batching", "max_tokens"),
+    "--batch-inputs": ("batching", "max_inputs"),
+    "--batch-delay-ms": ("batching", "delay_ms"),
+    "--pad-multiple": ("batching", "pad_multiple"),
+    "--cache-entries": ("cache", "entries"),
+    "--cache-bytes": ("cache", "bytes"),
+    "--cache-ttl": ("cache", "ttl_s"),
+}
+_GROUPS: dict[str, Any] = {"requests": RequestLimits(), "queue": QueueLimits(),
+                           "batching": BatchPolicy(), "cache": CacheLimits()}
 _GRAPH_LEVELS = ("auto", "disable", "basic", "extended", "all")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -289,13 +267,21 @@ def parse_settings(argv: Sequence[str] | None, prog: str = "edge-embed serve",
     if providers:
         values["providers"] = tuple(dict.fromkeys(providers))
     parsers = [(flag, kind) for flag, kind, _ in _SCALARS] + [(flag, _bool) for flag, _ in _BOOLS]
+    grouped: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
     for flag, kind in parsers:
         key = flag.lstrip("-").replace("-", "_")
         value = getattr(ns, key)
         if value is None:
             value = from_env(flag, kind)
-        if value is not None:
+        if value is None:
+            continue
+        if flag in _GROUPED:
+            group, name = _GROUPED[flag]
+            grouped[group][name] = value
+        else:
             values[key] = value
+    for group, default in _GROUPS.items():
+        values[group] = replace(default, **grouped[group])
     if values.get("graph_optimization", "auto") not in _GRAPH_LEVELS:
         parser.error(f"--graph-optimization must be one of {', '.join(_GRAPH_LEVELS)}")
     level = str(values.get("log_level", "info")).lower()

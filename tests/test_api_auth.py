@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from edge_embed.service.auth import Authenticator, KeysFileError, load_keys_file
+from edge_embed.service.auth import Authenticator, load_keys_file
+from edge_embed.service.errors import KeysFileError
 from tests.fixtures.server import MakeClient
 
 KEY_A = "sk-test-aaaaaaaaaaaaaaaa"

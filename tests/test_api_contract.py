@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from edge_embed.service.encoder import BundleModel
+from edge_embed.service.limits import RequestLimits
 from tests.fixtures.server import MakeClient
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "A cat sleeps.",
@@ -178,7 +179,7 @@ async def test_truncate_false_names_the_input(make_client: MakeClient) -> None:
 
 
 async def test_server_default_no_truncate(make_client: MakeClient) -> None:
-    client = await make_client(truncate=False)
+    client = await make_client(requests=RequestLimits(truncate=False))
     long = " ".join(["fox"] * 200)
     assert (await post(client, {"model": "tiny", "input": long}))[0] == 400
     assert (await post(client, {"model": "tiny", "input": long, "truncate": True}))[0] == 200
@@ -208,7 +209,7 @@ async def test_probes_info_metrics(make_client: MakeClient) -> None:
     ready = await client.get("/ready")
     assert ready.status == 200 and (await ready.json())["status"] == "ready"
     info = await (await client.get("/info")).json()
-    assert info["limits"]["max_inputs"] == 2048
+    assert info["limits"]["requests"]["max_inputs"] == 2048
     assert info["threads"]["intra_op_threads"] * info["threads"]["concurrent_runs"] \
         <= info["threads"]["usable_cpus"]
     assert info["providers"]["models"]["tiny"] == ["CPUExecutionProvider"]

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from edge_embed.service.limits import RequestLimits
 from tests.fixtures.server import MakeClient
 
 
@@ -68,19 +69,19 @@ async def test_invalid_requests(make_client: MakeClient, body: Any, param: str,
 
 
 async def test_too_many_inputs(make_client: MakeClient) -> None:
-    client = await make_client(max_inputs=4)
+    client = await make_client(requests=RequestLimits(max_inputs=4))
     resp = await client.post("/v1/embeddings", json={"model": "tiny", "input": ["a"] * 5})
     assert_error(resp.status, await resp.json(), 400, "input", contains="at most 4")
 
 
 async def test_input_over_the_character_bound(make_client: MakeClient) -> None:
-    client = await make_client(max_input_chars=100)
+    client = await make_client(requests=RequestLimits(max_input_chars=100))
     resp = await client.post("/v1/embeddings", json={"model": "tiny", "input": ["a", "b" * 101]})
     assert_error(resp.status, await resp.json(), 400, "input", contains="input[1]")
 
 
 async def test_request_token_bound(make_client: MakeClient) -> None:
-    client = await make_client(max_request_tokens=10)
+    client = await make_client(requests=RequestLimits(max_request_tokens=10))
     resp = await client.post("/v1/embeddings", json={"model": "tiny", "input": ["fox " * 20]})
     assert_error(resp.status, await resp.json(), 400, "input", contains="at most 10")
 
@@ -101,7 +102,7 @@ async def test_malformed_bodies(make_client: MakeClient, data: bytes, contains: 
 
 
 async def test_body_too_large(make_client: MakeClient) -> None:
-    client = await make_client(max_body_bytes=1000)
+    client = await make_client(requests=RequestLimits(max_body_bytes=1000))
     big = b'{"model": "tiny", "input": "' + b"a" * 2000 + b'"}'
     status, body = await raw(client, big)
     assert_error(status, body, 413, "body", "request_too_large")

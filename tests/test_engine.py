@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_embed.service.app import REGISTRY, STATE
-from edge_embed.service.engine import RUN_COST_TOKENS, Job
+from edge_embed.service.admission import RUN_COST_TOKENS
+from edge_embed.service.app import ENGINES, STATE
+from edge_embed.service.engine import Job
+from edge_embed.service.limits import BatchPolicy, CacheLimits, QueueLimits, RequestLimits
 from tests.fixtures.server import Gate, MakeClient, until
 
 SENTENCES = [f"sentence number {i} about a cat and a dog" + " fox" * (i % 5) for i in range(16)]
@@ -30,9 +32,8 @@ async def gated(make_client: MakeClient) -> AsyncIterator[Callable[..., Awaitabl
         # One batching worker unless a test asks for more: "what queues behind the run in
         # flight" is then exactly what the next run takes.
         settings.setdefault("concurrent_runs", 1)
-        client = await make_client(cache_entries=0, **settings)
-        engine = client.app[REGISTRY].get("tiny").engine
-        assert engine is not None
+        client = await make_client(cache=CacheLimits(entries=0), **settings)
+        engine = client.app[ENGINES]["tiny"]
         gate = Gate(engine)
         engine._run_sync = gate  # type: ignore[method-assign]
         gates.append(gate)
@@ -94,7 +95,7 @@ async def test_concurrent_runs_run_side_by_side(gated: Any) -> None:
 
 
 async def test_queue_bound_gives_429_with_retry_after(gated: Any) -> None:
-    client, gate = await gated(queue_inputs=4)
+    client, gate = await gated(queue=QueueLimits(max_inputs=4))
     engine = gate.engine
     running = asyncio.ensure_future(embed(client, "first"))
     await until(lambda: engine.running == 1)
@@ -114,7 +115,7 @@ async def test_queue_bound_gives_429_with_retry_after(gated: Any) -> None:
 
 
 async def test_timed_out_work_never_reaches_the_model(gated: Any) -> None:
-    client, gate = await gated(request_timeout=0.3)
+    client, gate = await gated(requests=RequestLimits(timeout_s=0.3))
     engine = gate.engine
     running = asyncio.ensure_future(embed(client, "first"))
     await until(lambda: engine.running == 1)
@@ -216,7 +217,7 @@ async def test_draining_refuses_new_work(make_client: MakeClient) -> None:
 
 
 async def test_batches_respect_the_token_budget(gated: Any) -> None:
-    client, gate = await gated(batch_tokens=64, batch_inputs=32)
+    client, gate = await gated(batching=BatchPolicy(max_tokens=64, max_inputs=32))
     gate.open.set()
     texts = ["fox " * 20] * 6  # 22 tokens each: two fit under 64 padded tokens
     status, _, _ = await embed(client, texts)
@@ -236,7 +237,7 @@ def _shapes(batches: list[list[tuple[Any, int]]]) -> list[list[int]]:
 
 
 async def test_batches_are_cut_where_padding_costs_more_than_a_run(gated: Any) -> None:
-    _, gate = await gated(batch_tokens=8192, batch_inputs=32)
+    _, gate = await gated(batching=BatchPolicy(max_tokens=8192, max_inputs=32))
     engine = gate.engine
     # Near lengths share a run: padding them (1+2+3 tokens) is cheaper than three more runs.
     assert _shapes(engine._form_batches(_window(engine, [13, 12, 11, 10]))) == [[10, 11, 12, 13]]
@@ -259,7 +260,7 @@ async def test_batches_are_cut_where_padding_costs_more_than_a_run(gated: Any) -
 
 
 async def test_cut_respects_the_input_and_token_budgets(gated: Any) -> None:
-    _, gate = await gated(batch_tokens=100, batch_inputs=4)
+    _, gate = await gated(batching=BatchPolicy(max_tokens=100, max_inputs=4))
     engine = gate.engine
     shapes = _shapes(engine._form_batches(_window(engine, [10] * 10 + [60, 60, 300])))
     assert all(len(s) <= 4 for s in shapes)

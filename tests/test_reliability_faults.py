@@ -21,6 +21,7 @@ import pytest
 
 from edge_embed.service.encoder import BundleModel
 from edge_embed.service.engine import ModelEngine
+from edge_embed.service.limits import BatchPolicy, CacheLimits
 from tests.fixtures.server import MakeClient
 from tests.reliability_server import assert_openai_error
 
@@ -50,7 +51,7 @@ def poisoned_run(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 async def test_a_failing_run_fails_its_batch_only(make_client: MakeClient, poisoned_run: list[int],
                                                   caplog: pytest.LogCaptureFixture) -> None:
     # One input per batch, so that "its batch" is exactly the poisoned request.
-    client = await make_client(batch_inputs=1, cache_entries=0)
+    client = await make_client(batching=BatchPolicy(max_inputs=1), cache=CacheLimits(entries=0))
     good = [{"model": "tiny", "input": f"the cat sleeps on the warm windowsill {i}"}
             for i in range(GOOD_REQUESTS)]
     with caplog.at_level(logging.ERROR):
@@ -94,7 +95,7 @@ async def test_a_failing_run_fails_its_batch_only(make_client: MakeClient, poiso
 
 async def test_a_dead_worker_is_restarted(make_client: MakeClient,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    client = await make_client(cache_entries=0, worker_restarts=5)
+    client = await make_client(cache=CacheLimits(entries=0), worker_restarts=5)
     real = ModelEngine._form_batches
     calls = {"n": 0}
 
@@ -118,7 +119,7 @@ async def test_a_dead_worker_is_restarted(make_client: MakeClient,
 
 async def test_a_dead_engine_refuses_work_and_fails_its_probes(
         make_client: MakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    client = await make_client(cache_entries=0, worker_restarts=0)
+    client = await make_client(cache=CacheLimits(entries=0), worker_restarts=0)
 
     real = ModelEngine._form_batches
 

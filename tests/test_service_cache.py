@@ -8,19 +8,20 @@ from typing import Any
 import numpy as np
 
 from edge_embed.service.cache import EmbeddingCache
+from edge_embed.service.limits import CacheLimits
 from tests.fixtures.server import MakeClient
 
 
 def test_lru_by_entries_and_bytes() -> None:
     now = [0.0]
-    cache = EmbeddingCache(max_entries=2, max_bytes=10_000, ttl=10, clock=lambda: now[0])
+    cache = EmbeddingCache(CacheLimits(entries=2, bytes=10_000, ttl_s=10), clock=lambda: now[0])
     v = np.ones(4, dtype=np.float32)
     cache.put("a", v, 3, 3)
     cache.put("b", v, 3, 3)
     assert cache.get("a") is not None  # a is now the most recent
     cache.put("c", v, 3, 3)
     assert cache.get("b") is None and cache.get("a") is not None and len(cache) == 2
-    small = EmbeddingCache(max_entries=100, max_bytes=2 * (16 + 200) + 10, ttl=10)
+    small = EmbeddingCache(CacheLimits(entries=100, bytes=2 * (16 + 200) + 10, ttl_s=10))
     for key in "abc":
         small.put(key, v, 3, 3)
     assert len(small) == 2 and small.bytes <= small.max_bytes and small.get("a") is None
@@ -28,7 +29,7 @@ def test_lru_by_entries_and_bytes() -> None:
 
 def test_ttl_and_override() -> None:
     now = [0.0]
-    cache = EmbeddingCache(max_entries=10, max_bytes=10_000, ttl=10, clock=lambda: now[0])
+    cache = EmbeddingCache(CacheLimits(entries=10, bytes=10_000, ttl_s=10), clock=lambda: now[0])
     v = np.zeros(2, dtype=np.float32)
     cache.put("a", v, 1, 1)
     cache.put("b", v, 1, 1, ttl=100)
@@ -39,7 +40,7 @@ def test_ttl_and_override() -> None:
 
 
 def test_stored_vector_is_a_copy() -> None:
-    cache = EmbeddingCache(10, 10_000, 10)
+    cache = EmbeddingCache(CacheLimits(10, 10_000, 10))
     v = np.ones(3, dtype=np.float32)
     cache.put("a", v, 1, 1)
     v[:] = 5
@@ -93,7 +94,7 @@ async def test_cache_ttl_zero_request_and_disabled(make_client: MakeClient) -> N
     await client.post("/v1/embeddings", json=body)
     await client.post("/v1/embeddings", json=body)
     assert counter(await metrics(client), "hit") == 0
-    off = await make_client(cache_entries=0)
+    off = await make_client(cache=CacheLimits(entries=0))
     await off.post("/v1/embeddings", json={"model": "tiny", "input": "x"})
     await off.post("/v1/embeddings", json={"model": "tiny", "input": "x"})
     text = await metrics(off)

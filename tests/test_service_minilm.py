@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_embed.service.app import REGISTRY, create_app
+from edge_embed.service.app import ENGINES, REGISTRY, create_app
+from edge_embed.service.limits import CacheLimits
 from edge_embed.service.settings import Settings
 from tests.fixtures.server import AiohttpClient, Gate, until
 
@@ -63,10 +64,9 @@ async def test_agrees_with_sentence_transformers_and_is_batch_invariant(
         bundle: Path, torch_vectors: np.ndarray[Any, Any],
         aiohttp_client: AiohttpClient) -> None:
     # One batching worker, so that everything queued behind the held run is batched next.
-    settings = Settings(models=(bundle,), cache_entries=0, concurrent_runs=1)
+    settings = Settings(models=(bundle,), cache=CacheLimits(entries=0), concurrent_runs=1)
     client = await aiohttp_client(create_app(settings))
-    registry = client.app[REGISTRY]
-    served = registry.models[0]
+    served = client.app[REGISTRY].models[0]
     model = served.id
     batch = await post(client, model, TEXTS)
     cosines = np.sum(batch * torch_vectors, axis=1)
@@ -75,8 +75,7 @@ async def test_agrees_with_sentence_transformers_and_is_batch_invariant(
     assert np.sum(singles * batch, axis=1).min() >= MIN_COSINE_BATCH
 
     # Other callers' requests share the batch: hold the run, queue everyone, release.
-    engine = served.engine
-    assert engine is not None
+    engine = client.app[ENGINES][served.id]
     gate = Gate(engine)
     engine._run_sync = gate  # type: ignore[method-assign]
     try:

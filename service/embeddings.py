@@ -1,0 +1,265 @@
+"""The embeddings request path, in one place: parse → authorize → validate → cache → tokenize →
+admit → engine → pool → encode.
+
+`EmbeddingsPath` takes a request's raw body and who is calling, and returns an
+`EmbeddingResult` (or raises an `ApiError`); the HTTP layer (app.py) only reads the body and
+writes the answer.
+
+Every check of the request itself (schema, key, model, `dimensions`, `input_type`, token ids)
+runs before the cache is consulted. The checks that need token counts (an over-long input under
+`truncate: false`, the request's token total) run over every input in order, on the counts a
+cache entry keeps or on fresh ones from the tokenizer, before anything reaches the model: the
+same request gets the same answer with the cache on or off. The cache only makes it faster.
+
+Admission comes before tokenizing (on an estimate of the request's tokens), so that a flood is
+refused before it costs tokenizer time; the exact count replaces the estimate when the rows are
+queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .admission import estimate_tokens
+from .auth import ApiKey, Authenticator
+from .cache import CacheKey, EmbeddingCache
+from .encoder import I64, TextTokenizer, Tokenized
+from .engine import Engines
+from .errors import InvalidRequest, RequestTimeout
+from .limits import RequestLimits
+from .metrics import Metrics
+from .middleware import RequestLog
+from .models import Registry, ServedModel
+from .pooling import F32
+from .schema import (
+    EmbeddingRequest,
+    EncodingFormat,
+    TextInput,
+    check_for_model,
+    encode_response,
+    parse_body,
+    parse_request,
+)
+
+# Requests up to this many characters are tokenized on the event loop: a sentence or two
+# encodes in ~20-40 us, less than the round trip through the tokenizer thread (executor future,
+# call_soon_threadsafe, loop wake-up) that one-sentence requests at concurrency 1 would pay.
+# Anything longer goes to the thread, so the loop never stalls on a big request.
+INLINE_TOKENIZE_CHARS = 512
+
+
+@dataclass(frozen=True)
+class Caller:
+    """What the HTTP layer knows about who is asking, and since when."""
+
+    key: ApiKey | None
+    log: RequestLog
+    started: float  # event-loop time the request arrived; its deadline counts from here
+    is_gone: Callable[[], bool] = lambda: False  # the client closed its connection
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    model: str
+    vectors: F32  # [inputs, dimensions], in input order
+    encoding_format: EncodingFormat
+    prompt_tokens: int
+    warnings: tuple[dict[str, Any], ...]  # one per input that was cut
+
+    def body(self, request_id: str) -> bytes:
+        return encode_response(self.vectors, self.encoding_format, self.model,
+                               self.prompt_tokens, request_id, list(self.warnings))
+
+
+@dataclass
+class _Work:
+    """One request on its way: the vectors and token counts filled in as they are known."""
+
+    req: EmbeddingRequest
+    served: ServedModel
+    prompt: str
+    truncate: bool
+    vectors: F32
+    used: list[int]
+    original: list[int]
+
+    @property
+    def single(self) -> bool:
+        return len(self.req.inputs) == 1
+
+    def where(self, i: int) -> str:
+        return "input" if self.single else f"input[{i}]"
+
+
+class EmbeddingsPath:
+    def __init__(self, registry: Registry, engines: Engines, cache: EmbeddingCache,
+                 metrics: Metrics, limits: RequestLimits, tokenizer_executor: Executor) -> None:
+        self.registry = registry
+        self.engines = engines
+        self.cache = cache
+        self.metrics = metrics
+        self.limits = limits
+        self.tokenizer_executor = tokenizer_executor
+
+    async def __call__(self, raw: bytes, caller: Caller) -> EmbeddingResult:
+        limits = self.limits
+        req = parse_request(parse_body(raw), max_inputs=limits.max_inputs,
+                            max_input_chars=limits.max_input_chars)
+        served = self.registry.get(req.model)
+        Authenticator.allow(caller.key, served.names)
+        caller.log.model, caller.log.inputs = served.id, len(req.inputs)
+        manifest = served.model.manifest
+        check_for_model(req, manifest, served.model.tokenizer.vocab_size)
+        n = len(req.inputs)
+        work = _Work(req, served,
+                     prompt=manifest.prompts.get(req.input_type, "") if req.input_type else "",
+                     truncate=limits.truncate if req.truncate is None else req.truncate,
+                     vectors=np.empty((n, req.dimensions or manifest.dimensions),
+                                      dtype=np.float32),
+                     used=[0] * n, original=[0] * n)
+        keys = self._keys(work) if self._caching(req) else None
+        misses = self._lookup(work, keys, caller.log) if keys is not None else list(range(n))
+        if misses:
+            await self._compute(work, misses, caller)
+            if keys is not None:
+                self._store(work, keys, misses)
+        else:
+            self._check_tokens(work)
+        return self._result(work, caller.log)
+
+    # ---- cache -------------------------------------------------------------------------------
+    def _caching(self, req: EmbeddingRequest) -> bool:
+        return self.cache.enabled and not req.cache_control.no_cache
+
+    def _keys(self, work: _Work) -> list[CacheKey]:
+        manifest = work.served.model.manifest
+        # A prompt is put before text only; token ids go to the model as sent.
+        return [CacheKey(work.served.id, item, work.prompt if isinstance(item, str) else "",
+                         manifest.max_tokens, work.req.dimensions)
+                for item in work.req.inputs]
+
+    def _lookup(self, work: _Work, keys: list[CacheKey], log: RequestLog) -> list[int]:
+        misses: list[int] = []
+        for i, key in enumerate(keys):
+            entry = self.cache.get(key)
+            if entry is None:
+                misses.append(i)
+            else:
+                work.vectors[i] = entry.vector
+                work.used[i], work.original[i] = entry.used_tokens, entry.original_tokens
+        hits = len(keys) - len(misses)
+        if hits:
+            self.metrics.cache.labels("hit").inc(hits)
+        if misses:
+            self.metrics.cache.labels("miss").inc(len(misses))
+        log.cache_hits = hits
+        return misses
+
+    def _store(self, work: _Work, keys: list[CacheKey], computed: list[int]) -> None:
+        ttl = work.req.cache_control.ttl
+        for i in computed:
+            self.cache.put(keys[i], work.vectors[i], work.used[i], work.original[i], ttl=ttl,
+                           key_size=keys[i].size())
+
+    # ---- tokenize, admit, run ----------------------------------------------------------------
+    async def _compute(self, work: _Work, misses: list[int], caller: Caller) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self.limits.timeout_s
+        deadline = caller.started + timeout
+        engine = self.engines[work.served.id]
+        model = work.served.model
+        items = [work.req.inputs[i] for i in misses]
+        limit = model.manifest.max_tokens
+        estimate = sum(estimate_tokens(len(item), isinstance(item, str), limit)
+                       for item in items)
+        with engine.admitted(len(items), estimate, time_left_s=deadline - loop.time(),
+                             timeout_s=timeout) as ticket:
+            if sum(len(item) for item in items) <= INLINE_TOKENIZE_CHARS:
+                tokens = _tokenize(model.tokenizer, items, work.prompt)
+            else:
+                try:
+                    tokens = await asyncio.wait_for(loop.run_in_executor(
+                        self.tokenizer_executor, _tokenize, model.tokenizer, items, work.prompt),
+                        max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise self._timeout() from None
+            for i, tok in zip(misses, tokens, strict=True):
+                work.used[i], work.original[i] = len(tok.ids), tok.original_tokens
+            self._check_tokens(work)
+            rows: list[I64] = [tok.ids for tok in tokens]
+            job = engine.submit(rows, ticket, request_id=caller.log.request_id,
+                                is_gone=caller.is_gone)
+        try:
+            pooled = await asyncio.wait_for(asyncio.shield(job.future),
+                                            max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            engine.drop(job, "timeout")
+            self.metrics.rejected.labels("timeout").inc()
+            raise self._timeout() from None
+        except asyncio.CancelledError:
+            engine.drop(job, "cancelled")
+            raise
+        caller.log.queue_ms = job.queue_s * 1000
+        caller.log.inference_ms = job.inference_s * 1000
+        work.vectors[misses] = model.finish(pooled, work.req.dimensions)
+
+    def _timeout(self) -> RequestTimeout:
+        return RequestTimeout(f"The request did not finish within {self.limits.timeout_s:g} s.")
+
+    def _check_tokens(self, work: _Work) -> None:
+        """The checks on token counts, over every input in order, cached or computed."""
+        limit = work.served.model.manifest.max_tokens
+        if not work.truncate:
+            for i, (used, original) in enumerate(zip(work.used, work.original, strict=True)):
+                if original > used:
+                    raise InvalidRequest(
+                        f"'{work.where(i)}' has {original} tokens, over this model's limit of "
+                        f"{limit}; shorten it or send truncate: true to have it cut.",
+                        param="input", code="context_length_exceeded")
+        total = sum(work.used)
+        if total > self.limits.max_request_tokens:
+            raise InvalidRequest(f"The request has {total} tokens; at most "
+                                 f"{self.limits.max_request_tokens} are allowed per request.",
+                                 param="input")
+
+    # ---- the answer --------------------------------------------------------------------------
+    def _result(self, work: _Work, log: RequestLog) -> EmbeddingResult:
+        limit = work.served.model.manifest.max_tokens
+        warnings = tuple(_truncation_warning(i, original, used, limit)
+                         for i, (used, original) in enumerate(zip(work.used, work.original,
+                                                                  strict=True))
+                         if original > used)
+        total = sum(work.used)
+        model_id = work.served.id
+        log.tokens, log.truncated = total, len(warnings)
+        self.metrics.inputs.labels(model_id).inc(len(work.used))
+        self.metrics.tokens.labels(model_id).inc(total)
+        if warnings:
+            self.metrics.truncated.labels(model_id).inc(len(warnings))
+        return EmbeddingResult(model_id, work.vectors, work.req.encoding_format, total, warnings)
+
+
+def _tokenize(tokenizer: TextTokenizer, items: Sequence[TextInput], prompt: str) -> list[Tokenized]:
+    """Text with the input type's prompt, in one encode_batch; token ids as given, framed."""
+    texts = [(i, prompt + item) for i, item in enumerate(items) if isinstance(item, str)]
+    out: list[Tokenized | None] = [None] * len(items)
+    if texts:
+        for (i, _), tok in zip(texts, tokenizer.encode([t for _, t in texts]), strict=True):
+            out[i] = tok
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            out[i] = tokenizer.wrap_ids(item)
+    return [t for t in out if t is not None]
+
+
+def _truncation_warning(index: int, original: int, used: int, limit: int) -> dict[str, Any]:
+    return {"index": index, "code": "input_truncated",
+            "message": f"input {index} has {original} tokens; it was cut to the model's limit "
+                       f"of {limit} tokens (send truncate: false to get an error instead).",
+            "original_tokens": original, "used_tokens": used}

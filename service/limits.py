@@ -1,0 +1,111 @@
+"""The service's limits as named, frozen objects, each handed whole to the part that enforces it.
+
+- `RequestLimits`: what one request may ask (the request path checks them);
+- `QueueLimits`: what the engine admits (by time, against the request's deadline);
+- `BatchPolicy`: how the engine forms model runs;
+- `CacheLimits`: how much the embedding cache holds.
+
+Every default is a named constant with the reason for its number, so that an operator changing
+one knows what they trade. Settings (flags and `EDGE_EMBED_*`) build these objects; nothing else
+reads the flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# ---- one request ---------------------------------------------------------------------------
+# OpenAI's own limit on inputs per request; clients (LangChain, the SDKs) chunk to it.
+MAX_INPUTS = 2048
+# OpenAI's limit on tokens summed over one request's inputs.
+MAX_REQUEST_TOKENS = 300_000
+# A character bound checked before tokenizing, so that a hostile 100 MB string costs nothing:
+# 64 Ki characters is far beyond any model's token limit (MiniLM: 256 tokens ~ 1-2 K characters)
+# yet leaves room for documents that are meant to be cut with a warning.
+MAX_INPUT_CHARS = 65_536
+# 2048 inputs of ~1 K characters each, JSON-quoted, with room to spare; larger bodies are
+# refused with 413 before they are read whole.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+# A request is answered within this many seconds (queue + model) or gets 408. Shorter than the
+# drain timeout, so every request in flight when SIGTERM arrives ends inside the drain.
+REQUEST_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_inputs: int = MAX_INPUTS
+    max_request_tokens: int = MAX_REQUEST_TOKENS
+    max_input_chars: int = MAX_INPUT_CHARS
+    max_body_bytes: int = MAX_BODY_BYTES
+    timeout_s: float = REQUEST_TIMEOUT_S
+    # Over-long inputs: cut and warn (True), or 400 (False); a request's `truncate` wins.
+    truncate: bool = True
+
+
+# ---- admission -----------------------------------------------------------------------------
+# Memory bounds on what waits, whatever the time estimate says: about one largest request
+# (OpenAI's 300 K tokens) of work. Admission by time refuses long before these on a busy box;
+# they keep a server whose throughput estimate is off from holding unbounded bodies.
+QUEUE_INPUTS = 8192
+QUEUE_TOKENS = 300_000
+# Admission by time: a request is admitted only if the work ahead of it plus its own, at the
+# throughput measured so far, ends within this share of the time it has left. The rest is the
+# margin for what the estimate cannot see: a neighbour process taking a core mid-flight, the
+# estimate's lag after the load changes (it averages the last few runs), and longer inputs
+# costing more per token than the runs it was measured on. 0.7 kept every admitted request of
+# the overload test inside its deadline with a CPU hog beside the server.
+ADMIT_DEADLINE_SHARE = 0.7
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    max_inputs: int = QUEUE_INPUTS
+    max_tokens: int = QUEUE_TOKENS
+    deadline_share: float = ADMIT_DEADLINE_SHARE
+
+
+# ---- batching ------------------------------------------------------------------------------
+# Padded tokens per model run (longest x count): 4 texts of 256 tokens, 32 of 32. Smaller runs
+# keep a single-threaded run's activations in cache (one 1024 x 1536 FFN tensor is 6 MB) and
+# bound the arena; short requests still batch 32 at a time (their throughput peaks there).
+# `make bench-sweep` against 8192 (two runs): 2048 gave long8 1.06-1.08x, mixed the same; then
+# against 2048: 1024 gave long8 1.06x and mixed 1.12x. `make bench` at 2048: RSS after all
+# workloads 393 MB instead of 567 MB at 8192.
+BATCH_TOKENS = 1024
+# Short inputs gain throughput up to batch 32 and lose it at 64 (int8 MiniLM, 2 cores).
+BATCH_INPUTS = 32
+# Extra wait to fill a batch when the worker is free. 0: never wait; batches form from what
+# queues while a run is in flight, so an idle server answers at once (`make bench-sweep`:
+# 1 / 2 / 5 ms cut c=1 throughput to 0.53 / 0.42 / 0.21 and gained nothing elsewhere).
+BATCH_DELAY_MS = 0.0
+# Pad batch widths up to a multiple of this (fewer distinct shapes for onnxruntime's arena).
+# 1, measured by `make bench`: 16 rounded ~21-token short batches up to 32 and made 46-51 % of
+# their computed tokens padding (0.73x raw throughput); the arena levels off anyway (~650 MB),
+# and --arena-shrink is the memory knob. A lone input is never padded.
+PAD_MULTIPLE = 1
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_tokens: int = BATCH_TOKENS
+    max_inputs: int = BATCH_INPUTS
+    delay_ms: float = BATCH_DELAY_MS
+    pad_multiple: int = PAD_MULTIPLE
+
+
+# ---- the embedding cache -------------------------------------------------------------------
+# 10 K vectors of 384 floats ~ 15 MB; the byte bound caps larger models.
+CACHE_ENTRIES = 10_000
+CACHE_BYTES = 64 * 1024 * 1024
+CACHE_TTL_S = 3600.0
+
+
+@dataclass(frozen=True)
+class CacheLimits:
+    entries: int = CACHE_ENTRIES
+    bytes: int = CACHE_BYTES
+    ttl_s: float = CACHE_TTL_S
+
+    @property
+    def enabled(self) -> bool:
+        return self.entries > 0 and self.bytes > 0 and self.ttl_s > 0
