@@ -191,7 +191,8 @@ class ModelEngine:
         await loop.run_in_executor(self.executor, self.model.run, [short])
         limit = self.model.manifest.max_tokens
         long = self.model.tokenizer.encode(["warm up " * limit])[0].ids
-        rows = [long] * max(1, min(CALIBRATION_ROWS, self.batch_tokens // len(long)))
+        rows = [long] * max(1, min(CALIBRATION_ROWS, self.batch_tokens // len(long),
+                                   self.batch_inputs))
         # Timed the second time: the first run of a new shape also pays for its buffers.
         for _ in range(2):
             start = time.perf_counter()

@@ -1,9 +1,12 @@
-"""Deadlines (issue 5, item 2): 408 past --request-timeout; dropped work never reaches the model.
+"""Deadlines: 408 past --request-timeout; dropped work never reaches the model.
 
-Two live servers: one with a short request timeout under a large workload (some requests must
-time out, with 408 in the OpenAI shape, their queued inputs dropped and counted), and one with a
-long timeout where clients hang up while their work is queued (dropped and counted with a reason
-that is not the timeout).
+Admission by time keeps a request out when the work ahead would not end inside its deadline, so
+a 408 is what is left for a request admitted with nothing ahead of it (no wait could make it
+faster) whose own work outlasts the timeout. Two live servers: one made slow on purpose (one
+input per model run) with a short timeout, where such a request must get 408 in the OpenAI
+shape with its queued inputs dropped and counted, while the requests behind it are refused at
+once (429); and one with a long timeout where clients hang up while their work is queued
+(dropped and counted with a reason that is not the timeout).
 """
 
 from __future__ import annotations
@@ -24,18 +27,20 @@ from tests.reliability_server import (
     words_text,
 )
 
-# Short enough that a queue of the workload below cannot be served in time on any machine,
-# long enough that the first requests (a few ms of model time each) are answered.
-SHORT_TIMEOUT_S = 0.3
-# The workload: 40 requests of 256 inputs of ~60 tokens at once (~600 K tokens): seconds of
-# model time for the tiny bundle on 2 cores, far past SHORT_TIMEOUT_S.
-REQUESTS = 40
+# The slow server runs one input per model run, so a request's model time is its inputs times
+# the fixed cost of a run (~0.2-0.5 ms for the tiny bundle): BIG_INPUTS of them take seconds,
+# far past SHORT_TIMEOUT_S, while tokenizing them (short texts) takes a fraction of it.
+SHORT_TIMEOUT_S = 0.5
+BIG_INPUTS = 8192
+BIG_WORDS = 6
+# Requests sent while the big one runs: the work ahead of them ends long after their deadline.
+BEHIND = 8
+# The default tests' workload (the patient server): requests of 256 inputs of ~60 tokens.
 INPUTS_PER_REQUEST = 256
 WORDS_PER_INPUT = 40
-# Queue bounds above the whole workload, so nothing is refused with 429 and every request is
-# either answered or times out.
-QUEUE_INPUTS = REQUESTS * INPUTS_PER_REQUEST * 2
-QUEUE_TOKENS = 10_000_000
+# Queue bounds far above the workloads, so that only time decides admission.
+QUEUE_INPUTS = 1_000_000
+QUEUE_TOKENS = 100_000_000
 # Clients of the disconnect test give up after this long: their work is queued behind the
 # blocking requests by then.
 CLIENT_GIVES_UP_S = 0.15
@@ -43,14 +48,11 @@ GONE_CLIENTS = 20
 BLOCKERS = 12
 CLIENT_TIMEOUT_S = 120.0
 
-def text(i: int) -> str:
-    return words_text(i, WORDS_PER_INPUT)
-
-
-def payload(request: int, inputs: int = INPUTS_PER_REQUEST) -> dict[str, object]:
+def payload(request: int, inputs: int = INPUTS_PER_REQUEST,
+            words: int = WORDS_PER_INPUT) -> dict[str, object]:
     # Unique texts: no cache hit can shortcut the model (the cache is off as well).
     return {"model": "tiny", "encoding_format": "base64",
-            "input": [text(request * inputs + k) for k in range(inputs)]}
+            "input": [words_text(request * inputs + k, words) for k in range(inputs)]}
 
 
 def _args(timeout: float) -> list[str]:
@@ -60,7 +62,8 @@ def _args(timeout: float) -> list[str]:
 
 @pytest.fixture(scope="module")
 def short_server(tiny_bundle: Path) -> Iterator[Live]:
-    with live_server([tiny_bundle], _args(SHORT_TIMEOUT_S)) as live:
+    with live_server([tiny_bundle], [*_args(SHORT_TIMEOUT_S), "--batch-inputs", "1",
+                                     "--max-inputs", str(BIG_INPUTS)]) as live:
         yield live
 
 
@@ -70,8 +73,9 @@ def patient_server(tiny_bundle: Path) -> Iterator[Live]:
         yield live
 
 
-async def _post(session: aiohttp.ClientSession, base: str, i: int) -> tuple[int, object]:
-    async with session.post(f"{base}/v1/embeddings", json=payload(i),
+async def _post(session: aiohttp.ClientSession, base: str, i: int,
+                body: dict[str, object] | None = None) -> tuple[int, object]:
+    async with session.post(f"{base}/v1/embeddings", json=body or payload(i),
                             timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)) as r:
         return r.status, await r.json(content_type=None)
 
@@ -80,15 +84,18 @@ async def test_request_timeout_gives_408_and_drops_queued_work(short_server: Liv
     base = short_server.url
     before = scrape(base)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        results = await asyncio.gather(*(_post(session, base, i) for i in range(REQUESTS)))
+        big = asyncio.create_task(_post(session, base, 0, payload(0, BIG_INPUTS, BIG_WORDS)))
+        while metric_sum(await asyncio.to_thread(scrape, base), "edge_embed_queue_inputs") == 0:
+            assert not big.done(), f"the big request ended before it was queued: {big.result()}"
+            await asyncio.sleep(0.01)
+        behind = await asyncio.gather(*(_post(session, base, 1 + i) for i in range(BEHIND)))
+        status, body = await big
     after = scrape(base)
 
-    statuses = [s for s, _ in results]
-    assert set(statuses) <= {200, 408}, f"unexpected statuses {sorted(set(statuses))}"
-    assert 408 in statuses, "no request timed out: the workload did not outlast the deadline"
-    for status, body in results:
-        if status == 408:
-            assert_openai_error(body, 408, type_="timeout_error")
+    assert status == 408, f"the request that outlasts its deadline got {status}: {body}"
+    assert_openai_error(body, 408, type_="timeout_error")
+    statuses = [s for s, _ in behind]
+    assert statuses == [429] * BEHIND, f"requests behind it got {statuses}, not 429 at once"
 
     def delta(name: str) -> float:
         return metric_sum(after, name) - metric_sum(before, name)
@@ -98,13 +105,11 @@ async def test_request_timeout_gives_408_and_drops_queued_work(short_server: Liv
     reasons = metric_labels(after, "edge_embed_dropped_inputs_total", "reason")
     assert any("time" in r for r in reasons), f"no timeout reason among {reasons}"
     # Every input either ran through the model or was dropped before it, never both: the
-    # model saw (batch_size sum) + dropped <= what was sent; answered requests' inputs ran.
+    # model saw (batch_size sum) + dropped <= what was queued, and less than all of it.
     ran = delta("edge_embed_batch_size_sum")
-    sent = REQUESTS * INPUTS_PER_REQUEST
-    answered = statuses.count(200) * INPUTS_PER_REQUEST
-    assert ran + dropped <= sent, f"ran {ran} + dropped {dropped} > sent {sent}: double count"
-    assert ran >= answered, f"ran {ran} < inputs of answered requests {answered}"
-    assert ran < sent, "every input reached the model although requests timed out"
+    assert ran + dropped <= BIG_INPUTS, \
+        f"ran {ran} + dropped {dropped} > queued {BIG_INPUTS}: double count"
+    assert ran < BIG_INPUTS, "every input reached the model although the request timed out"
 
 
 async def _give_up(session: aiohttp.ClientSession, base: str, i: int) -> str:

@@ -1,4 +1,4 @@
-"""Graceful shutdown (issue 5, item 3): SIGTERM under load loses no accepted request.
+"""Graceful shutdown: SIGTERM under load loses no accepted request.
 
 A live server gets SIGTERM while requests are queued. At once /ready turns 503 and new requests
 get 503; the requests in flight finish with complete 200 answers; the process exits 0 within
@@ -135,7 +135,9 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(tiny_bundle: Path) 
     errors = [s for s, _ in results if not isinstance(s, int)]
     assert not errors, f"requests in flight lost their connection: {errors}"
     statuses = [s for s, _ in results]
-    assert set(statuses) <= {200, 503}, f"in-flight statuses {statuses}"
+    # 429: refused at admission (on a slow machine the whole load may not fit the deadline);
+    # such a request was never in flight.
+    assert set(statuses) <= {200, 429, 503}, f"in-flight statuses {statuses}"
     assert statuses.count(200) > 0, "no request in flight was finished by the drain"
     assert all(ok for _, ok in results), "a 200 answer was incomplete"
 
