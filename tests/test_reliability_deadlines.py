@@ -1,4 +1,4 @@
-"""Deadlines (issue 5, item 2): 408 past --request-timeout; dropped work never reaches the model.
+"""Deadlines: 408 past --request-timeout; dropped work never reaches the model.
 
 Two live servers: one with a short request timeout under a large workload (some requests must
 time out, with 408 in the OpenAI shape, their queued inputs dropped and counted), and one with a

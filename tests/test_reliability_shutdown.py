@@ -1,4 +1,4 @@
-"""Graceful shutdown (issue 5, item 3): SIGTERM under load loses no accepted request.
+"""Graceful shutdown: SIGTERM under load loses no accepted request.
 
 A live server gets SIGTERM while requests are queued. At once /ready turns 503 and new requests
 get 503; the requests in flight finish with complete 200 answers; the process exits 0 within
