@@ -14,8 +14,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install install-runtime install-gpu install-openvino model serve test lint bench bench-sweep soak \
-	load clean
+.PHONY: install install-fast install-runtime install-gpu install-openvino model tiny-bundles serve test \
+	test-fast lint bench bench-sweep soak load clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[export,model,bench,dev]'
+	touch $@
+
+# The fast test loop's venv: the runtime and the dev tools, no torch. A venv that already has
+# everything (make install) is reused as it is.
+install-fast:
+	if [ -f $(VENV)/.installed ]; then $(MAKE) install; else $(MAKE) $(VENV)/.installed-fast; fi
+
+$(VENV)/.installed-fast: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 # The serving runtime alone (no export stack): what an edge box or sidecar image carries.
@@ -58,11 +69,21 @@ $(INT8)/bundle.json: $(FP32)/bundle.json
 		--alias all-MiniLM-L6-v2 --alias sentence-transformers/all-MiniLM-L6-v2 \
 		--alias text-embedding-3-small --force
 
+# The committed tiny bundles (tests/data/tiny-bundles/), written anew by today's exporter: run it
+# after changing the exporter, when tests/test_tiny_bundles.py says they no longer match.
+tiny-bundles: install
+	$(PY) -m tests.fixtures.tiny
+
 serve: model
 	$(BIN)/edge-embed serve --model $(INT8) --host $(HOST) --port $(PORT)
 
 test: install model
 	EDGE_EMBED_MODELS=$(abspath $(MODELS)) $(BIN)/pytest -q $(PYTEST_ARGS)
+
+# The inner loop (under a minute): no torch, no export, no MiniLM, no benchmark runs; the tiny
+# bundles are the committed ones. `make test` stays the whole suite.
+test-fast: install-fast
+	$(BIN)/pytest -q --fast $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check edge_embed service export quantize bench tests

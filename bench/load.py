@@ -32,10 +32,10 @@ from edge_embed.bench.stats import percentile
 from edge_embed.bench.wordlist import WORDS
 
 # 40 requests/s of 1-8 short sentences is about a tenth of what the int8 MiniLM serves on the
-# 2-core build machine (FINDINGS: 1260-2437 short inputs/s in process), so a healthy server
-# answers every one of them; a failure at this rate is a bug, not a capacity limit.
+# 2-core build machine (1260-2437 short inputs/s in process, rising with the batch to 32), so a
+# healthy server answers every one of them; a failure at this rate is a bug, not a capacity limit.
 DEFAULT_RATE = 40.0
-# The issue asks for 60 s: long enough for batching, caches and the arena to reach steady state.
+# 60 s: long enough for batching, caches and the arena to reach steady state.
 DEFAULT_DURATION_S = 60.0
 # Inputs per request, drawn uniformly from 1..this: the mix a RAG indexer and a query path send.
 DEFAULT_MAX_INPUTS = 8

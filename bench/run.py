@@ -41,7 +41,7 @@ class Plan:
     # A window also stops after this many requests: bounds the c=1 workload on a fast box.
     max_requests: int = 100_000
     warmup: int = 8  # untimed requests (or in-process batches) before each window
-    memory_s: float = 120.0  # the 2-minute mixed-length load
+    memory_s: float = 120.0  # 2 minutes of mixed lengths: time for the arena to grow or settle
     memory_sample_s: float = 5.0  # RSS sampled between windows of this length
     cold_runs: int = 5  # cold starts; the median is reported
     create_runtime_venv: bool = True  # build .venv-runtime when missing

@@ -1,4 +1,4 @@
-"""The targets of the benchmark issue (item 2), each a ratio or figure from one run.
+"""The benchmark's targets, each a ratio or figure from one run.
 
 Every target is evaluated to "met", "not met" or "not measured" (a baseline skipped, a metric
 the service does not expose), never silently dropped.

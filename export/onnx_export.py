@@ -2,7 +2,8 @@
 
 With library_name "transformers" and task feature-extraction the graph returns
 `last_hidden_state` (token embeddings); the service pools in numpy, so one graph serves every
-pooling mode and quantization sees only the encoder (see FINDINGS.md, Export).
+pooling mode and quantization sees only the encoder. The graph agrees with torch within 3e-7
+on MiniLM, opset 18 (docs/measurements.md, Export).
 """
 
 from __future__ import annotations

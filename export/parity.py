@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # The evaluation set kept in the repo (several hundred inputs: paraphrases, one-word inputs,
 # long inputs, several languages), shared with quantize so both measure on the same texts.
 EVAL_SET = Path(__file__).resolve().parent.parent / "quantize" / "data" / "eval.jsonl"
-# A graph that is a faithful export agrees with torch to ~1e-7 (FINDINGS: within 3e-7 on
+# A graph that is a faithful export agrees with torch to ~1e-7 (measured: within 3e-7 on
 # MiniLM); 0.9999 leaves room for kernel differences and still catches a wrong graph, a wrong
 # input, or a dropped token_type_ids.
 MIN_COSINE = 0.9999

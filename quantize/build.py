@@ -43,7 +43,7 @@ _EXTERNAL_DATA_BYTES = 1_800_000_000
 
 @dataclass(frozen=True)
 class Gates:
-    # Issue 2's defaults: mean cosine >= 0.99, nearest-neighbour agreement >= 0.97, and a vector
+    # The required quality: mean cosine >= 0.99, nearest-neighbour agreement >= 0.97, and a vector
     # alone vs inside a padded batch >= 0.9999 (the service batches callers together).
     mean: float = 0.99
     nn: float = 0.97

@@ -24,7 +24,8 @@ import onnx
 from .graph import MS_DOMAIN, has_opset
 
 # The operators whose presence means the graph is pre-fused: onnxruntime's session optimizer at
-# level ALL then costs 15-20 % (FINDINGS.md), so the service picks BASIC for such bundles.
+# level ALL then costs 15-20 % against BASIC (measured on MiniLM int8, 2 cores), so the service
+# picks BASIC for such bundles.
 FUSED_OPS = ("MultiHeadAttention", "Attention", "SkipLayerNormalization",
              "EmbedLayerNormalization", "BiasGelu", "FastGelu")
 

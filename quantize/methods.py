@@ -23,8 +23,8 @@ from .graph import weight_matmuls
 from .pertoken import A_ZERO_POINT, QMAX, quantize_pertoken
 
 METHODS = ("pertoken", "blockwise", "dynamic")
-# MatMulNBits settings: 8 bits in blocks of 32 measured mean 0.9995 / min 0.998 on MiniLM (issue
-# 2); accuracy level 4 computes in int8 on the CPU (the fast path for 8-bit blocks).
+# MatMulNBits settings: 8 bits in blocks of 32 measured mean 0.9995 / min 0.998 on MiniLM
+# against fp32; accuracy level 4 computes in int8 on the CPU (the fast path for 8-bit blocks).
 BLOCK_BITS = 8
 BLOCK_SIZE = 32
 BLOCK_ACCURACY_LEVEL = 4
@@ -33,7 +33,8 @@ BLOCK_ACCURACY_LEVEL = 4
 @contextlib.contextmanager
 def _quiet_onnxruntime() -> Iterator[None]:
     """onnxruntime's quantizers log every node at INFO and warn about pre-processing we do not
-    want (FINDINGS.md: quant_pre_process fails on opset-18 exports); the tool reports itself."""
+    want (quant_pre_process fails on opset-18 exports: its symbolic shape inference is
+    incomplete there); the tool reports itself."""
     loggers = [logging.getLogger(), logging.getLogger("onnxruntime"),
                logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")]
     levels = [lg.level for lg in loggers]
@@ -97,7 +98,8 @@ def dynamic(model: onnx.ModelProto, exclude: list[str]) -> Quantized:
                 op_types_to_quantize=["MatMul"],
                 nodes_to_quantize=sorted(candidates - set(exclude)),
                 # A fused graph has tensors without a recorded type; without a default the
-                # quantizer stops at "Unable to find data type for weight_name" (FINDINGS.md).
+                # quantizer stops at "Unable to find data type for weight_name" (as it did on
+                # the fused MiniLM).
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         out = onnx.load(str(dst))
     count = sum(1 for n in out.graph.node

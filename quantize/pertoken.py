@@ -146,7 +146,7 @@ class _Builder:
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Tensor shapes: onnxruntime's symbolic inference knows its fused contrib ops; ONNX's own
-    is the fallback (the symbolic one gives up on some opset-18 exports, see FINDINGS.md)."""
+    is the fallback (the symbolic one gives up on some opset-18 exports, MiniLM's among them)."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     try:

@@ -31,7 +31,7 @@ from .evaluate import cosines
 from .graph import weight_matmuls
 from .pertoken import quantize_pertoken
 
-# Stop when the worst cosine on the probe inputs reaches this: the issue's aim is min >= 0.98
+# Stop when the worst cosine on the probe inputs reaches this: the aim is min >= 0.98
 # against fp32; the probe set is the worst of the evaluation set, so a little margin is kept.
 TARGET_MIN_COSINE = 0.985
 # At most this share of the matmuls stays fp32: each one gives back part of int8's speed.
@@ -45,7 +45,8 @@ PROBES = 32
 # and this keeps the search at ~60 session calls instead of ~105 (`make model` budget).
 SHORTLIST = 12
 # The scan that finds them cuts inputs at this many tokens: the worst cases are short inputs
-# (FINDINGS.md), and a 256-token scan of the long inputs would dominate `make model`'s time.
+# (one-word inputs, for per-channel int8), and a 256-token scan of the long inputs would
+# dominate `make model`'s time.
 SCAN_MAX_TOKENS = 64
 # Rows per session call during the scan.
 SCAN_BATCH = 64

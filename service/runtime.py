@@ -1,7 +1,7 @@
 """Building the onnxruntime session: provider, threads, arena, graph optimization, in one place.
 
-Every number here is a default chosen from measurements on a 2-core machine (see FINDINGS.md and
-`make bench`); each is overridable from settings.
+Every number here is a default chosen from measurements on a 2-core machine (docs/measurements.md
+and `make bench`); each is overridable from settings.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The HTTP contract of DESIGN.md over aiohttp's test client, against the tiny bundles."""
+"""The HTTP contract (README, The API) over aiohttp's test client, against the tiny bundles."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Auth (issue 5, item 7): a matrix that really sends every case to a live server.
+"""Auth: a matrix that really sends every case to a live server.
 
 Keys: one from --api-key (every model), one from a keys file limited to the "tiny" model. Every
 protected route is called with no key, a wrong key, each right key, and a right key for a model

@@ -52,6 +52,7 @@ def _fake_venv(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_quick_run_writes_complete_results(tiny_bundle: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "results"
@@ -201,6 +202,7 @@ def test_cli_refuses_a_missing_bundle(tmp_path: Path, capsys: pytest.CaptureFixt
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_quick_sweep_writes_every_knob(tiny_bundle: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sweep"
@@ -251,6 +253,7 @@ def test_quick_sweep_writes_every_knob(tiny_bundle: Path, tmp_path: Path,
         assert name in table
 
 
+@pytest.mark.slow
 def test_sweep_restarts_the_baseline_when_what_it_serves_changes(
         tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

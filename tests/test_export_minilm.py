@@ -16,7 +16,7 @@ from tests.fixtures.minilm import MINILM_MAX_TOKENS
 
 pytestmark = pytest.mark.minilm
 
-# The bar for the fp32 bundle against sentence-transformers on torch.
+# The required agreement of the fp32 bundle with sentence-transformers on torch.
 MIN_COSINE = 0.99999
 # Items per kind of the evaluation set: enough of each (one word, paraphrase, other languages)
 # to cover the tokenizer's paths, every long input (the truncation path), and a bounded run time.

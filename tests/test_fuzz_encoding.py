@@ -1,4 +1,4 @@
-"""Property tests (issue 5, item 5) for base64 encoding and `dimensions`.
+"""Property tests for base64 encoding and `dimensions`.
 
 - base64 over the wire decodes (little-endian float32) to exactly the float answer, for
   arbitrary text;

@@ -1,4 +1,4 @@
-"""Property tests (issue 5, item 5) for the request parser and the response encoder.
+"""Property tests for the request parser and the response encoder.
 
 Arbitrary bytes and arbitrary JSON go through the parser exactly as a request body does
 (`parse_body` -> `parse_request` -> `check_for_model`): each either yields a request or raises an

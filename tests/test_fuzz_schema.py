@@ -1,4 +1,4 @@
-"""Schema fuzzing (issue 5, item 5): schemathesis against the live server's own /openapi.json.
+"""Schema fuzzing: schemathesis against the live server's own /openapi.json.
 
 Every operation the schema declares gets schema-valid (positive) and schema-invalid (negative)
 requests, bodies included. No answer may be a 5xx; every answer must match what the schema

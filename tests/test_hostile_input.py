@@ -1,4 +1,4 @@
-"""Hostile input (issue 5, item 6): every one of these gets a 4xx and leaves the server unaffected.
+"""Hostile input: every one of these gets a 4xx and leaves the server unaffected.
 
 Sent over raw sockets where a client library would refuse to send them (a Content-Length that
 lies, a chunked body without end, a flood of headers). The live server runs with a small body

@@ -16,9 +16,9 @@ from edge_embed.service.encoder import BundleModel
 pytestmark = pytest.mark.minilm
 
 EXIT_GATE = 3
-# The issue's requirement for every bundle quantize writes by default.
+# Required of every bundle quantize writes by default (the service batches callers together).
 INVARIANCE_GATE = 0.9999
-# Issue 2's default gates and aim (min >= 0.98 against fp32).
+# The default gates and the aim (min >= 0.98 against fp32).
 GATE_MEAN = 0.99
 GATE_NN = 0.97
 AIM_MIN = 0.98

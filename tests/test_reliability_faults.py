@@ -1,4 +1,4 @@
-"""Engine faults (issue 5, item 8), in process through aiohttp's test client.
+"""Engine faults, in process through aiohttp's test client.
 
 - An onnxruntime run that raises fails only the requests in that batch, with a 500 carrying a
   request id that the log carries too; the other requests go on; /health reports the fault.

@@ -1,4 +1,4 @@
-"""Overload (issue 5, item 1): past its bounded queue the server answers 429, never a 5xx.
+"""Overload: past its bounded queue the server answers 429, never a 5xx.
 
 A live server with a small queue is flooded with far more concurrent requests than the queue
 holds. Every answer must be a 200 (complete) or a 429 in the OpenAI shape with `Retry-After`;
