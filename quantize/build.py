@@ -26,6 +26,7 @@ from edge_embed.export.tooling import (
     tool_versions,
 )
 from edge_embed.service.bundle import BundleError, Manifest, Precision, load_manifest
+from edge_embed.service.feeds import UnsupportedGraphInput, check_inputs
 from edge_embed.service.runtime import graph_level
 
 from .evalset import load_eval_set
@@ -107,6 +108,11 @@ def read_source(folder: Path) -> tuple[Manifest, onnx.ModelProto]:
         raise ToolError(f"{path} is not a valid ONNX model ({first[:200]})") from None
     if not model.graph.node:
         raise ToolError(f"{path} has an empty graph")
+    initializers = {i.name for i in model.graph.initializer}
+    try:
+        check_inputs([i.name for i in model.graph.input if i.name not in initializers])
+    except UnsupportedGraphInput as exc:
+        raise ToolError(f"{path}: {exc}") from None
     return manifest, model
 
 

@@ -9,6 +9,9 @@ the worst cosine most for its size, repeat until the worst cosine reaches the ta
 "For its size": a matmul kept in fp32 costs time in proportion to its weight (K x N), so the gain
 is divided by that. MiniLM's FFN matmuls are 4x its attention ones; picking by raw gain kept an
 FFN matmul in fp32 where two attention ones did as well for half the cost.
+
+The feed and the pooling are the service's own (service.feeds, service.pooling), so what is
+measured here is what the service will compute.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import onnxruntime as ort
 from edge_embed.export.tooling import Reporter
 from edge_embed.service.bundle import Manifest
 from edge_embed.service.encoder import TextTokenizer
-from edge_embed.service.pooling import F32, finish, pool
+from edge_embed.service.feeds import build_feeds, check_inputs
+from edge_embed.service.pooling import F32, finish, pool_output
 
 from .evaluate import cosines
 from .graph import weight_matmuls
@@ -91,7 +95,10 @@ class _Switchboard:
                                             providers=["CPUExecutionProvider"])
         self.manifest = manifest
         self.tokenizer = tokenizer
-        self.inputs = {i.name for i in self.session.get_inputs()}
+        flags = set(self.switches.values())
+        # the model's own inputs, filled as the service fills them; the flags are ours
+        self.inputs = [i.name for i in self.session.get_inputs() if i.name not in flags]
+        check_inputs(self.inputs)
 
     def embed(self, rows: Sequence[np.ndarray], fp32: set[str]) -> F32:
         flags = {flag: np.array(name in fp32) for name, flag in self.switches.items()}
@@ -99,21 +106,11 @@ class _Switchboard:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         for start in range(0, len(order), SCAN_BATCH):
             chunk = order[start:start + SCAN_BATCH]
-            width = max(len(rows[i]) for i in chunk)
-            ids = np.full((len(chunk), width), self.tokenizer.pad_id, dtype=np.int64)
-            mask = np.zeros_like(ids)
-            for r, i in enumerate(chunk):
-                ids[r, :len(rows[i])] = rows[i]
-                mask[r, :len(rows[i])] = 1
-            feeds = {"input_ids": ids, "attention_mask": mask,
-                     "token_type_ids": np.zeros_like(ids), **flags}
-            (hidden,) = self.session.run([self.manifest.output],
-                                         {k: v for k, v in feeds.items() if k in self.inputs})
-            pooled = (np.asarray(hidden, dtype=np.float32)
-                      if self.manifest.output_kind == "sentence_embedding"
-                      else pool(np.asarray(hidden, dtype=np.float32), mask,
-                                self.manifest.pooling))
-            out[chunk] = pooled
+            feed = build_feeds([rows[i] for i in chunk], self.inputs,
+                               pad_id=self.tokenizer.pad_id, side=self.tokenizer.padding_side)
+            (hidden,) = self.session.run([self.manifest.output], {**feed.arrays, **flags})
+            out[chunk] = pool_output(hidden, feed.mask, self.manifest.output_kind,
+                                     self.manifest.pooling)
         return finish(out, dimensions=None, normalized=True)
 
 
