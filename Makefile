@@ -14,8 +14,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install install-runtime install-gpu install-openvino model serve test lint bench bench-sweep soak \
-	load clean
+.PHONY: install install-runtime install-gpu install-openvino model model-repro serve test lint bench \
+	bench-sweep soak load clean
 
 install: $(VENV)/.installed
 
@@ -57,6 +57,12 @@ $(INT8)/bundle.json: $(FP32)/bundle.json
 	$(BIN)/edge-embed quantize $(FP32) --out $(INT8) --precision int8 --id all-minilm-l6-v2 \
 		--alias all-MiniLM-L6-v2 --alias sentence-transformers/all-MiniLM-L6-v2 \
 		--alias text-embedding-3-small --force
+
+# Builds the default bundles twice from the same source, in temporary folders and processes with
+# different hash seeds, and fails unless every file is byte-identical (bundle.json apart from
+# its "build" field: when and how long).
+model-repro: $(MINILM_SRC)/config.json
+	$(PY) -m edge_embed.quantize.repro $(MINILM_SRC)
 
 serve: model
 	$(BIN)/edge-embed serve --model $(INT8) --host $(HOST) --port $(PORT)

@@ -190,7 +190,7 @@ def run(opts: QuantizeOptions) -> int:
             source, id=bundle_id, aliases=opts.aliases or (), precision=opts.precision,
             model_file="model.onnx",
             inputs=tuple(i.name for i in result.model.graph.input),
-            quantization=quantization, quality=None, parity=None, created=now())
+            quantization=quantization, quality=None, parity=None, build={"created": now()})
         manifest.write(tmp)
         ev = evaluate(opts.bundle, tmp, eval_set, reporter)
         quantization["per_kind"] = ev.per_kind_json()
@@ -198,9 +198,9 @@ def run(opts: QuantizeOptions) -> int:
         quantization["batch_invariance_max_abs_diff"] = float(
             f"{ev.batch_invariance_max_abs_diff:.3g}")
         quantization["gates"] = dataclasses.asdict(opts.gates)
-        quantization["seconds"] = round(time.monotonic() - started, 1)
-        manifest = dataclasses.replace(manifest, quality=ev.quality(), files=file_hashes(tmp),
-                                       tools=tool_versions("onnx"))
+        manifest = dataclasses.replace(
+            manifest, quality=ev.quality(), files=file_hashes(tmp), tools=tool_versions("onnx"),
+            build={**manifest.build, "seconds": round(time.monotonic() - started, 1)})
         manifest.write(tmp)
         reporter.step(
             f"cosine vs fp32: min {ev.cosine_min:.4f}, mean {ev.cosine_mean:.5f}; "

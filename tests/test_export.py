@@ -93,7 +93,7 @@ def test_manifest_reads_sentence_transformers_config(tiny_bundle: Path,
     assert m.source["weights"] == {"model.safetensors": hashlib.sha256(weights).hexdigest()}
     for tool in ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "tokenizers"):
         assert m.tools.get(tool), tool
-    assert m.created
+    assert m.build["created"]
 
 
 def test_manifest_files_are_the_bundle_files(tiny_bundle: Path) -> None:
