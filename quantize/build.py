@@ -33,6 +33,7 @@ from .evalset import load_eval_set
 from .evaluate import Evaluation, evaluate
 from .fusion import fuse
 from .graph import weight_matmuls
+from .machine import measured_on
 from .methods import Quantized, apply, float16
 
 # Exit code for a bundle that was built but failed a quality gate (2 is bad input, 1 a fault).
@@ -183,6 +184,8 @@ def run(opts: QuantizeOptions) -> int:
             "candidate_matmuls": candidates,
             "quantized_matmuls": result.quantized_nodes,
             "sensitivity": search,
+            # the search's cosines and the quality figures depend on the CPU's int8 kernels
+            "measured_on": measured_on(),
             "reference": {"id": source.id,
                           "model_sha256": source.files.get(source.model_file, "")},
         }
