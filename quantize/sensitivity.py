@@ -67,7 +67,9 @@ SCORE_STEP = 1e-4
 # A candidate must beat another by more than this many grid steps (of gain per unit of weight
 # size) to be preferred; within it they are tied and the fixed order decides (smaller matmul
 # first, then node name). Two steps: each of the two cosines behind a gain may round one step
-# either way on another CPU.
+# either way on another CPU. No rule on measured numbers is free of edges: a cosine within a
+# kernel's noise of a rounding or tie boundary can still go either way. What the grid and the
+# ties remove is the common case, near-equal candidates (the same matmul in two layers).
 TIE_STEPS = 2
 
 
