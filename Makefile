@@ -14,8 +14,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install install-fast install-runtime install-gpu install-openvino model tiny-bundles serve test \
-	test-fast lint bench bench-sweep soak load clean
+.PHONY: install install-fast install-runtime install-gpu install-openvino model model-repro \
+	tiny-bundles serve test test-fast lint bench bench-sweep soak load clean
 
 install: $(VENV)/.installed
 
@@ -73,6 +73,12 @@ $(INT8)/bundle.json: $(FP32)/bundle.json
 # after changing the exporter, when tests/test_tiny_bundles.py says they no longer match.
 tiny-bundles: install
 	$(PY) -m tests.fixtures.tiny
+
+# Builds the default bundles twice from the same source, in temporary folders and processes with
+# different hash seeds, and fails unless every file is byte-identical (bundle.json apart from
+# its "build" field: when and how long).
+model-repro: $(MINILM_SRC)/config.json
+	$(PY) -m edge_embed.quantize.repro $(MINILM_SRC)
 
 serve: model
 	$(BIN)/edge-embed serve --model $(INT8) --host $(HOST) --port $(PORT)

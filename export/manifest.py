@@ -45,7 +45,7 @@ def build(*, bundle_id: str, aliases: tuple[str, ...], source: Source, settings:
         source=source_info(source, settings, graph), vocab_size=vocab_size,
         matryoshka_dimensions=tuple(sorted(set(matryoshka), reverse=True)),
         prompts=dict(settings.prompts), defaults=settings.defaults,
-        tools=tool_versions(*EXPORT_TOOLS), created=now())
+        tools=tool_versions(*EXPORT_TOOLS), build={"created": now()})
 
 
 def finalize(manifest: Manifest, parity: Quality, folder: Path) -> Manifest:

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_embed.service.errors import UnsupportedGraphInput
+from edge_embed.service.feeds import check_inputs
+
 from .tooling import ToolError
 
 if TYPE_CHECKING:
@@ -110,6 +113,12 @@ def export(model: PreTrainedModel, out: Path, opset: int | None) -> ExportedGrap
     shutil.rmtree(scratch, ignore_errors=True)
     initializers = {i.name for i in proto.graph.initializer}
     inputs = tuple(i.name for i in proto.graph.input if i.name not in initializers)
+    try:
+        # refused here, inside the temporary folder: no bundle the service could not feed
+        check_inputs(inputs)
+    except UnsupportedGraphInput as exc:
+        raise ToolError(f"{exc}; model_type '{model.config.model_type}' cannot be served, no "
+                        "bundle written") from None
     outputs = [o.name for o in proto.graph.output]
     if OUTPUT not in outputs:
         raise ToolError(f"the exported graph has no '{OUTPUT}' output (it has "

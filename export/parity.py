@@ -1,8 +1,9 @@
 """Check the exported graph against the torch model it came from, on the repo's evaluation set.
 
-Both sides get the same token ids (the bundle's tokenizer) and the same pooling, so what is
-measured is the graph alone; the service's code path (service.encoder.BundleModel) runs the ONNX
-side, so the check covers the bundle exactly as it will be served.
+Both sides get the same input arrays (the bundle's tokenizer, then service.feeds) and the same
+numpy pooling (service.pooling), so what is measured is the graph alone; the service's code path
+(service.encoder.BundleModel) runs the ONNX side, so the check covers the bundle exactly as it
+will be served.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from edge_embed.service.bundle import Quality
 from edge_embed.service.encoder import BundleModel
-from edge_embed.service.pooling import F32, finish
+from edge_embed.service.pooling import F32, finish, pool
 from edge_embed.service.runtime import RuntimeOptions
 
 from . import torch_model
@@ -142,8 +143,9 @@ def measure(bundle: Path, model: PreTrainedModel, texts: Sequence[str], eval_nam
         rows = order[start:start + PARITY_BATCH]
         ids = [tokens[i].ids for i in rows]
         got[rows] = onnx_model.run(ids)
-        want[rows] = torch_model.embed(model, [i.tolist() for i in ids], manifest.pooling,
-                                       onnx_model.tokenizer.pad_id)
+        feed = onnx_model.feed(ids)
+        want[rows] = pool(torch_model.last_hidden_state(model, feed.arrays), feed.mask,
+                          manifest.pooling)
     got = finish(got, dimensions=None, normalized=manifest.normalize)
     want = finish(want, dimensions=None, normalized=manifest.normalize)
     cos = _cosines(got, want)

@@ -4,7 +4,7 @@ Tokenizer files often carry settings for some other use: all-MiniLM-L6-v2's pads
 to a fixed 128 tokens while the model was trained at 256. The bundle's file truncates at the
 manifest's max_tokens and pads only to the longest input of a batch (never to a fixed length);
 the padding entry stays so that readers learn the pad token's id (RoBERTa-style models derive
-position ids from it).
+position ids from it) and the side the model pads on (decoders pad on the left).
 """
 
 from __future__ import annotations
@@ -35,19 +35,21 @@ def source_tokenizer(folder: Path) -> Any:
                         f"{type(exc).__name__}: {str(exc).strip()[:200]}") from None
 
 
-def _load(folder: Path) -> Any:
+def _load(folder: Path) -> tuple[Any, str]:
+    """The backend tokenizer and the side transformers pads on for this model."""
     fast = source_tokenizer(folder)
+    side = "left" if getattr(fast, "padding_side", "right") == "left" else "right"
     if not getattr(fast, "is_fast", False):
         if (folder / TOKENIZER_FILE).is_file():
             from tokenizers import Tokenizer
 
             try:
-                return Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+                return Tokenizer.from_file(str(folder / TOKENIZER_FILE)), side
             except Exception as exc:  # tokenizers raises a bare Exception on a bad file
                 raise ToolError(f"{folder / TOKENIZER_FILE} is not a valid tokenizers file "
                                 f"({exc})") from None
         raise ToolError(f"{folder} has no {TOKENIZER_FILE} and no fast tokenizer to convert")
-    return fast.backend_tokenizer
+    return fast.backend_tokenizer, side
 
 
 def _pad_token(tok: Any, pad_token_id: int | None) -> tuple[str, int] | None:
@@ -67,13 +69,14 @@ def _pad_token(tok: Any, pad_token_id: int | None) -> tuple[str, int] | None:
 
 def write(folder: Path, out: Path, max_tokens: int, pad_token_id: int | None) -> Any:
     """Write `out/tokenizer.json` from the source folder; returns the tokenizers.Tokenizer."""
-    tok = _load(folder)
+    tok, side = _load(folder)
     pad = _pad_token(tok, pad_token_id)
     tok.enable_truncation(max_length=max_tokens)
     if pad is None:
         tok.no_padding()
     else:
-        # length=None: pad to the batch's longest input, never to a fixed size.
-        tok.enable_padding(pad_id=pad[1], pad_token=pad[0], length=None)
+        # length=None: pad to the batch's longest input, never to a fixed size. The side is the
+        # model's own (decoders pad on the left): the service pads as the file says.
+        tok.enable_padding(pad_id=pad[1], pad_token=pad[0], length=None, direction=side)
     tok.save(str(out / TOKENIZER_FILE))
     return tok

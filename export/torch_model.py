@@ -7,13 +7,13 @@ module that was exported.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_embed.service.bundle import Pooling
+from edge_embed.service.feeds import I64
 from edge_embed.service.pooling import F32
 
 from .tooling import ToolError
@@ -53,27 +53,13 @@ def load(folder: Path) -> PreTrainedModel:
     return model
 
 
-def embed(model: PreTrainedModel, batch: Sequence[Sequence[int]], pooling: Pooling,
-          pad_id: int) -> F32:
-    """Pooled vectors (not normalized) for token-id rows: the reference the ONNX graph must match.
-
-    Pooling is the same arithmetic as sentence-transformers' Pooling module, in float32.
-    """
+def last_hidden_state(model: PreTrainedModel, arrays: Mapping[str, I64]) -> F32:
+    """Token states [B, T, H] in float32 for the graph's input arrays: the reference the ONNX
+    graph must match, fed the very arrays the graph gets (service.feeds builds them), so that
+    the two sides differ only in the graph; pooling is left to the caller, in numpy."""
     import torch
 
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, ids in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
-        mask[row, : len(ids)] = 1
     with torch.inference_mode():
-        hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
-        if pooling == "cls":
-            pooled = hidden[:, 0]
-        elif pooling == "last":
-            pooled = hidden[torch.arange(len(batch)), mask.sum(dim=1) - 1]
-        else:
-            weights = mask.unsqueeze(-1).float()
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-    return np.asarray(pooled.numpy(), dtype=np.float32)
+        tensors = {name: torch.from_numpy(array) for name, array in arrays.items()}
+        hidden = model(**tensors).last_hidden_state.float()
+    return np.asarray(hidden.numpy(), dtype=np.float32)

@@ -26,13 +26,15 @@ from edge_embed.export.tooling import (
     tool_versions,
 )
 from edge_embed.service.bundle import Manifest, Precision, load_manifest
-from edge_embed.service.errors import BundleError
+from edge_embed.service.errors import BundleError, UnsupportedGraphInput
+from edge_embed.service.feeds import check_inputs
 from edge_embed.service.runtime import graph_level
 
 from .evalset import load_eval_set
 from .evaluate import Evaluation, evaluate
 from .fusion import fuse
 from .graph import weight_matmuls
+from .machine import measured_on
 from .methods import Quantized, apply, float16
 
 # Exit code for a bundle that was built but failed a quality gate (2 is bad input, 1 a fault).
@@ -108,6 +110,11 @@ def read_source(folder: Path) -> tuple[Manifest, onnx.ModelProto]:
         raise ToolError(f"{path} is not a valid ONNX model ({first[:200]})") from None
     if not model.graph.node:
         raise ToolError(f"{path} has an empty graph")
+    initializers = {i.name for i in model.graph.initializer}
+    try:
+        check_inputs([i.name for i in model.graph.input if i.name not in initializers])
+    except UnsupportedGraphInput as exc:
+        raise ToolError(f"{path}: {exc}") from None
     return manifest, model
 
 
@@ -178,6 +185,8 @@ def run(opts: QuantizeOptions) -> int:
             "candidate_matmuls": candidates,
             "quantized_matmuls": result.quantized_nodes,
             "sensitivity": search,
+            # the search's cosines and the quality figures depend on the CPU's int8 kernels
+            "measured_on": measured_on(),
             "reference": {"id": source.id,
                           "model_sha256": source.files.get(source.model_file, "")},
         }
@@ -185,7 +194,7 @@ def run(opts: QuantizeOptions) -> int:
             source, id=bundle_id, aliases=opts.aliases or (), precision=opts.precision,
             model_file="model.onnx",
             inputs=tuple(i.name for i in result.model.graph.input),
-            quantization=quantization, quality=None, parity=None, created=now())
+            quantization=quantization, quality=None, parity=None, build={"created": now()})
         manifest.write(tmp)
         ev = evaluate(opts.bundle, tmp, eval_set, reporter)
         quantization["per_kind"] = ev.per_kind_json()
@@ -193,9 +202,9 @@ def run(opts: QuantizeOptions) -> int:
         quantization["batch_invariance_max_abs_diff"] = float(
             f"{ev.batch_invariance_max_abs_diff:.3g}")
         quantization["gates"] = dataclasses.asdict(opts.gates)
-        quantization["seconds"] = round(time.monotonic() - started, 1)
-        manifest = dataclasses.replace(manifest, quality=ev.quality(), files=file_hashes(tmp),
-                                       tools=tool_versions("onnx"))
+        manifest = dataclasses.replace(
+            manifest, quality=ev.quality(), files=file_hashes(tmp), tools=tool_versions("onnx"),
+            build={**manifest.build, "seconds": round(time.monotonic() - started, 1)})
         manifest.write(tmp)
         reporter.step(
             f"cosine vs fp32: min {ev.cosine_min:.4f}, mean {ev.cosine_mean:.5f}; "

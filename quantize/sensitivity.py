@@ -9,6 +9,12 @@ the worst cosine most for its size, repeat until the worst cosine reaches the ta
 "For its size": a matmul kept in fp32 costs time in proportion to its weight (K x N), so the gain
 is divided by that. MiniLM's FFN matmuls are 4x its attention ones; picking by raw gain kept an
 FFN matmul in fp32 where two attention ones did as well for half the cost.
+
+The search must choose the same matmuls on every machine and every run: cosines are compared on
+a grid (SCORE_STEP), near-equal candidates are ties broken by a fixed order (TIE_STEPS), and the
+probes are picked the same way, so the last digits that differ between CPUs' int8 kernels
+cannot flip a choice. The feed and the pooling are the service's own (service.feeds,
+service.pooling), so what is measured here is what the service will compute.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ import onnxruntime as ort
 from edge_embed.export.tooling import Reporter
 from edge_embed.service.bundle import Manifest
 from edge_embed.service.encoder import TextTokenizer
-from edge_embed.service.pooling import F32, finish, pool
+from edge_embed.service.feeds import build_feeds, check_inputs
+from edge_embed.service.pooling import F32, finish, pool_output
 
 from .evaluate import cosines
 from .graph import weight_matmuls
@@ -45,11 +52,70 @@ PROBES = 32
 # and this keeps the search at ~60 session calls instead of ~105 (`make model` budget).
 SHORTLIST = 12
 # The scan that finds them cuts inputs at this many tokens: the worst cases are short inputs
-# (one-word inputs, for per-channel int8), and a 256-token scan of the long inputs would
+# (one-word inputs are int8's usual worst), and a 256-token scan of the long inputs would
 # dominate `make model`'s time.
 SCAN_MAX_TOKENS = 64
 # Rows per session call during the scan.
 SCAN_BATCH = 64
+# Every cosine the search compares is first put on a grid of this step. The int8 kernels differ
+# between CPUs: AVX-512 VNNI accumulates u8 x s8 products in 32 bits, the AVX2 path
+# (vpmaddubsw) sums pairs into 16 bits with saturation, so the same graph's cosines differ in
+# their 4th-5th digit from one machine to the next. Compared raw, two matmuls whose gains differ
+# by 1e-6 swap places between machines and the bundles differ; on a 1e-4 grid such digits are
+# gone, and a step of 1e-4 is still ten times finer than MIN_GAIN, the smallest gain that counts.
+SCORE_STEP = 1e-4
+# A candidate must beat another by more than this many grid steps (of gain per unit of weight
+# size) to be preferred; within it they are tied and the fixed order decides (smaller matmul
+# first, then node name). Two steps: each of the two cosines behind a gain may round one step
+# either way on another CPU. No rule on measured numbers is free of edges: a cosine within a
+# kernel's noise of a rounding or tie boundary can still go either way. What the grid and the
+# ties remove is the common case, near-equal candidates (the same matmul in two layers).
+TIE_STEPS = 2
+
+
+def on_grid(value: float) -> int:
+    """`value` in whole SCORE_STEPs: what the search compares instead of raw cosines."""
+    return round(value / SCORE_STEP)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One matmul tried in fp32 at one step: the probes' worst and mean cosine with it."""
+
+    name: str
+    size: float  # its weight's K x N over the smallest candidate's
+    cosine_min: float
+    cosine_mean: float
+
+
+def pick(candidates: Sequence[Candidate], current: float) -> Candidate | None:
+    """The matmul to keep in fp32 next, or None when none lifts the worst cosine by MIN_GAIN.
+
+    Scored on the grid: steps of worst-cosine gain per unit of weight size, among those that
+    gain at least MIN_GAIN. Every candidate within TIE_STEPS of the best score is a tie, and the
+    smallest, then the first by name, of those wins, so the choice does not hang on digits that
+    differ between CPUs.
+    """
+    base = on_grid(current)
+    gains = {c.name: on_grid(c.cosine_min) - base for c in candidates}
+    worth = [c for c in candidates if gains[c.name] >= on_grid(MIN_GAIN)]
+    if not worth:
+        return None
+    scores = {c.name: gains[c.name] / c.size for c in worth}
+    top = max(scores.values())
+    tied = [c for c in worth if scores[c.name] >= top - TIE_STEPS]
+    return min(tied, key=lambda c: (c.size, c.name))
+
+
+def shortlist(first_gains: dict[str, float], size: dict[str, float]) -> list[str]:
+    """The SHORTLIST matmuls that helped most at the first step, in the same fixed order."""
+    return sorted(first_gains, key=lambda n: (-on_grid(first_gains[n]), size[n], n))[:SHORTLIST]
+
+
+def worst_inputs(scan: np.ndarray, count: int = PROBES) -> list[int]:
+    """Indices of the `count` lowest cosines, compared on the grid, ties by input order."""
+    graded = np.array([on_grid(float(c)) for c in scan], dtype=np.int64)
+    return [int(i) for i in np.argsort(graded, kind="stable")[:count]]
 
 
 @dataclass(frozen=True)
@@ -68,16 +134,18 @@ class Search:
     steps: list[Step] = field(default_factory=list)
     # per-node gain on the worst cosine at the first step: the sensitivity profile
     first_gains: dict[str, float] = field(default_factory=dict)
+    size: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, object]:
-        top = sorted(self.first_gains.items(), key=lambda kv: -kv[1])[:SHORTLIST]
+        top = shortlist(self.first_gains, self.size) if self.first_gains else []
         return {"candidates": self.candidates, "probes": PROBES, "shortlist": SHORTLIST,
-                "target_min_cosine": TARGET_MIN_COSINE,
+                "target_min_cosine": TARGET_MIN_COSINE, "score_step": SCORE_STEP,
+                "tie_steps": TIE_STEPS,
                 "all_int8": {"cosine_min": round(self.start_min, 6),
                              "cosine_mean": round(self.start_mean, 6)},
                 "steps": [{"excluded": s.excluded, "cosine_min": round(s.cosine_min, 6),
                            "cosine_mean": round(s.cosine_mean, 6)} for s in self.steps],
-                "most_sensitive": [[name, round(gain, 6)] for name, gain in top]}
+                "most_sensitive": [[name, round(self.first_gains[name], 6)] for name in top]}
 
 
 class _Switchboard:
@@ -92,7 +160,10 @@ class _Switchboard:
                                             providers=["CPUExecutionProvider"])
         self.manifest = manifest
         self.tokenizer = tokenizer
-        self.inputs = {i.name for i in self.session.get_inputs()}
+        flags = set(self.switches.values())
+        # the model's own inputs, filled as the service fills them; the flags are ours
+        self.inputs = [i.name for i in self.session.get_inputs() if i.name not in flags]
+        check_inputs(self.inputs)
 
     def embed(self, rows: Sequence[np.ndarray], fp32: set[str]) -> F32:
         flags = {flag: np.array(name in fp32) for name, flag in self.switches.items()}
@@ -100,21 +171,11 @@ class _Switchboard:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         for start in range(0, len(order), SCAN_BATCH):
             chunk = order[start:start + SCAN_BATCH]
-            width = max(len(rows[i]) for i in chunk)
-            ids = np.full((len(chunk), width), self.tokenizer.pad_id, dtype=np.int64)
-            mask = np.zeros_like(ids)
-            for r, i in enumerate(chunk):
-                ids[r, :len(rows[i])] = rows[i]
-                mask[r, :len(rows[i])] = 1
-            feeds = {"input_ids": ids, "attention_mask": mask,
-                     "token_type_ids": np.zeros_like(ids), **flags}
-            (hidden,) = self.session.run([self.manifest.output],
-                                         {k: v for k, v in feeds.items() if k in self.inputs})
-            pooled = (np.asarray(hidden, dtype=np.float32)
-                      if self.manifest.output_kind == "sentence_embedding"
-                      else pool(np.asarray(hidden, dtype=np.float32), mask,
-                                self.manifest.pooling))
-            out[chunk] = pooled
+            feed = build_feeds([rows[i] for i in chunk], self.inputs,
+                               pad_id=self.tokenizer.pad_id, side=self.tokenizer.padding_side)
+            (hidden,) = self.session.run([self.manifest.output], {**feed.arrays, **flags})
+            out[chunk] = pool_output(hidden, feed.mask, self.manifest.output_kind,
+                                     self.manifest.pooling)
         return finish(out, dimensions=None, normalized=True)
 
 
@@ -133,27 +194,26 @@ def choose_fp32_matmuls(model: onnx.ModelProto, manifest: Manifest, bundle: Path
     reporter.step(f"measuring {len(names)} matmuls' effect on the worst inputs")
     reference = board.embed(rows, everything)
     scan = cosines(reference, board.embed(rows, set()))
-    probes = list(np.argsort(scan)[:PROBES])
+    probes = worst_inputs(scan)
     probe_rows = [rows[i] for i in probes]
     probe_ref = reference[probes]
     search = Search(candidates=len(names), start_min=float(scan.min()),
-                    start_mean=float(scan.mean()))
+                    start_mean=float(scan.mean()), size=size)
     budget = max(0, math.floor(MAX_EXCLUDED_SHARE * len(names)))
     current = float(scan[probes].min())
-    while current < TARGET_MIN_COSINE and len(search.excluded) < budget:
-        scores: dict[str, tuple[float, float]] = {}
-        pool_names = names if not search.steps else sorted(
-            search.first_gains, key=lambda n: -search.first_gains[n])[:SHORTLIST]
+    while on_grid(current) < on_grid(TARGET_MIN_COSINE) and len(search.excluded) < budget:
+        tried: list[Candidate] = []
+        pool_names = shortlist(search.first_gains, size) if search.steps else names
         for name in reporter.progress([n for n in pool_names if n not in search.excluded],
                                       desc=f"sensitivity, step {len(search.steps) + 1}"):
             cos = cosines(probe_ref, board.embed(probe_rows, {*search.excluded, name}))
-            scores[name] = (float(cos.min()), float(cos.mean()))
+            tried.append(Candidate(name, size[name], float(cos.min()), float(cos.mean())))
         if not search.steps:
-            search.first_gains = {n: s[0] - current for n, s in scores.items()}
-        best = max(scores, key=lambda n: ((scores[n][0] - current) / size[n], scores[n][1]))
-        if scores[best][0] - current < MIN_GAIN:
+            search.first_gains = {c.name: c.cosine_min - current for c in tried}
+        best = pick(tried, current)
+        if best is None:
             break
-        search.excluded.append(best)
-        current = scores[best][0]
-        search.steps.append(Step(best, *scores[best]))
+        search.excluded.append(best.name)
+        current = best.cosine_min
+        search.steps.append(Step(best.name, best.cosine_min, best.cosine_mean))
     return search

@@ -73,7 +73,10 @@ class Manifest:
     parity: Quality | None = None  # fp32 bundles: the ONNX graph against torch
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     tools: dict[str, str] = field(default_factory=dict)
-    created: str = ""
+    # The only facts that differ between two builds from the same inputs: when it was built
+    # ("created") and, for quantize, how long it took ("seconds"). Everything else, and every
+    # file the manifest hashes, is byte-identical from one run to the next on the same machine.
+    build: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -172,7 +175,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
     quantization = data.get("quantization")
     if quantization is not None and not isinstance(quantization, dict):
         raise BundleError(path, "must be an object or null", "quantization")
-    for key in ("source", "files", "tools"):
+    for key in ("source", "files", "tools", "build"):
         if not isinstance(data.get(key, {}), dict):
             raise BundleError(path, "must be an object", key)
     normalize = _require(data, "normalize", bool, path)
@@ -200,7 +203,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         parity=_quality(data.get("parity"), path, "parity"),
         files=dict(data.get("files", {})),
         tools=dict(data.get("tools", {})),
-        created=str(data.get("created", "")),
+        build=dict(data.get("build", {})),
     )
 
 

@@ -17,7 +17,9 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from .bundle import Manifest, load_manifest
-from .pooling import F32, finish, pool
+from .errors import BundleError, UnsupportedGraphInput
+from .feeds import Feed, PaddingSide, build_feeds, check_inputs
+from .pooling import F32, finish, pool_output
 from .runtime import ProviderChoice, RuntimeOptions, create_session
 
 I64 = npt.NDArray[np.int64]
@@ -49,6 +51,10 @@ class TextTokenizer:
         self.vocab_size = self._full.get_vocab_size(with_added_tokens=True)
         padding = Tokenizer.from_file(str(path)).padding
         self.pad_id = int(padding["pad_id"]) if padding else 0
+        # The side the model's own tokenizer pads on (decoders: left); right when it names none.
+        self.padding_side: PaddingSide = (
+            "left" if padding and str(padding.get("direction", "")).lower() == "left"
+            else "right")
         self.prefix, self.suffix = self._special_frame()
 
     def _special_frame(self) -> tuple[list[int], list[int]]:
@@ -93,29 +99,22 @@ class BundleModel:
         self.providers: ProviderChoice
         self.session, self.providers = create_session(self.folder, self.manifest, self.options)
         self._input_names = [i.name for i in self.session.get_inputs()]
+        try:
+            check_inputs(self._input_names)
+        except UnsupportedGraphInput as exc:
+            raise BundleError(self.folder / self.manifest.model_file, str(exc)) from None
 
-    def feeds(self, batch: Sequence[I64], width: int | None = None) -> dict[str, I64]:
-        """Right-padded arrays for the graph's inputs (`width`: pad at least to this many)."""
-        width = max(max(len(ids) for ids in batch), width or 0)
-        input_ids = np.full((len(batch), width), self.tokenizer.pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = ids
-            mask[row, : len(ids)] = 1
-        feeds = {"input_ids": input_ids, "attention_mask": mask}
-        if "token_type_ids" in self._input_names:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
-        return {k: v for k, v in feeds.items() if k in self._input_names}
+    def feed(self, batch: Sequence[I64], width: int | None = None) -> Feed:
+        """The graph's input arrays for token-id rows (`width`: pad at least to this many)."""
+        return build_feeds(batch, self._input_names, pad_id=self.tokenizer.pad_id,
+                           side=self.tokenizer.padding_side, width=width)
 
     def run(self, batch: Sequence[I64], run_options: ort.RunOptions | None = None,
             width: int | None = None) -> F32:
         """Pooled, not yet normalized vectors [len(batch), dimensions] for token-id rows."""
-        feeds = self.feeds(batch, width)
-        (out,) = self.session.run([self.manifest.output], feeds, run_options)
-        hidden = np.asarray(out, dtype=np.float32)
-        if self.manifest.output_kind == "sentence_embedding":
-            return hidden
-        return pool(hidden, feeds["attention_mask"], self.manifest.pooling)
+        feed = self.feed(batch, width)
+        (out,) = self.session.run([self.manifest.output], feed.arrays, run_options)
+        return pool_output(out, feed.mask, self.manifest.output_kind, self.manifest.pooling)
 
     def finish(self, pooled: F32, dimensions: int | None = None) -> F32:
         return finish(pooled, dimensions=dimensions, normalized=self.manifest.normalize)

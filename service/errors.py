@@ -11,6 +11,7 @@ Two families:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,19 @@ class ProviderError(StartupError, RuntimeError):
 
 class KeysFileError(StartupError, ValueError):
     """The API keys file cannot be read or has a malformed line."""
+
+
+class UnsupportedGraphInput(ValueError):
+    """The graph declares an input the feed builder (service/feeds.py) has no value for.
+
+    Raised where a graph is read (export, quantize, loading a bundle); each caller turns it into
+    its own refusal naming the file.
+    """
+
+    def __init__(self, name: str, filled: Sequence[str]) -> None:
+        self.name = name
+        super().__init__(f"the model's graph declares the input '{name}', which edge-embed cannot "
+                         f"fill (it fills {', '.join(filled)})")
 
 
 # ---- per request -----------------------------------------------------------------------------

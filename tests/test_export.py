@@ -93,7 +93,7 @@ def test_manifest_reads_sentence_transformers_config(tiny_bundle: Path,
     assert m.source["weights"] == {"model.safetensors": hashlib.sha256(weights).hexdigest()}
     for tool in ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "tokenizers"):
         assert m.tools.get(tool), tool
-    assert m.created
+    assert m.build["created"]
 
 
 def test_manifest_files_are_the_bundle_files(tiny_bundle: Path) -> None:
@@ -206,14 +206,14 @@ def test_force_replaces_an_existing_bundle(tiny_st_model: Path, tmp_path: Path) 
 def test_refuses_a_bundle_that_disagrees_with_torch(tiny_st_model: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # A graph that drifts from torch (here: torch's side is perturbed) must not become a bundle.
-    real = torch_model.embed
+    real = torch_model.last_hidden_state
 
     def drifted(*args: Any, **kwargs: Any) -> np.ndarray:
-        vectors = real(*args, **kwargs)
-        noise = np.random.default_rng(0).normal(0, 1, vectors.shape).astype(np.float32)
-        return np.asarray(vectors + noise * np.abs(vectors).mean(), dtype=np.float32)
+        hidden = real(*args, **kwargs)
+        noise = np.random.default_rng(0).normal(0, 1, hidden.shape).astype(np.float32)
+        return np.asarray(hidden + noise * np.abs(hidden).mean(), dtype=np.float32)
 
-    monkeypatch.setattr(torch_model, "embed", drifted)
+    monkeypatch.setattr(torch_model, "last_hidden_state", drifted)
     out = tmp_path / "bad"
     opts = pipeline.ExportOptions(src=str(tiny_st_model), out=out)
     with pytest.raises(ToolError, match="disagrees with torch"):
@@ -324,3 +324,30 @@ def test_source_names_the_hub_cache_commit(tmp_path: Path) -> None:
     assert source.looks_like_hub_id("sentence-transformers/all-MiniLM-L6-v2")
     assert not source.looks_like_hub_id("./models/x")
     assert not source.looks_like_hub_id("plain-name")
+
+
+def test_refuses_a_graph_input_the_service_cannot_fill(
+        tiny_st_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # An architecture whose graph wants an input edge-embed has no value for (here added to the
+    # tiny model's export) must be refused at export, not fail on the first request.
+    import onnx
+    from onnx import TensorProto, helper
+    from optimum.exporters.onnx import convert
+
+    real = convert.onnx_export_from_model
+
+    def with_extra_input(*args: Any, output: Path, **kwargs: Any) -> Any:
+        result = real(*args, output=output, **kwargs)
+        graph = onnx.load(str(output / "model.onnx"))
+        graph.graph.input.append(
+            helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["b", 3]))
+        onnx.save(graph, str(output / "model.onnx"))
+        return result
+
+    monkeypatch.setattr(convert, "onnx_export_from_model", with_extra_input)
+    out = tmp_path / "odd"
+    assert main([str(tiny_st_model), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'pixel_values'" in err[0] and "no bundle written" in err[0], err
+    assert list(tmp_path.iterdir()) == []  # no bundle, no temporary folder

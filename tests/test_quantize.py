@@ -262,3 +262,18 @@ def test_auto_exclusion_measures_before_excluding(tiny_int8_bundle: Path) -> Non
     # The tiny model already meets the target with every matmul in int8: nothing is given back.
     assert search["all_int8"]["cosine_min"] >= TARGET_MIN_COSINE
     assert q["excluded"] == [] and search["steps"] == []
+
+
+def test_error_graph_input_it_cannot_fill(tiny_bundle: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from onnx import TensorProto, helper
+
+    odd = Path(shutil.copytree(tiny_bundle, tmp_path / "odd"))
+    model = onnx.load(str(odd / "model.onnx"))
+    model.graph.input.append(helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT,
+                                                           ["b", 3]))
+    onnx.save(model, str(odd / "model.onnx"))
+    err = _error([str(odd), "--out", str(tmp_path / "out")], capsys)
+    assert "'pixel_values'" in err and "model.onnx" in err
+    assert not (tmp_path / "out").exists()
+    assert no_partials(tmp_path) == []
