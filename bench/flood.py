@@ -91,9 +91,9 @@ class Flood:
     def goodput(self) -> float:
         return self.served_inputs / self.window_s if self.window_s > 0 else 0.0
 
-    @property
-    def slowest_200_s(self) -> float:
-        return max((a.seconds for a in self.answers if a.status == 200), default=0.0)
+    def slowest(self, status: int) -> float:
+        """Seconds the slowest answer with `status` took (0 if there was none)."""
+        return max((a.seconds for a in self.answers if a.status == status), default=0.0)
 
 
 async def _post(session: aiohttp.ClientSession, url: str, model: str,
@@ -176,7 +176,7 @@ def report(saturated: float, result: Flood) -> str:
     return (f"saturated throughput {saturated:.1f} inputs/s; flood of {len(result.answers)} "
             f"requests: {counts}; goodput {result.goodput:.1f} inputs/s over "
             f"{result.window_s:.1f} s = {result.goodput / max(saturated, 1e-9):.2f} x saturated; "
-            f"slowest 200 {result.slowest_200_s:.2f} s")
+            f"slowest 200 {result.slowest(200):.2f} s, slowest 429 {result.slowest(429):.2f} s")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ pytestmark = pytest.mark.minilm
 REQUEST_TIMEOUT_S = 15.0
 # The flood's goodput against the saturated throughput measured beside it.
 MIN_GOODPUT_RATIO = 0.9
+# The slowest 429: the server reads and parses all 600 bodies (~11 KB each) before the last
+# one is refused, ~1-2 s on 2 cores beside the hog; far below the deadline a 408 would take.
+MAX_REFUSAL_S = 5.0
 # Distinct texts: enough that no request in the test repeats another's inputs.
 TEXTS = 2048
 
@@ -59,8 +62,11 @@ def test_flood_beside_a_cpu_hog(server: Live, minilm_int8_bundle: Path,
     assert set(statuses) <= {200, 429}, f"answers other than 200 and 429: {dict(statuses)}"
     assert statuses[429] > 0, "the flood was all admitted: nothing was tested"
     assert statuses[200] > 0, "the server refused everything"
-    assert result.slowest_200_s <= REQUEST_TIMEOUT_S, \
-        f"a 200 came after the {REQUEST_TIMEOUT_S} s deadline: {result.slowest_200_s:.2f} s"
+    assert result.slowest(200) <= REQUEST_TIMEOUT_S, \
+        f"a 200 came after the {REQUEST_TIMEOUT_S} s deadline: {result.slowest(200):.2f} s"
+    # "At once": the refusal costs the client no more than reading the flood's bodies does.
+    assert result.slowest(429) <= MAX_REFUSAL_S, \
+        f"a 429 took {result.slowest(429):.2f} s: refused late, not at admission"
     for answer in result.answers:
         if answer.status == 429:
             assert answer.retry_after is not None and answer.retry_after.isdigit() \
