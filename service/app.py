@@ -223,7 +223,7 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 def _model_health(app: web.Application, served: ServedModel) -> dict[str, Any]:
-    engine = app[ENGINES].find(served.id)
+    engine = app[ENGINES].get(served.id)
     status: dict[str, Any] = engine.health() if engine is not None else {"alive": False}
     p = served.model.providers
     status.update(provider=list(p.used), provider_fell_back=p.fell_back,
@@ -247,7 +247,7 @@ async def ready(request: web.Request) -> web.Response:
         reasons.append("draining")
     engines = request.app[ENGINES]
     for s in request.app[REGISTRY]:
-        engine = engines.find(s.id)
+        engine = engines.get(s.id)
         if engine is None or not engine.warmed:
             reasons.append(f"{s.id}: not warmed up")
         elif not engine.alive:

@@ -221,10 +221,6 @@ class ModelEngine:
         waiting = self.meter.cost(tokens, inputs) if inputs else 0.0
         return waiting + RUNNING_SHARE_LEFT * self.running_cost
 
-    def retry_after(self) -> int:
-        return judge(self.meter, self.queue, ahead=self.work_ahead(), own=0.0, time_left_s=0.0,
-                     timeout_s=0.0).retry_after_s
-
     def admit(self, inputs: int, tokens: int, *, time_left_s: float, timeout_s: float) -> Ticket:
         """Admit a request of `inputs` and (estimated) `tokens`, or refuse it (429) at once.
 
@@ -247,8 +243,8 @@ class ModelEngine:
             self.metrics.rejected.labels("overloaded").inc()
             retry = verdict.retry_after_s
             why = (f"{queued_inputs} inputs, {queued_tokens} tokens queued" if full else
-                   f"the work queued ahead would end in ~{verdict.eta_s:.1f} s, past this "
-                   f"request's {time_left_s:.1f} s")
+                   f"the work ahead and this request's would end in ~{verdict.eta_s:.1f} s, "
+                   f"past {self.queue.deadline_share:.0%} of the {time_left_s:.1f} s it has")
             raise Overloaded(f"The server is overloaded for '{self.name}' ({why}); retry in "
                              f"{retry} s.", headers={"Retry-After": str(retry)})
         self.pending_inputs += inputs
@@ -470,6 +466,3 @@ class ModelEngine:
 
 class Engines(dict[str, ModelEngine]):
     """The running engines by model id; created and stopped by the app's clean-up context."""
-
-    def find(self, model_id: str) -> ModelEngine | None:
-        return self.get(model_id)
