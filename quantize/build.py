@@ -166,8 +166,8 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 
 
 def _attempt(method: str, opts: QuantizeOptions, model: onnx.ModelProto, source: Manifest,
-             fused: bool, ref: Reference, eval_set: EvalSet, tmp: Path,
-             reporter: Reporter) -> Attempt:
+             fused: bool, ref: Reference, eval_set: EvalSet, tmp: Path, reporter: Reporter,
+             *, last: bool) -> Attempt:
     """Build `method`'s bundle in `tmp` (replacing any earlier attempt's) and measure it."""
     started = time.monotonic()
     excluded, search = _exclusions(opts, method, model, source, fused, eval_set.texts, reporter)
@@ -187,9 +187,10 @@ def _attempt(method: str, opts: QuantizeOptions, model: onnx.ModelProto, source:
     draft.write(tmp)  # the evaluation loads the candidate as the service would
 
     def worth_probing(ev: Evaluation) -> bool:
-        # batch invariance costs a padded batch per 4 probes; a candidate that failed a
-        # cheaper gate is refused anyway (unless --keep-failed writes it: then it is measured)
-        return opts.keep_failed or not quality_failures(opts.gates, ev)[2]
+        # batch invariance costs a padded batch per 4 probes: skipped for a candidate that
+        # failed a cheaper gate when another method follows; the last one tried is measured
+        # whole, for the refusal's figures (and a bundle --keep-failed writes)
+        return last or opts.keep_failed or not quality_failures(opts.gates, ev)[2]
 
     ev = evaluate(ref, tmp, eval_set, reporter, check_invariance=worth_probing)
     verdict = judge(opts.gates, ev)
@@ -232,9 +233,10 @@ def run(opts: QuantizeOptions) -> int:
         shutil.copy2(opts.bundle / source.tokenizer_file, tmp / source.tokenizer_file)
         ref = reference(opts.bundle, eval_set, reporter)
         attempts: list[Attempt] = []
-        for method in methods_to_try(opts):
+        plan = methods_to_try(opts)
+        for method in plan:
             attempts.append(_attempt(method, opts, model, source, fused, ref, eval_set, tmp,
-                                     reporter))
+                                     reporter, last=method == plan[-1]))
             if attempts[-1].verdict.passed:
                 break
         chosen = attempts[-1]
