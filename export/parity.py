@@ -175,5 +175,18 @@ def check_tokenizer(source: Path, bundle: Path, texts: Sequence[str], max_tokens
     got = BundleModel(bundle, RuntimeOptions(spinning=False)).tokenizer.encode(list(texts))
     bad = [i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g.ids.tolist() != list(w)]
     if bad:
+        first = bad[0]
+        # the ends show a special token one side adds and the other does not (an EOS, a BOS)
+        ours, theirs = got[first].ids.tolist(), list(want[first])
         raise ToolError(f"the bundle's tokenizer disagrees with the source's on {len(bad)} of "
-                        f"{len(texts)} inputs (first: {texts[bad[0]][:60]!r}); no bundle written")
+                        f"{len(texts)} inputs (first: {texts[first][:60]!r}: source ids "
+                        f"{_ends(theirs)}, bundle ids {_ends(ours)}); no bundle written")
+
+
+def _ends(ids: Sequence[int], keep: int = 3) -> str:
+    """`[a, b, c, ... x, y, z]` (N ids): enough to see a missing or extra special token."""
+    if len(ids) <= 2 * keep:
+        return f"{list(ids)}"
+    head = ", ".join(map(str, ids[:keep]))
+    tail = ", ".join(map(str, ids[-keep:]))
+    return f"[{head}, ... {tail}] ({len(ids)} ids)"

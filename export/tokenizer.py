@@ -36,9 +36,22 @@ def source_tokenizer(folder: Path) -> Any:
 
 
 def _load(folder: Path) -> tuple[Any, str]:
-    """The backend tokenizer and the side transformers pads on for this model."""
+    """The backend tokenizer and the side transformers pads on for this model.
+
+    Special tokens come with the backend: its post-processor adds them (Qwen3-Embedding's
+    tokenizer.json appends `<|endoftext|>`; for Llama/Mistral tokenizers transformers rebuilds it
+    from tokenizer_config.json's `add_bos_token` / `add_eos_token` at load time), and a cut keeps
+    them, as sentence-transformers' own tokenizer call does.
+    """
     fast = source_tokenizer(folder)
     side = "left" if getattr(fast, "padding_side", "right") == "left" else "right"
+    if getattr(fast, "truncation_side", "right") == "left":
+        # The service cuts an over-long input at its end (tokenizer.json's truncation, and the
+        # same cut for token-id input); a model that keeps the end of its inputs would get
+        # other tokens than sentence-transformers feeds it.
+        raise ToolError(f"{folder / 'tokenizer_config.json'}: truncation_side 'left' is not "
+                        "supported (edge-embed cuts over-long inputs at their end); no bundle "
+                        "written")
     if not getattr(fast, "is_fast", False):
         if (folder / TOKENIZER_FILE).is_file():
             from tokenizers import Tokenizer

@@ -14,7 +14,8 @@ from typing import cast
 from edge_embed.export.tooling import ToolError, run_tool, tool_parser
 from edge_embed.service.bundle import Precision
 
-from .methods import METHODS
+from .gates import Gates
+from .methods import AUTO, METHODS
 
 
 def _unit(text: str) -> float:
@@ -35,14 +36,18 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("bundle", metavar="BUNDLE", type=Path, help="an fp32 bundle folder "
                    "(from `edge-embed export`)")
     p.add_argument("--precision", choices=("int8", "fp16"), default="int8")
-    p.add_argument("--method", choices=METHODS, default="pertoken",
-                   help="int8 scheme: pertoken (default: a scale per token, batch-invariant), "
+    p.add_argument("--method", choices=(AUTO, *METHODS), default=AUTO,
+                   help="int8 scheme: auto (default: pertoken where it passes the gates, else "
+                   "blockwise, else refuse), pertoken (a scale per token, batch-invariant), "
                    "blockwise (MatMulNBits 8-bit blocks of 32, near-lossless, slower), dynamic "
                    "(onnxruntime quantize_dynamic, not batch-invariant: fails the default gate)")
     p.add_argument("--gate-mean", type=_unit, default=0.99, help="minimum mean cosine vs fp32 "
                    "(default 0.99)")
     p.add_argument("--gate-nn", type=_unit, default=0.97, help="minimum nearest-neighbour "
                    "agreement with fp32 (default 0.97)")
+    p.add_argument("--gate-rank", type=_unit, default=Gates.rank, help="minimum rank "
+                   "agreement (Spearman) of pairwise similarities, the criterion where nearest "
+                   f"neighbours are tied within the candidate's noise (default {Gates.rank})")
     p.add_argument("--gate-invariance", type=_unit, default=0.9999, help="minimum cosine between "
                    "an input alone and inside a padded batch (default 0.9999)")
     p.add_argument("--gate-min", type=_unit, default=None, help="minimum worst-case cosine vs "
@@ -61,15 +66,15 @@ def parser(prog: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "edge-embed quantize") -> int:
     def body(args: argparse.Namespace) -> int:
-        from .build import EXIT_GATE, GateFailed, Gates, QuantizeOptions, run
+        from .build import EXIT_GATE, GateFailed, QuantizeOptions, run
 
-        if args.precision == "fp16" and args.method != "pertoken":
+        if args.precision == "fp16" and args.method not in (AUTO, "pertoken"):
             raise ToolError("--method applies to int8 only; fp16 has one method")
         opts = QuantizeOptions(
             bundle=args.bundle, out=args.out, precision=cast(Precision, args.precision),
             method=args.method, bundle_id=args.bundle_id, aliases=tuple(args.alias),
             gates=Gates(mean=args.gate_mean, nn=args.gate_nn, invariance=args.gate_invariance,
-                        min=args.gate_min),
+                        min=args.gate_min, rank=args.gate_rank),
             exclude=args.exclude, fuse=not args.no_fuse, eval_set=args.eval_set,
             force=args.force, keep_failed=args.keep_failed, quiet=args.quiet)
         try:

@@ -6,7 +6,8 @@ what the service will serve (same tokenizer, padding, pooling and session settin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,13 +21,18 @@ from edge_embed.service.pooling import F32
 from edge_embed.service.runtime import RuntimeOptions
 
 from .evalset import EvalSet
+from .geometry import Geometry, measure
 
 # Batch-invariance probe: each probe input alone vs inside a padded batch of this many rows
 # (measured on MiniLM: 17 rows, one of them long, gave cosine 0.959 for dynamic int8).
 INVARIANCE_BATCH = 17
-# How many inputs are probed; spread over the kinds. 16 probes x 1 batch of 17 (with a 256-token
-# mate) costs ~2 s on 2 cores for MiniLM int8, inside `make model`'s two-minute budget.
+# How many inputs are probed; spread over the kinds.
 INVARIANCE_PROBES = 16
+# Probes that share one padded batch (the rest of its rows are the long, short and mid-length
+# mates). One probe per batch cost 16 batches padded to the model's limit: 15 of MiniLM
+# quantize's 51 s; four per batch is a quarter of that, and each probe still sits beside the
+# set's longest and shortest inputs.
+PROBES_PER_BATCH = 4
 # Worst cases listed per kind in the report and manifest.
 WORST_PER_KIND = 3
 
@@ -46,9 +52,11 @@ class Evaluation:
     cosine_min: float
     cosine_mean: float
     nn_agreement: float
-    batch_invariance_min: float
+    geometry: Geometry
+    # None: not measured, because a cheaper gate had already failed
+    batch_invariance_min: float | None
     reference_invariance_min: float  # the fp32 bundle's own, for scale
-    batch_invariance_max_abs_diff: float
+    batch_invariance_max_abs_diff: float | None
     max_abs_diff: float
     per_kind: dict[str, KindStats] = field(default_factory=dict)
 
@@ -57,7 +65,8 @@ class Evaluation:
                        cosine_min=round(self.cosine_min, 6),
                        cosine_mean=round(self.cosine_mean, 6),
                        nn_agreement=round(self.nn_agreement, 6),
-                       batch_invariance_min=round(self.batch_invariance_min, 7),
+                       batch_invariance_min=(None if self.batch_invariance_min is None
+                                             else round(self.batch_invariance_min, 7)),
                        max_abs_diff=round(self.max_abs_diff, 6))
 
     def per_kind_json(self) -> dict[str, dict[str, object]]:
@@ -89,6 +98,14 @@ def nn_agreement(reference: F32, candidate: F32) -> float:
     return float((nearest_neighbours(reference) == nearest_neighbours(candidate)).mean())
 
 
+def figures(ev: Evaluation) -> dict[str, object]:
+    """One candidate's figures, as the manifest and a refusal list them."""
+    return {"cosine_min": round(ev.cosine_min, 6), "cosine_mean": round(ev.cosine_mean, 6),
+            "nn_agreement": round(ev.nn_agreement, 6), **ev.geometry.to_json(),
+            "batch_invariance_min": (None if ev.batch_invariance_min is None
+                                     else round(ev.batch_invariance_min, 7))}
+
+
 def probe_indices(eval_set: EvalSet, count: int = INVARIANCE_PROBES) -> list[int]:
     """Probe inputs spread over the kinds, deterministic, so every run probes the same ones."""
     by_kind: dict[str, list[int]] = {}
@@ -115,27 +132,34 @@ class Invariance:
 
 
 def batch_invariance(model: BundleModel, texts: Sequence[str], probes: Sequence[int],
-                     batch: int = INVARIANCE_BATCH) -> Invariance:
+                     batch: int = INVARIANCE_BATCH,
+                     per_batch: int = PROBES_PER_BATCH) -> Invariance:
     """Min cosine between each probe embedded alone and inside a padded mixed-length batch.
 
     The batch-mates are the set's longest input (so the batch is padded to the model's limit),
     its shortest, and others spread over the length range: the worst neighbours a caller's text
-    can get in the service's micro-batches.
+    can get in the service's micro-batches. `per_batch` probes share a batch, each at its own
+    position.
     """
     tokens = model.tokenizer.encode(list(texts))
     by_length = sorted(range(len(tokens)), key=lambda i: len(tokens[i].ids))
     stride = max(1, len(by_length) // (batch - 1))
     mates_all = [by_length[-1], by_length[0], *by_length[stride::stride]]
     worst, diff = 1.0, 0.0
-    for slot, probe in enumerate(probes):
-        mates = [i for i in mates_all if i != probe][: batch - 1]
-        rows = [tokens[i].ids for i in mates]
-        position = slot % (len(rows) + 1)  # vary where the probe sits in the batch
-        rows.insert(position, tokens[probe].ids)
-        alone = model.finish(model.run([tokens[probe].ids]))
-        together = model.finish(model.run(rows)[position: position + 1])
-        worst = min(worst, float(cosines(alone, together)[0]))
-        diff = max(diff, float(np.abs(alone - together).max()))
+    for first in range(0, len(probes), per_batch):
+        group = list(probes[first:first + per_batch])
+        rows = [tokens[i].ids for i in mates_all if i not in group][: batch - len(group)]
+        positions: list[int] = []
+        for slot, probe in enumerate(group, start=first):
+            position = slot % (len(rows) + 1)  # vary where the probes sit in the batch
+            rows.insert(position, tokens[probe].ids)
+            positions = [p + 1 if p >= position else p for p in positions] + [position]
+        together = model.finish(model.run(rows))
+        for probe, position in zip(group, positions, strict=True):
+            alone = model.finish(model.run([tokens[probe].ids]))
+            inside = together[position: position + 1]
+            worst = min(worst, float(cosines(alone, inside)[0]))
+            diff = max(diff, float(np.abs(alone - inside).max()))
     return Invariance(worst, diff)
 
 
@@ -144,19 +168,38 @@ def embed_all(model: BundleModel, texts: Sequence[str]) -> F32:
     return model.embed(texts)
 
 
-def evaluate(reference: Path, candidate: Path, eval_set: EvalSet,
-             reporter: Reporter | None = None,
-             options: RuntimeOptions | None = None,
-             reference_vectors: F32 | None = None) -> Evaluation:
+@dataclass(frozen=True)
+class Reference:
+    """The fp32 bundle's side of every comparison, measured once however many candidates."""
+
+    folder: Path
+    vectors: F32
+    invariance_min: float
+
+
+def reference(folder: Path, eval_set: EvalSet, reporter: Reporter | None = None,
+              options: RuntimeOptions | None = None) -> Reference:
+    reporter = reporter or Reporter(quiet=True)
+    model = BundleModel(folder, options)
+    reporter.step(f"embedding {eval_set.name} ({len(eval_set.items)} inputs) with {folder.name}")
+    vectors = embed_all(model, eval_set.texts)
+    # the fp32 bundle's own invariance, for scale: one batch of probes is enough
+    own = batch_invariance(model, eval_set.texts, probe_indices(eval_set)[:PROBES_PER_BATCH])
+    return Reference(folder, vectors, own.cosine_min)
+
+
+def evaluate(ref: Reference, candidate: Path, eval_set: EvalSet,
+             reporter: Reporter | None = None, options: RuntimeOptions | None = None,
+             check_invariance: Callable[[Evaluation], bool] | None = None) -> Evaluation:
+    """The candidate against the reference; the batch-invariance probe runs unless
+    `check_invariance(evaluation so far)` says it is not worth it (a gate already failed)."""
     reporter = reporter or Reporter(quiet=True)
     texts = eval_set.texts
-    ref_model = BundleModel(reference, options)
     cand_model = BundleModel(candidate, options)
-    reporter.step(f"evaluating against {reference.name} on {eval_set.name} "
+    reporter.step(f"evaluating against {ref.folder.name} on {eval_set.name} "
                   f"({len(texts)} inputs)")
-    ref = reference_vectors if reference_vectors is not None else embed_all(ref_model, texts)
     cand = embed_all(cand_model, texts)
-    cos = cosines(ref, cand)
+    cos = cosines(ref.vectors, cand)
     per_kind: dict[str, KindStats] = {}
     kinds = np.array([item.kind for item in eval_set.items])
     for kind in eval_set.kinds():
@@ -165,16 +208,17 @@ def evaluate(reference: Path, candidate: Path, eval_set: EvalSet,
         per_kind[kind] = KindStats(
             n=len(idx), cosine_min=float(cos[idx].min()), cosine_mean=float(cos[idx].mean()),
             worst=tuple((eval_set.items[i].id, float(cos[i])) for i in order))
-    reporter.step("checking batch invariance (alone vs inside a padded batch of "
-                  f"{INVARIANCE_BATCH})")
-    probes = probe_indices(eval_set)
-    invariance = batch_invariance(cand_model, texts, probes)
-    return Evaluation(
+    ev = Evaluation(
         eval_set=eval_set.name, n_inputs=len(texts),
         cosine_min=float(cos.min()), cosine_mean=float(cos.mean()),
-        nn_agreement=nn_agreement(ref, cand),
-        batch_invariance_min=invariance.cosine_min,
-        reference_invariance_min=batch_invariance(ref_model, texts, probes[:4]).cosine_min,
-        batch_invariance_max_abs_diff=invariance.max_abs_diff,
-        max_abs_diff=float(np.abs(ref - cand).max()),
+        nn_agreement=nn_agreement(ref.vectors, cand), geometry=measure(ref.vectors, cand),
+        batch_invariance_min=None, reference_invariance_min=ref.invariance_min,
+        batch_invariance_max_abs_diff=None, max_abs_diff=float(np.abs(ref.vectors - cand).max()),
         per_kind=per_kind)
+    if check_invariance is not None and not check_invariance(ev):
+        return ev
+    reporter.step("checking batch invariance (alone vs inside a padded batch of "
+                  f"{INVARIANCE_BATCH})")
+    invariance = batch_invariance(cand_model, texts, probe_indices(eval_set))
+    return dataclasses.replace(ev, batch_invariance_min=invariance.cosine_min,
+                               batch_invariance_max_abs_diff=invariance.max_abs_diff)

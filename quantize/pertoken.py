@@ -220,9 +220,8 @@ def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
             colsum = (wq.astype(np.float64).sum(axis=0) * w_scale).astype(np.float32)
             bias = (-shift * colsum).astype(np.float32)
         if switches:
-            fp32_out = b.name("fp32_out")
-            node.output[0] = fp32_out
-            new_nodes.append(node)
+            node.output[0] = b.name("fp32_out")  # names are unique across the branches too
+            fp32_node = node
             target = b.name("int8_out")
         elif bias is not None:
             # The model's own bias Add after the matmul joins the unshift: one pass over the
@@ -236,18 +235,20 @@ def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
                 target = add.output[0]
                 bias = (bias + add_bias).astype(np.float32)
         mm_out = target if bias is None else b.name("mm_out")
-        new_nodes.append(helper.make_node(
+        int8_nodes = [helper.make_node(
             "MatMulIntegerToFloat", [q, wq_name, row_scale, ws_name, zp], [mm_out],
-            name=b.name("mm") + "/" + mm.name, domain=MS_DOMAIN))
+            name=b.name("mm") + "/" + mm.name, domain=MS_DOMAIN)]
         if bias is not None:
-            new_nodes.append(helper.make_node("Add", [mm_out, b.const("bias", bias)], [target],
-                                              name=b.name("bias_node")))
+            int8_nodes.append(helper.make_node("Add", [mm_out, b.const("bias", bias)], [target],
+                                               name=b.name("bias_node")))
         if switches:
             flag = SWITCH_PREFIX + str(len(switch_inputs))
             switch_inputs[mm.name] = flag
             model.graph.input.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
-            new_nodes.append(helper.make_node("Where", [flag, fp32_out, target], [mm.output],
-                                              name=b.name("switch")))
+            new_nodes.append(_switch(flag, fp32_node, int8_nodes, target, mm.output,
+                                     b.name("switch")))
+        else:
+            new_nodes.extend(int8_nodes)
         b.nodes = []
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
@@ -257,6 +258,22 @@ def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
     return PerTokenResult(model=model, quantized=tuple(c.name for c in chosen),
                           excluded=tuple(c.name for c in candidates if c.name in excluded),
                           shared_inputs=len(rows), switches=switch_inputs)
+
+
+def _switch(flag: str, fp32_node: onnx.NodeProto, int8_nodes: list[onnx.NodeProto],
+            int8_out: str, output: str, name: str) -> onnx.NodeProto:
+    """`output` = flag ? the fp32 MatMul : its int8 version, as an `If`: onnxruntime runs only
+    the branch taken, where a `Where` of both computed both (twice the search's cost)."""
+    fp32_out = fp32_node.output[0]
+
+    def branch(label: str, nodes: list[onnx.NodeProto], out: str) -> onnx.GraphProto:
+        # the branches read the outer graph's tensors and initializers by name
+        return helper.make_graph(nodes, f"{name}/{label}", [],
+                                 [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+
+    return helper.make_node("If", [flag], [output], name=name,
+                            then_branch=branch("fp32", [fp32_node], fp32_out),
+                            else_branch=branch("int8", int8_nodes, int8_out))
 
 
 def _bias_add(mm: WeightMatMul, consumers: dict[str, list[onnx.NodeProto]],

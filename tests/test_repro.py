@@ -35,7 +35,7 @@ def test_differences_ignore_build_and_nothing_else(tiny_bundle: Path, tmp_path: 
 def test_build_time_facts_live_in_build_only(tiny_bundle: Path, tiny_int8_bundle: Path) -> None:
     fp32, int8 = load_manifest(tiny_bundle), load_manifest(tiny_int8_bundle)
     assert set(fp32.build) == {"created"}
-    assert set(int8.build) == {"created", "seconds"}
+    assert set(int8.build) == {"created", "seconds", "attempts"}  # attempts: seconds per method
     assert int8.quantization is not None and "seconds" not in int8.quantization
     raw = json.loads((tiny_int8_bundle / "bundle.json").read_text(encoding="utf-8"))
     assert "created" not in raw
