@@ -55,6 +55,8 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="run the Python code a "
                    "model folder names in its config's auto_map (nomic-bert, jina-bert, ...); "
                    "refused without this flag")
+    p.add_argument("--external-data", action="store_true", help="write the weights to "
+                   "model.onnx_data beside model.onnx (automatic past protobuf's 2 GB)")
     return p
 
 
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed export") -> int:
             max_tokens=args.max_tokens, pooling=cast("Pooling | None", args.pooling),
             normalize=False if args.no_normalize else None, matryoshka=args.matryoshka,
             opset=args.opset, revision=args.revision, force=args.force,
-            trust_remote_code=args.trust_remote_code)
+            trust_remote_code=args.trust_remote_code, external_data=args.external_data)
         run(opts, Reporter(args.quiet, prog))
         return 0
 

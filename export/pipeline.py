@@ -45,6 +45,7 @@ class ExportOptions:
     force: bool = False
     min_cosine: float = parity.MIN_COSINE
     trust_remote_code: bool = False
+    external_data: bool = False  # weights in model.onnx_data even below protobuf's 2 GB
 
 
 def default_id(name: str) -> str:
@@ -90,7 +91,7 @@ def run(opts: ExportOptions, reporter: Reporter) -> Path:
     model = torch_model.load(src.folder, opts.trust_remote_code)
     with atomic_output(opts.out, opts.force) as tmp:
         reporter.step("exporting to ONNX with optimum (feature-extraction, last_hidden_state)")
-        graph = onnx_export.export(model, tmp, opts.opset)
+        graph = onnx_export.export(model, tmp, opts.opset, opts.external_data)
         reporter.step(f"writing tokenizer.json (truncation at {settings.max_tokens} tokens)")
         tok = tokenizer.write(src.folder, tmp, settings.max_tokens, settings.pad_token_id,
                               source_tokenizer)

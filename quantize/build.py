@@ -17,17 +17,18 @@ from typing import Any
 
 import onnx
 
+from edge_embed.export.onnx_export import EXTERNAL_DATA_SUFFIX
 from edge_embed.export.tooling import (
     Reporter,
     ToolError,
     atomic_output,
-    file_hashes,
     now,
     tool_versions,
 )
 from edge_embed.service.bundle import Manifest, Precision, load_manifest
 from edge_embed.service.errors import BundleError, UnsupportedGraphInput
 from edge_embed.service.feeds import check_inputs
+from edge_embed.service.files import entries
 from edge_embed.service.runtime import graph_level
 
 from .evalset import load_eval_set
@@ -41,6 +42,9 @@ from .methods import Quantized, apply, float16
 EXIT_GATE = 3
 # ONNX protobufs cannot exceed 2 GiB; above this the weights go to an external data file.
 _EXTERNAL_DATA_BYTES = 1_800_000_000
+# Tensors below this stay inside the graph even with external data (scales, shapes): optimum's
+# threshold, which it sets because some operators fail with their small inputs outside.
+_INLINE_BYTES = 100
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class QuantizeOptions:
     force: bool = False
     keep_failed: bool = False
     quiet: bool = False
+    external_data: bool = False  # weights in model.onnx_data even below protobuf's 2 GB
 
 
 class GateFailed(Exception):
@@ -103,8 +108,10 @@ def read_source(folder: Path) -> tuple[Manifest, onnx.ModelProto]:
                         "bundle (build one with `edge-embed export`)")
     path = folder / manifest.model_file
     try:
+        # by path: the checker reads external data itself, where a loaded graph past 2 GB
+        # could not be checked
+        onnx.checker.check_model(str(path))
         model = onnx.load(str(path))
-        onnx.checker.check_model(model)
     except Exception as exc:  # protobuf and checker errors have many types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ToolError(f"{path} is not a valid ONNX model ({first[:200]})") from None
@@ -141,10 +148,11 @@ def _exclusions(opts: QuantizeOptions, model: onnx.ModelProto, manifest: Manifes
     return search.excluded, search.summary()
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    if model.ByteSize() > _EXTERNAL_DATA_BYTES:
+def _save(model: onnx.ModelProto, path: Path, external: bool) -> None:
+    if external or model.ByteSize() > _EXTERNAL_DATA_BYTES:
+        # one file beside the graph, named as the export names it
         onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=path.name + ".data")
+                  location=path.name + EXTERNAL_DATA_SUFFIX, size_threshold=_INLINE_BYTES)
     else:
         onnx.save(model, str(path))
 
@@ -172,8 +180,10 @@ def run(opts: QuantizeOptions) -> int:
                       + (f", {len(excluded)} matmul(s) kept in fp32" if excluded else ""))
         result: Quantized = (apply(opts.method, model, excluded) if opts.precision == "int8"
                              else float16(model))
-        _save(result.model, tmp / "model.onnx")
+        _save(result.model, tmp / "model.onnx", opts.external_data)
         shutil.copy2(opts.bundle / source.tokenizer_file, tmp / source.tokenizer_file)
+        reference_file = source.files.get(source.model_file)
+        reference_sha256 = reference_file.sha256 if reference_file else ""
         quantization: dict[str, Any] = {
             "method": opts.method if opts.precision == "int8" else "float16",
             "precision": opts.precision,
@@ -187,8 +197,7 @@ def run(opts: QuantizeOptions) -> int:
             "sensitivity": search,
             # the search's cosines and the quality figures depend on the CPU's int8 kernels
             "measured_on": measured_on(),
-            "reference": {"id": source.id,
-                          "model_sha256": source.files.get(source.model_file, "")},
+            "reference": {"id": source.id, "model_sha256": reference_sha256},
         }
         manifest = dataclasses.replace(
             source, id=bundle_id, aliases=opts.aliases or (), precision=opts.precision,
@@ -203,7 +212,7 @@ def run(opts: QuantizeOptions) -> int:
             f"{ev.batch_invariance_max_abs_diff:.3g}")
         quantization["gates"] = dataclasses.asdict(opts.gates)
         manifest = dataclasses.replace(
-            manifest, quality=ev.quality(), files=file_hashes(tmp), tools=tool_versions("onnx"),
+            manifest, quality=ev.quality(), files=entries(tmp), tools=tool_versions("onnx"),
             build={**manifest.build, "seconds": round(time.monotonic() - started, 1)})
         manifest.write(tmp)
         reporter.step(

@@ -100,8 +100,9 @@ def test_manifest_files_are_the_bundle_files(tiny_bundle: Path) -> None:
     m = load_manifest(tiny_bundle)
     on_disk = {p.name for p in tiny_bundle.iterdir() if p.name != "bundle.json"}
     assert set(m.files) == on_disk == {"model.onnx", "tokenizer.json"}
-    for name, digest in m.files.items():
-        assert hashlib.sha256((tiny_bundle / name).read_bytes()).hexdigest() == digest
+    for name, entry in m.files.items():
+        data = (tiny_bundle / name).read_bytes()
+        assert (entry.size, entry.sha256) == (len(data), hashlib.sha256(data).hexdigest())
 
 
 def test_manifest_records_parity_on_the_eval_set(tiny_bundle: Path) -> None:
