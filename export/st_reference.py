@@ -26,7 +26,8 @@ from . import parity
 from .tooling import ToolError
 from .torch_model import load_error, weights_file
 
-# Texts per tokenize call (each call pads to its longest input).
+# Texts per tokenize call: each call pads to its longest input, so small calls keep the padded
+# arrays small next to the model's weights.
 _BATCH = 64
 
 
