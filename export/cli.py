@@ -52,6 +52,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, help="ONNX opset (default: optimum's choice)")
     p.add_argument("--revision", help="hub revision to download, or the revision to record for "
                    "a local folder")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the Python code a "
+                   "model folder names in its config's auto_map (nomic-bert, jina-bert, ...); "
+                   "refused without this flag")
+    p.add_argument("--external-data", action="store_true", help="write the weights to "
+                   "model.onnx_data beside model.onnx (automatic past protobuf's 2 GB)")
     return p
 
 
@@ -63,7 +68,8 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed export") -> int:
             src=args.src, out=args.out, bundle_id=args.bundle_id, aliases=tuple(args.alias),
             max_tokens=args.max_tokens, pooling=cast("Pooling | None", args.pooling),
             normalize=False if args.no_normalize else None, matryoshka=args.matryoshka,
-            opset=args.opset, revision=args.revision, force=args.force)
+            opset=args.opset, revision=args.revision, force=args.force,
+            trust_remote_code=args.trust_remote_code, external_data=args.external_data)
         run(opts, Reporter(args.quiet, prog))
         return 0
 

@@ -6,12 +6,13 @@ import dataclasses
 from pathlib import Path
 
 from edge_embed.service.bundle import Manifest, Quality
+from edge_embed.service.files import entries, sha256
 
 from .onnx_export import ExportedGraph
 from .source import Source
 from .st_config import ModelSettings
 from .tokenizer import TOKENIZER_FILE
-from .tooling import file_hashes, now, sha256, tool_versions
+from .tooling import now, tool_versions
 from .torch_model import weights_file
 
 # The offline stack's versions, recorded so a bundle can be rebuilt the same way.
@@ -49,5 +50,6 @@ def build(*, bundle_id: str, aliases: tuple[str, ...], source: Source, settings:
 
 
 def finalize(manifest: Manifest, parity: Quality, folder: Path) -> Manifest:
-    """Add the measured parity and the files' hashes (taken last, over the finished files)."""
-    return dataclasses.replace(manifest, parity=parity, files=file_hashes(folder))
+    """Add the measured parity and the files' sizes and hashes (taken last, over the finished
+    files)."""
+    return dataclasses.replace(manifest, parity=parity, files=entries(folder))

@@ -25,12 +25,19 @@ from edge_embed.service.feeds import check_inputs
 from .tooling import ToolError
 
 if TYPE_CHECKING:
+    import onnx
     from transformers import PreTrainedModel
 
 TASK = "feature-extraction"
 LIBRARY = "transformers"
 OUTPUT = "last_hidden_state"
 MODEL_FILE = "model.onnx"
+# Where a graph's weights go when they do not fit in it (protobuf stops at 2 GB), or when asked:
+# one file beside the graph, optimum's name for it (model.onnx_data); quantize writes the same.
+EXTERNAL_DATA_SUFFIX = "_data"
+# optimum's own switch for writing external data below the 2 GB it needs it at (read when the
+# export runs).
+_FORCE_EXTERNAL_ENV = "FORCE_ONNX_EXTERNAL_DATA"
 # Scratch folder inside the bundle being built: optimum also writes config and tokenizer files,
 # of which the bundle keeps only the graph (and its external data, for models over 2 GB).
 _SCRATCH = ".onnx-export"
@@ -81,8 +88,48 @@ def _stdout_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def export(model: PreTrainedModel, out: Path, opset: int | None) -> ExportedGraph:
-    """Write `out/model.onnx` (and any external data files) from the loaded torch model."""
+@contextlib.contextmanager
+def _external_data(force: bool) -> Iterator[None]:
+    saved = os.environ.get(_FORCE_EXTERNAL_ENV)
+    if force:
+        os.environ[_FORCE_EXTERNAL_ENV] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(_FORCE_EXTERNAL_ENV, None)
+        else:
+            os.environ[_FORCE_EXTERNAL_ENV] = saved
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph holds: initializers, and constants inside nodes and subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def external_files(model: onnx.ModelProto) -> list[str]:
+    """The files, beside the graph, that a graph's external tensors name."""
+    import onnx
+
+    names = {entry.value for tensor in _tensors(model.graph)
+             if tensor.data_location == onnx.TensorProto.EXTERNAL
+             for entry in tensor.external_data if entry.key == "location"}
+    return sorted(names)
+
+
+def export(model: PreTrainedModel, out: Path, opset: int | None,
+           external_data: bool = False) -> ExportedGraph:
+    """Write `out/model.onnx` from the loaded torch model, its weights in `model.onnx_data`
+    beside it when they pass protobuf's 2 GB or `external_data` asks for it."""
     import onnx
     from optimum.exporters.onnx.convert import onnx_export_from_model
 
@@ -91,7 +138,7 @@ def export(model: PreTrainedModel, out: Path, opset: int | None) -> ExportedGrap
     for name in ("optimum", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), _stdout_silenced():
+        with warnings.catch_warnings(), _stdout_silenced(), _external_data(external_data):
             # torch.jit's TracerWarnings about constants in attention-mask helpers: the graph
             # is checked against torch afterwards, which is the test that matters.
             warnings.simplefilter("ignore")
@@ -105,11 +152,10 @@ def export(model: PreTrainedModel, out: Path, opset: int | None) -> ExportedGrap
     if not graph_path.is_file():
         raise ToolError(f"optimum wrote no {MODEL_FILE} for model_type "
                         f"'{model.config.model_type}'")
+    # the graph's structure only: its weights, possibly GBs, stay on disk
     proto = onnx.load(str(graph_path), load_external_data=False)
-    for path in scratch.iterdir():
-        # the graph and the external-data files it names (model.onnx_data, *.data)
-        if path.suffix == ".onnx" or "data" in path.name:
-            os.replace(path, out / path.name)
+    for name in (MODEL_FILE, *external_files(proto)):
+        os.replace(scratch / name, out / name)
     shutil.rmtree(scratch, ignore_errors=True)
     initializers = {i.name for i in proto.graph.initializer}
     inputs = tuple(i.name for i in proto.graph.input if i.name not in initializers)

@@ -37,6 +37,12 @@ EVAL_SET = Path(__file__).resolve().parent.parent / "quantize" / "data" / "eval.
 MIN_COSINE = 0.9999
 # Batch size for the check: long enough to include padding, small enough to keep memory low.
 PARITY_BATCH = 16
+# How far past the limit the tokenizer check's over-long input goes: well past, so that the
+# cut shows even where a tokenizer merges pieces across the boundary.
+OVER_LONG_MARGIN = 16
+# Times the evaluation texts may be repeated to make that input: a tokenizer that still makes
+# too few tokens drops most of the text, and the check says so rather than loop.
+OVER_LONG_ROUNDS = 100
 # Keys of an evaluation record that hold texts (pairs, queries and passages, plain texts).
 _TEXT_KEYS = ("text", "a", "b", "query", "passage", "positive", "negative", "sentence",
               "sentence1", "sentence2", "texts")
@@ -162,25 +168,65 @@ def check(quality: Quality, min_cosine: float = MIN_COSINE) -> None:
                         f"max abs diff {quality.max_abs_diff:.3g}); no bundle written")
 
 
-def check_tokenizer(source: Path, bundle: Path, texts: Sequence[str], max_tokens: int) -> None:
-    """The bundle's tokenization (the service's code) must give the source tokenizer's ids.
+@dataclass(frozen=True)
+class TokenReference:
+    """How the model's own library tokenizes the evaluation texts and one over-long input: what
+    the bundle's tokenizer (the service's code) must reproduce, cut included."""
 
-    The reference is transformers' tokenizer for the source folder, cut at max_tokens: what
-    sentence-transformers feeds the model.
-    """
-    from .tokenizer import source_tokenizer
+    name: str  # "sentence-transformers" or "transformers"
+    texts: tuple[str, ...]
+    ids: tuple[tuple[int, ...], ...]
+    over_long: int  # the index in `texts` of the input longer than the limit
 
-    reference = source_tokenizer(source)
-    want = reference(list(texts), truncation=True, max_length=max_tokens)["input_ids"]
-    got = BundleModel(bundle, RuntimeOptions(spinning=False)).tokenizer.encode(list(texts))
-    bad = [i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g.ids.tolist() != list(w)]
+
+def over_long_text(tokenizer: Any, texts: Sequence[str], limit: int) -> str:
+    """The first texts (repeated as needed) joined into one input of more than `limit` tokens."""
+    pool = list(texts) or list(FALLBACK_TEXTS)
+    lengths = tokenizer(pool, add_special_tokens=False, verbose=False)["input_ids"]
+    want = limit + OVER_LONG_MARGIN
+    chosen: list[str] = []
+    total = 0
+    for _ in range(OVER_LONG_ROUNDS):
+        for text, ids in zip(pool, lengths, strict=True):
+            chosen.append(text)
+            total += len(ids)
+            if total > want:
+                joined = " ".join(chosen)
+                # verbose=False: transformers would warn that the input is over the limit
+                if len(tokenizer(joined, verbose=False)["input_ids"]) > want:
+                    return joined
+    raise ToolError(f"the tokenizer makes no input longer than {want} tokens from the "
+                    "evaluation texts; cannot check where the bundle cuts")
+
+
+def transformers_reference(tokenizer: Any, texts: Sequence[str],
+                           max_tokens: int) -> TokenReference:
+    """For a plain Hugging Face folder: the transformers tokenizer, cut at max_tokens."""
+    all_texts = (*texts, over_long_text(tokenizer, texts, max_tokens))
+    ids = tokenizer(list(all_texts), truncation=True, max_length=max_tokens)["input_ids"]
+    return TokenReference("transformers", all_texts, tuple(tuple(i) for i in ids),
+                          len(all_texts) - 1)
+
+
+def check_tokenizer(bundle: Path, reference: TokenReference) -> None:
+    """The bundle's tokenization (the service's code) must give the reference's ids, and cut an
+    over-long input where the reference does."""
+    texts = list(reference.texts)
+    got = BundleModel(bundle, RuntimeOptions(spinning=False)).tokenizer.encode(texts)
+    cut, want_cut = len(got[reference.over_long].ids), len(reference.ids[reference.over_long])
+    if cut != want_cut:
+        raise ToolError(f"{reference.name} cuts an over-long input at {want_cut} tokens, the "
+                        f"bundle at {cut}; no bundle written (--max-tokens sets the limit)")
+    bad = [i for i, (g, w) in enumerate(zip(got, reference.ids, strict=True))
+           if g.ids.tolist() != list(w)]
     if bad:
         first = bad[0]
         # the ends show a special token one side adds and the other does not (an EOS, a BOS)
-        ours, theirs = got[first].ids.tolist(), list(want[first])
-        raise ToolError(f"the bundle's tokenizer disagrees with the source's on {len(bad)} of "
-                        f"{len(texts)} inputs (first: {texts[first][:60]!r}: source ids "
-                        f"{_ends(theirs)}, bundle ids {_ends(ours)}); no bundle written")
+        ours, theirs = got[first].ids.tolist(), list(reference.ids[first])
+        raise ToolError(f"the bundle's tokenizer disagrees with the {reference.name} tokenizer "
+                        f"on {len(bad)} of {len(texts)} inputs (first: {texts[first][:60]!r}: "
+                        f"{reference.name} ids {_ends(theirs)}, bundle ids {_ends(ours)}); "
+                        "no bundle written")
 
 
 def _ends(ids: Sequence[int], keep: int = 3) -> str:

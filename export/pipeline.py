@@ -8,11 +8,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge_embed.service.bundle import Pooling
 
 from . import manifest as manifest_mod
-from . import onnx_export, parity, source, st_config, tokenizer, torch_model
+from . import (
+    onnx_export,
+    parity,
+    remote_code,
+    source,
+    st_config,
+    st_reference,
+    tokenizer,
+    torch_model,
+)
 from .tooling import Reporter, ToolError, atomic_output, check_output
 
 # The bundle id rule of service/bundle.py (_ID_RE): what a derived id is cleaned to.
@@ -34,6 +44,8 @@ class ExportOptions:
     revision: str | None = None
     force: bool = False
     min_cosine: float = parity.MIN_COSINE
+    trust_remote_code: bool = False
+    external_data: bool = False  # weights in model.onnx_data even below protobuf's 2 GB
 
 
 def default_id(name: str) -> str:
@@ -50,6 +62,8 @@ def run(opts: ExportOptions, reporter: Reporter) -> Path:
     check_output(opts.out, opts.force)
     src = source.resolve(opts.src, opts.revision)
     reporter.step(f"reading the model's configuration in {src.folder}")
+    # before anything transformers loads: loading is what runs a model's own code
+    remote_code.check(src.folder, opts.trust_remote_code)
     settings = st_config.read_settings(src.folder, max_tokens=opts.max_tokens,
                                        pooling=opts.pooling, normalize=opts.normalize)
     for dim in opts.matryoshka:
@@ -61,13 +75,26 @@ def run(opts: ExportOptions, reporter: Reporter) -> Path:
     bundle_id = opts.bundle_id or default_id(src.name)
     eval_set = parity.load_eval_set()
 
+    source_tokenizer: Any
+    if settings.library == "sentence-transformers":
+        reporter.step("loading it with sentence-transformers: its token limit and tokenization")
+        reference = st_reference.load(src.folder, eval_set.texts, max_tokens=opts.max_tokens,
+                                      trust_remote_code=opts.trust_remote_code)
+        settings = st_config.with_st_limit(settings, reference.max_tokens)
+        source_tokenizer, tokens = reference.tokenizer, reference.tokens
+    else:
+        source_tokenizer = tokenizer.source_tokenizer(src.folder, opts.trust_remote_code)
+        tokens = parity.transformers_reference(source_tokenizer, eval_set.texts,
+                                               settings.max_tokens)
+
     reporter.step(f"loading {settings.model_type} weights with transformers")
-    model = torch_model.load(src.folder)
+    model = torch_model.load(src.folder, opts.trust_remote_code)
     with atomic_output(opts.out, opts.force) as tmp:
         reporter.step("exporting to ONNX with optimum (feature-extraction, last_hidden_state)")
-        graph = onnx_export.export(model, tmp, opts.opset)
+        graph = onnx_export.export(model, tmp, opts.opset, opts.external_data)
         reporter.step(f"writing tokenizer.json (truncation at {settings.max_tokens} tokens)")
-        tok = tokenizer.write(src.folder, tmp, settings.max_tokens, settings.pad_token_id)
+        tok = tokenizer.write(src.folder, tmp, settings.max_tokens, settings.pad_token_id,
+                              source_tokenizer)
         vocab = tok.get_vocab_size(with_added_tokens=True)
         if settings.vocab_size is not None:
             # token ids past the embedding table would fail inside the graph
@@ -76,7 +103,7 @@ def run(opts: ExportOptions, reporter: Reporter) -> Path:
                                    settings=settings, graph=graph, vocab_size=vocab,
                                    matryoshka=opts.matryoshka)
         draft.write(tmp)
-        parity.check_tokenizer(src.folder, tmp, eval_set.texts, settings.max_tokens)
+        parity.check_tokenizer(tmp, tokens)
         reporter.step(f"checking the graph against torch on {len(eval_set.texts)} inputs "
                       f"({eval_set.name})")
         quality = parity.measure(tmp, model, eval_set.texts, eval_set.name, reporter)

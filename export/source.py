@@ -15,10 +15,11 @@ from .tooling import ToolError
 
 # What a hub id looks like: "owner/name" (the hub's own naming rules: letters, digits, -_.).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-# The files snapshot_download needs for an export: configs, tokenizer, weights; no other
-# framework's weights (tf/flax/onnx copies would multiply the download).
+# The files snapshot_download needs for an export: configs, tokenizer, weights, and the Python
+# files a model's auto_map names (run only with --trust-remote-code); no other framework's
+# weights (tf/flax/onnx copies would multiply the download).
 _HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "pytorch_model*.bin", "*.md",
-                 "1_Pooling/*", "2_Normalize/*"]
+                 "*.py", "1_Pooling/*", "2_Normalize/*"]
 
 
 @dataclass(frozen=True)

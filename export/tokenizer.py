@@ -17,7 +17,7 @@ from .tooling import ToolError
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def source_tokenizer(folder: Path) -> Any:
+def source_tokenizer(folder: Path, trust_remote_code: bool = False) -> Any:
     """The tokenizer transformers (and so sentence-transformers) really uses for this folder.
 
     Its backend, not the raw tokenizer.json: transformers re-applies tokenizer_config.json
@@ -29,13 +29,14 @@ def source_tokenizer(folder: Path) -> Any:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
-            str(folder), use_fast=True, local_files_only=True)
+            str(folder), use_fast=True, local_files_only=True,
+            trust_remote_code=trust_remote_code)
     except Exception as exc:  # tokenizer loading raises many kinds
         raise ToolError(f"transformers could not load the tokenizer in {folder}: "
                         f"{type(exc).__name__}: {str(exc).strip()[:200]}") from None
 
 
-def _load(folder: Path) -> tuple[Any, str]:
+def _load(folder: Path, fast: Any) -> tuple[Any, str]:
     """The backend tokenizer and the side transformers pads on for this model.
 
     Special tokens come with the backend: its post-processor adds them (Qwen3-Embedding's
@@ -43,7 +44,6 @@ def _load(folder: Path) -> tuple[Any, str]:
     from tokenizer_config.json's `add_bos_token` / `add_eos_token` at load time), and a cut keeps
     them, as sentence-transformers' own tokenizer call does.
     """
-    fast = source_tokenizer(folder)
     side = "left" if getattr(fast, "padding_side", "right") == "left" else "right"
     if getattr(fast, "truncation_side", "right") == "left":
         # The service cuts an over-long input at its end (tokenizer.json's truncation, and the
@@ -62,7 +62,10 @@ def _load(folder: Path) -> tuple[Any, str]:
                 raise ToolError(f"{folder / TOKENIZER_FILE} is not a valid tokenizers file "
                                 f"({exc})") from None
         raise ToolError(f"{folder} has no {TOKENIZER_FILE} and no fast tokenizer to convert")
-    return fast.backend_tokenizer, side
+    from tokenizers import Tokenizer
+
+    # a copy: the bundle's truncation and padding must not change the caller's tokenizer
+    return Tokenizer.from_str(fast.backend_tokenizer.to_str()), side
 
 
 def _pad_token(tok: Any, pad_token_id: int | None) -> tuple[str, int] | None:
@@ -80,9 +83,12 @@ def _pad_token(tok: Any, pad_token_id: int | None) -> tuple[str, int] | None:
     return None
 
 
-def write(folder: Path, out: Path, max_tokens: int, pad_token_id: int | None) -> Any:
-    """Write `out/tokenizer.json` from the source folder; returns the tokenizers.Tokenizer."""
-    tok, side = _load(folder)
+def write(folder: Path, out: Path, max_tokens: int, pad_token_id: int | None,
+          source: Any) -> Any:
+    """Write `out/tokenizer.json` from `source`, the transformers tokenizer the model is used
+    with (`source_tokenizer`, or the one sentence-transformers loaded for an ST folder);
+    returns the tokenizers.Tokenizer."""
+    tok, side = _load(folder, source)
     pad = _pad_token(tok, pad_token_id)
     tok.enable_truncation(max_length=max_tokens)
     if pad is None:

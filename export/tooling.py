@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -24,7 +23,6 @@ from edge_embed.service.bundle import _ID_RE
 
 T = TypeVar("T")
 EXIT_USAGE = 2
-_HASH_CHUNK = 1 << 20
 
 
 class ToolError(Exception):
@@ -131,6 +129,10 @@ def atomic_output(out: Path, force: bool) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~umask)
     try:
         yield tmp
+        for path in tmp.iterdir():
+            # likewise its files: onnx writes external data 0600
+            if path.is_file():
+                os.chmod(path, 0o666 & ~umask)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
             os.replace(out, old / out.name)
@@ -141,19 +143,6 @@ def atomic_output(out: Path, force: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_hashes(folder: Path) -> dict[str, str]:
-    return {p.name: sha256(p) for p in sorted(folder.iterdir())
-            if p.is_file() and p.name != "bundle.json"}
 
 
 def tool_versions(*packages: str) -> dict[str, str]:

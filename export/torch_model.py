@@ -34,7 +34,17 @@ def weights_file(folder: Path) -> Path:
     raise ToolError(f"{folder} has no model weights (none of {', '.join(WEIGHT_FILES)})")
 
 
-def load(folder: Path) -> PreTrainedModel:
+def load_error(weights: Path, exc: Exception) -> ToolError:
+    """One line for a model transformers could not load (safetensors, pickle, torch and config
+    errors have no common base)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    # transformers appends a TensorFlow hint to every unreadable .bin; it misleads here.
+    first = first.split(" If you tried to load a PyTorch model from a TF")[0]
+    return ToolError(f"cannot load the model from {weights}: {type(exc).__name__}: "
+                     f"{first[:300]}")
+
+
+def load(folder: Path, trust_remote_code: bool = False) -> PreTrainedModel:
     """The bare encoder (AutoModel: last_hidden_state), in eval mode so dropout is off."""
     weights = weights_file(folder)
     from transformers import AutoModel
@@ -42,13 +52,10 @@ def load(folder: Path) -> PreTrainedModel:
 
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # "some weights were not used" is noise for an encoder
     try:
-        model: PreTrainedModel = AutoModel.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:  # safetensors, pickle, torch and config errors have no common base
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        # transformers appends a TensorFlow hint to every unreadable .bin; it misleads here.
-        first = first.split(" If you tried to load a PyTorch model from a TF")[0]
-        raise ToolError(f"cannot load the model from {weights}: {type(exc).__name__}: "
-                        f"{first[:300]}") from None
+        model: PreTrainedModel = AutoModel.from_pretrained(
+            str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise load_error(weights, exc) from None
     model.eval()  # type: ignore[no-untyped-call]
     return model
 

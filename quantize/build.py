@@ -21,17 +21,18 @@ from typing import Any
 
 import onnx
 
+from edge_embed.export.onnx_export import EXTERNAL_DATA_SUFFIX
 from edge_embed.export.tooling import (
     Reporter,
     ToolError,
     atomic_output,
-    file_hashes,
     now,
     tool_versions,
 )
 from edge_embed.service.bundle import Manifest, Precision, load_manifest
 from edge_embed.service.errors import BundleError, UnsupportedGraphInput
 from edge_embed.service.feeds import check_inputs
+from edge_embed.service.files import entries
 from edge_embed.service.runtime import graph_level
 
 from .evalset import EvalSet, load_eval_set
@@ -46,6 +47,9 @@ from .methods import AUTO, AUTO_ORDER, Quantized, apply, float16
 EXIT_GATE = 3
 # ONNX protobufs cannot exceed 2 GiB; above this the weights go to an external data file.
 _EXTERNAL_DATA_BYTES = 1_800_000_000
+# Tensors below this stay inside the graph even with external data (scales, shapes): optimum's
+# threshold, which it sets because some operators fail with their small inputs outside.
+_INLINE_BYTES = 100
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class QuantizeOptions:
     force: bool = False
     keep_failed: bool = False
     quiet: bool = False
+    external_data: bool = False  # weights in model.onnx_data even below protobuf's 2 GB
 
 
 class GateFailed(Exception):
@@ -119,8 +124,10 @@ def read_source(folder: Path) -> tuple[Manifest, onnx.ModelProto]:
                         "bundle (build one with `edge-embed export`)")
     path = folder / manifest.model_file
     try:
+        # by path: the checker reads external data itself, where a loaded graph past 2 GB
+        # could not be checked
+        onnx.checker.check_model(str(path))
         model = onnx.load(str(path))
-        onnx.checker.check_model(model)
     except Exception as exc:  # protobuf and checker errors have many types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ToolError(f"{path} is not a valid ONNX model ({first[:200]})") from None
@@ -157,10 +164,11 @@ def _exclusions(opts: QuantizeOptions, method: str, model: onnx.ModelProto,
     return search.excluded, search.summary()
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    if model.ByteSize() > _EXTERNAL_DATA_BYTES:
+def _save(model: onnx.ModelProto, path: Path, external: bool) -> None:
+    if external or model.ByteSize() > _EXTERNAL_DATA_BYTES:
+        # one file beside the graph, named as the export names it
         onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=path.name + ".data")
+                  location=path.name + EXTERNAL_DATA_SUFFIX, size_threshold=_INLINE_BYTES)
     else:
         onnx.save(model, str(path))
 
@@ -179,7 +187,7 @@ def _attempt(method: str, opts: QuantizeOptions, model: onnx.ModelProto, source:
     result = apply(method, copy, excluded) if opts.precision == "int8" else float16(copy)
     for old in tmp.glob("model.onnx*"):
         old.unlink()
-    _save(result.model, tmp / "model.onnx")
+    _save(result.model, tmp / "model.onnx", opts.external_data)
     draft = dataclasses.replace(
         source, precision=opts.precision, model_file="model.onnx",
         inputs=tuple(i.name for i in result.model.graph.input),
@@ -232,6 +240,8 @@ def run(opts: QuantizeOptions) -> int:
         candidates = len(weight_matmuls(model))
         shutil.copy2(opts.bundle / source.tokenizer_file, tmp / source.tokenizer_file)
         ref = reference(opts.bundle, eval_set, reporter)
+        reference_file = source.files.get(source.model_file)
+        reference_sha256 = reference_file.sha256 if reference_file else ""
         attempts: list[Attempt] = []
         plan = methods_to_try(opts)
         for method in plan:
@@ -257,8 +267,7 @@ def run(opts: QuantizeOptions) -> int:
                           "chosen": chosen.method, "why": _why(opts, attempts)},
             # the search's cosines and the quality figures depend on the CPU's int8 kernels
             "measured_on": measured_on(),
-            "reference": {"id": source.id,
-                          "model_sha256": source.files.get(source.model_file, "")},
+            "reference": {"id": source.id, "model_sha256": reference_sha256},
             "per_kind": ev.per_kind_json(),
             "reference_batch_invariance_min": round(ev.reference_invariance_min, 7),
             "batch_invariance_max_abs_diff": (
@@ -271,7 +280,7 @@ def run(opts: QuantizeOptions) -> int:
             source, id=bundle_id, aliases=opts.aliases or (), precision=opts.precision,
             model_file="model.onnx", inputs=tuple(i.name for i in result.model.graph.input),
             quantization=quantization, quality=ev.quality(), parity=None,
-            files=file_hashes(tmp), tools=tool_versions("onnx"),
+            files=entries(tmp), tools=tool_versions("onnx"),
             # how long: the one build-time fact, kept apart from what reproduces byte for byte
             build={"created": now(), "seconds": round(time.monotonic() - started, 1),
                    "attempts": {a.method: round(a.seconds, 1) for a in attempts}})

@@ -59,6 +59,8 @@ def parser(prog: str) -> argparse.ArgumentParser:
                    "without onnxruntime's transformer fusions")
     p.add_argument("--eval-set", type=Path, help="a JSONL evaluation set (default: the one "
                    "shipped in quantize/data/eval.jsonl)")
+    p.add_argument("--external-data", action="store_true", help="write the weights to "
+                   "model.onnx_data beside model.onnx (automatic past protobuf's 2 GB)")
     p.add_argument("--keep-failed", action="store_true", help="write the bundle even when a "
                    "gate fails (the exit code is still 3)")
     return p
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed quantize") -> in
             gates=Gates(mean=args.gate_mean, nn=args.gate_nn, invariance=args.gate_invariance,
                         min=args.gate_min, rank=args.gate_rank),
             exclude=args.exclude, fuse=not args.no_fuse, eval_set=args.eval_set,
-            force=args.force, keep_failed=args.keep_failed, quiet=args.quiet)
+            force=args.force, keep_failed=args.keep_failed, quiet=args.quiet,
+            external_data=args.external_data)
         try:
             return run(opts)
         except GateFailed as exc:

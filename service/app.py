@@ -97,7 +97,7 @@ def create_app(settings: Settings, registry: Registry | None = None,
     runtime = runtime or Runtime.plan(settings)
     if registry is None:
         options = settings.runtime_options(runtime.intra_op_threads)
-        registry = Registry.load(settings.models, options)
+        registry = Registry.load(settings.models, options, settings.verify_files)
     metrics = Metrics()
     state = ServerState()
     auth = auth or build_authenticator(settings)

@@ -31,6 +31,15 @@ POOLINGS: tuple[Pooling, ...] = ("mean", "cls", "last")
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
 OUTPUT_KINDS: tuple[OutputKind, ...] = ("token_embeddings", "sentence_embedding")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of the bundle as it was built (service/files.py checks it at start-up)."""
+
+    size: int | None  # bytes; None in manifests written before sizes were recorded
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -71,7 +80,8 @@ class Manifest:
     quantization: dict[str, Any] | None = None
     quality: Quality | None = None
     parity: Quality | None = None  # fp32 bundles: the ONNX graph against torch
-    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    # every file of the bundle but this manifest: the graph, its external data, the tokenizer
+    files: dict[str, FileEntry] = field(default_factory=dict)
     tools: dict[str, str] = field(default_factory=dict)
     # The only facts that differ between two builds from the same inputs: when it was built
     # ("created") and, for quantize, how long it took ("seconds"). Everything else, and every
@@ -118,6 +128,33 @@ def _quality(data: Any, path: Path, key: str) -> Quality | None:
         return Quality(**data)
     except TypeError as exc:
         raise BundleError(path, f"has unexpected content ({exc})", key) from None
+
+
+def _files(data: Any, path: Path) -> dict[str, FileEntry]:
+    if not isinstance(data, dict):
+        raise BundleError(path, "must be an object", "files")
+    out: dict[str, FileEntry] = {}
+    for name, entry in data.items():
+        if not _plain_name(name) or name == MANIFEST_NAME:
+            raise BundleError(path, f"'{name}' must be a plain file name inside the bundle",
+                              "files")
+        if isinstance(entry, str):  # manifests written before sizes were recorded
+            entry = {"sha256": entry}
+        if not isinstance(entry, dict):
+            raise BundleError(path, f"'{name}' must be an object with size and sha256",
+                              "files")
+        digest, size = entry.get("sha256"), entry.get("size")
+        if not isinstance(digest, str) or not _SHA256_RE.match(digest):
+            raise BundleError(path, f"'{name}': sha256 must be 64 lowercase hex digits", "files")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                                 or size < 0):
+            raise BundleError(path, f"'{name}': size must be a number of bytes", "files")
+        out[name] = FileEntry(size, digest)
+    return out
+
+
+def _plain_name(name: str) -> bool:
+    return "/" not in name and "\\" not in name and not name.startswith(".")
 
 
 def parse_manifest(data: Any, path: Path) -> Manifest:
@@ -175,7 +212,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
     quantization = data.get("quantization")
     if quantization is not None and not isinstance(quantization, dict):
         raise BundleError(path, "must be an object or null", "quantization")
-    for key in ("source", "files", "tools", "build"):
+    for key in ("source", "tools", "build"):
         if not isinstance(data.get(key, {}), dict):
             raise BundleError(path, "must be an object", key)
     normalize = _require(data, "normalize", bool, path)
@@ -201,7 +238,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         quantization=quantization,
         quality=_quality(data.get("quality"), path, "quality"),
         parity=_quality(data.get("parity"), path, "parity"),
-        files=dict(data.get("files", {})),
+        files=_files(data.get("files", {}), path),
         tools=dict(data.get("tools", {})),
         build=dict(data.get("build", {})),
     )
@@ -223,7 +260,7 @@ def load_manifest(folder: Path | str) -> Manifest:
     manifest = parse_manifest(data, path)
     for key, name in (("model_file", manifest.model_file),
                       ("tokenizer_file", manifest.tokenizer_file)):
-        if "/" in name or "\\" in name or name.startswith("."):
+        if not _plain_name(name):
             raise BundleError(path, "must be a plain file name inside the bundle", key)
         if not (folder / name).is_file():
             raise BundleError(path, f"names '{name}', which is not in the bundle", key)

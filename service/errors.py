@@ -31,6 +31,10 @@ class BundleError(StartupError, ValueError):
         super().__init__(f"{where}: {message}")
 
 
+class BundleFileError(BundleError):
+    """A file of a bundle that is not the one its manifest lists: missing, truncated, replaced."""
+
+
 class ProviderError(StartupError, RuntimeError):
     """A requested execution provider is not in the installed onnxruntime (or did not start)."""
 

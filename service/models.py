@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import files
+from .bundle import load_manifest
 from .encoder import BundleModel
 from .errors import BundleError, ModelNotFound
+from .files import VerifyMode
 from .runtime import RuntimeOptions
 
 log = logging.getLogger("edge_embed.models")
@@ -66,8 +70,17 @@ class Registry:
                 self._by_name[name] = s
 
     @classmethod
-    def load(cls, folders: tuple[Path, ...], options: RuntimeOptions) -> Registry:
-        return cls([ServedModel(BundleModel(f, options)) for f in folders])
+    def load(cls, folders: tuple[Path, ...], options: RuntimeOptions,
+             verify: VerifyMode = "sha256") -> Registry:
+        """Each bundle's files checked against its manifest (`verify`), then loaded."""
+        served = []
+        for folder in folders:
+            started = time.perf_counter()
+            checked = files.verify(folder, load_manifest(folder), verify)
+            log.info("bundle %s: files match bundle.json (%s, %.1f MB) in %.0f ms", folder, verify,
+                     checked / 1e6, (time.perf_counter() - started) * 1000)
+            served.append(ServedModel(BundleModel(folder, options)))
+        return cls(served)
 
     def __iter__(self) -> Iterator[ServedModel]:
         return iter(self.models)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .files import VERIFY_MODES, VerifyMode
 from .limits import BatchPolicy, CacheLimits, QueueLimits, RequestLimits
 from .runtime import PROVIDERS, SPINNING, RuntimeOptions
 
@@ -56,6 +57,7 @@ class Settings:
     worker_restarts: int = WORKER_RESTARTS
     log_level: str = "info"
     access_log: bool = True
+    verify_files: VerifyMode = "sha256"  # what start-up checks of each file (service/files.py)
 
     def runtime_options(self, intra_op_threads: int) -> RuntimeOptions:
         return RuntimeOptions(providers=self.providers, provider_fallback=self.provider_fallback,
@@ -130,6 +132,13 @@ def _on_off(text: str) -> bool:
     return lowered == "on"
 
 
+def _verify_mode(text: str) -> VerifyMode:
+    for mode in VERIFY_MODES:
+        if text.strip().lower() == mode:
+            return mode
+    raise ValueError(f"must be one of {', '.join(VERIFY_MODES)}")
+
+
 def _providers(text: str) -> list[str]:
     names = [p.strip().lower() for p in text.split(",") if p.strip()]
     for name in names:
@@ -179,6 +188,9 @@ _SCALARS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--tokenizer-threads", _positive_int, "threads that tokenize"),
     ("--worker-restarts", _non_negative_int, "batching-worker restarts per minute before dead"),
     ("--log-level", str, "debug|info|warning|error"),
+    ("--verify-files", _verify_mode, "sha256|size: at start-up, check each bundle file's size "
+     "and sha256 against bundle.json (default), or its size alone (multi-GB bundles on CPUs "
+     "without SHA extensions)"),
 )
 _BOOLS: tuple[tuple[str, str], ...] = (
     ("--truncate", "cut over-long inputs and warn (default); --no-truncate: 400 instead"),

@@ -43,7 +43,7 @@ EXPORT_PACKAGES = frozenset({
 # The fixture modules' builders that run torch or the quantizer.
 EXPORT_BUILDERS = frozenset({
     "build_tiny_model", "build_tiny_bundle", "build_cls_bundle", "write_committed_bundles",
-    "build_quantized", "build_tiny_int8", "build_tiny_qwen3", "build_tiny_mistral",
+    "build_quantized", "build_tiny_int8", "build_tiny_qwen3", "build_tiny_mistral", "build_twin",
 })
 # The markers whose tests the fast loop leaves out.
 FAST_EXCLUDES = ("export", "slow")

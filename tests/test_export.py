@@ -100,8 +100,9 @@ def test_manifest_files_are_the_bundle_files(tiny_bundle: Path) -> None:
     m = load_manifest(tiny_bundle)
     on_disk = {p.name for p in tiny_bundle.iterdir() if p.name != "bundle.json"}
     assert set(m.files) == on_disk == {"model.onnx", "tokenizer.json"}
-    for name, digest in m.files.items():
-        assert hashlib.sha256((tiny_bundle / name).read_bytes()).hexdigest() == digest
+    for name, entry in m.files.items():
+        data = (tiny_bundle / name).read_bytes()
+        assert (entry.size, entry.sha256) == (len(data), hashlib.sha256(data).hexdigest())
 
 
 def test_manifest_records_parity_on_the_eval_set(tiny_bundle: Path) -> None:
@@ -297,8 +298,8 @@ def test_refuses_a_tokenizer_that_disagrees_with_the_source(
 
     real = tokenizer.write
 
-    def broken(folder: Path, out: Path, max_tokens: int, pad: int | None) -> Any:
-        tok = real(folder, out, max_tokens, pad)
+    def broken(folder: Path, out: Path, *args: Any) -> Any:
+        tok = real(folder, out, *args)
         data = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
         data["normalizer"]["lowercase"] = False  # a bundle tokenizer that drifted
         (out / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
