@@ -52,9 +52,14 @@ QUEUE_TOKENS = 300_000
 # throughput measured so far, ends within this share of the time it has left. The rest is the
 # margin for what the estimate cannot see: a neighbour process taking a core mid-flight, the
 # estimate's lag after the load changes (it averages the last few runs), and longer inputs
-# costing more per token than the runs it was measured on. 0.7 kept every admitted request of
-# the overload test inside its deadline with a CPU hog beside the server.
-ADMIT_DEADLINE_SHARE = 0.7
+# costing more per token than the runs it was measured on. 0.5 lets the box get twice as slow
+# after a request was admitted and still answer it in time. Measured with the flood test (600
+# requests of 8 long texts, int8 MiniLM, 2 cores): with a steady CPU hog beside the server 0.7
+# kept every admitted request inside its 15 s deadline (goodput 1.00-1.08x the saturated
+# throughput), but when two more busy processes started mid-flood 27 of 114 admitted requests
+# still timed out. A smaller share costs no goodput while the queue holds more than the
+# scheduler's reaction time of work: the server stays busy either way.
+ADMIT_DEADLINE_SHARE = 0.5
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,8 @@ def test_manifest_says_last_token_and_prompts(qwen_bundle: Path, mistral_bundle:
         assert manifest.max_tokens == DECODER_MAX_SEQ_LENGTH
         assert "position_ids" in manifest.inputs
     # empty prompts (documents) are no prompt at all
-    assert qwen.prompts == {k: v for k, v in QWEN_PROMPTS.items() if v}
+    # An empty prompt is kept: input_type names it as in sentence-transformers.
+    assert qwen.prompts == QWEN_PROMPTS
     assert mistral.prompts == MISTRAL_PROMPTS
 
 
