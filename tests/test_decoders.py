@@ -1,8 +1,11 @@
-"""Decoder embedders (Qwen3-Embedding and E5-Mistral style, last-token pooling) end to end.
+"""Decoder embedders (Qwen3-Embedding and E5-Mistral style, last-token pooling): what only a
+decoder needs, in both sentence-transformers folder formats.
 
-Tiny random-weight twins (tests/fixtures/decoders.py) go through the real export, against
-sentence-transformers' own `encode`, through the service's tokenizer and batching, and through
-`edge-embed quantize` with its default `--method auto`.
+The tiny twins (tests/fixtures/decoders.py) are built by the architecture matrix's fixture
+(tests/fixtures/matrix.py), which also serves them against sentence-transformers' own `encode`
+(vectors, prompts, truncation counts, batch invariance: tests/test_architecture_matrix.py). Here:
+the tokenizer's padding side and EOS, the EOS kept after a cut, the last real token pooled
+whichever side pads, and `edge-embed quantize` with its default `--method auto` and gates.
 """
 
 from __future__ import annotations
@@ -19,16 +22,11 @@ from edge_embed.quantize.evaluate import cosines
 from edge_embed.quantize.gates import NN_CRITERION, RANK_CRITERION, Gates
 from edge_embed.service.bundle import load_manifest
 from edge_embed.service.encoder import BundleModel
-from tests.fixtures.decoders import (
-    DECODER_MAX_SEQ_LENGTH,
-    MISTRAL_PROMPTS,
-    QWEN_EOS,
-    QWEN_PROMPTS,
-)
+from tests.fixtures.decoders import DECODER_MAX_SEQ_LENGTH, QWEN_EOS
+from tests.fixtures.encoders import FORMATS, TWINS
+from tests.fixtures.matrix import Builds, Built
 from tests.fixtures.quantized import build_quantized
 
-# What export promises against torch, here against sentence-transformers' encode.
-PARITY = 0.9999
 # A vector alone vs inside a padded batch: float rounding only (the quantize gate's own bar).
 INVARIANCE = 0.9999
 EXIT_USAGE = 2
@@ -36,103 +34,67 @@ TEXTS = ["hello world", "a", "The quick brown fox jumps over the lazy dog.", "ca
          "Der Hund spielt im Garten mit einem roten Ball.", "Numbers like 3.14159 and 2718.",
          " ".join(["the museum opens at ten and closes at six on weekdays"] * 12)]
 LONG = " ".join(["The committee will meet again next month to review the proposal."] * 30)
+DECODERS = [name for name, twin in TWINS.items() if twin.pooling == "lasttoken"]
+# Each decoder's padding side and the EOS its tokenizer appends.
+SIDES = {"qwen3": "left", "mistral": "right"}
+EOS = {"qwen3": QWEN_EOS, "mistral": "</s>"}
 
 
-def export(src: Path, out: Path) -> Path:
-    code = export_main([str(src), "--out", str(out), "--quiet", "--force"])
-    assert code == 0
-    return out
+@pytest.fixture(params=[(name, fmt) for name in DECODERS for fmt in FORMATS],
+                ids=lambda case: "-".join(case))
+def built(request: pytest.FixtureRequest, builds: Builds) -> Built:
+    name, fmt = request.param
+    return builds.get(name, fmt)
 
 
-@pytest.fixture(scope="module")
-def qwen_bundle(tiny_qwen3_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export(tiny_qwen3_model, tmp_path_factory.mktemp("dec") / "qwen-fp32")
+def test_manifest_says_last_token_with_positions(built: Built) -> None:
+    manifest = built.manifest
+    assert manifest.pooling == "last" and manifest.normalize
+    assert manifest.max_tokens == DECODER_MAX_SEQ_LENGTH
+    # rotary positions: the service numbers each row from its first real token, either side
+    assert "position_ids" in manifest.inputs
 
 
-@pytest.fixture(scope="module")
-def mistral_bundle(tiny_mistral_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export(tiny_mistral_model, tmp_path_factory.mktemp("dec") / "mistral-fp32")
-
-
-@pytest.fixture(scope="module", params=["qwen", "mistral"])
-def pair(request: pytest.FixtureRequest) -> tuple[Path, Path]:
-    """(source folder, fp32 bundle) for each decoder family."""
-    if request.param == "qwen":
-        return (request.getfixturevalue("tiny_qwen3_model"),
-                request.getfixturevalue("qwen_bundle"))
-    return (request.getfixturevalue("tiny_mistral_model"),
-            request.getfixturevalue("mistral_bundle"))
-
-
-def st_model(folder: Path) -> object:
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(folder), device="cpu")
-
-
-def test_manifest_says_last_token_and_prompts(qwen_bundle: Path, mistral_bundle: Path) -> None:
-    qwen, mistral = load_manifest(qwen_bundle), load_manifest(mistral_bundle)
-    for manifest in (qwen, mistral):
-        assert manifest.pooling == "last" and manifest.normalize
-        assert manifest.max_tokens == DECODER_MAX_SEQ_LENGTH
-        assert "position_ids" in manifest.inputs
-    # empty prompts (documents) are no prompt at all
-    # An empty prompt is kept: input_type names it as in sentence-transformers.
-    assert qwen.prompts == QWEN_PROMPTS
-    assert mistral.prompts == MISTRAL_PROMPTS
-
-
-def test_tokenizer_reproduces_eos_and_padding_side(
-        tiny_qwen3_model: Path, tiny_mistral_model: Path, qwen_bundle: Path,
-        mistral_bundle: Path) -> None:
+def test_tokenizer_reproduces_eos_and_padding_side(built: Built) -> None:
     from transformers import AutoTokenizer
 
-    for src, bundle, side in ((tiny_qwen3_model, qwen_bundle, "left"),
-                              (tiny_mistral_model, mistral_bundle, "right")):
-        reference = AutoTokenizer.from_pretrained(str(src))  # type: ignore[no-untyped-call]
-        tok = BundleModel(bundle).tokenizer
-        assert tok.padding_side == side == reference.padding_side
-        for text in TEXTS:
-            want = reference(text, truncation=True, max_length=DECODER_MAX_SEQ_LENGTH)
-            assert tok.encode([text])[0].ids.tolist() == want["input_ids"]
-        # every input ends with the EOS the model was trained to read
-        eos = reference.convert_tokens_to_ids(QWEN_EOS if src == tiny_qwen3_model else "</s>")
-        assert tok.suffix == [eos]
-    # Mistral's EOS comes from tokenizer_config.json's add_eos_token, not its tokenizer.json
-    saved = json.loads((tiny_mistral_model / "tokenizer.json").read_text(encoding="utf-8"))
+    name = built.twin.name
+    reference = AutoTokenizer.from_pretrained(str(built.folder))  # type: ignore[no-untyped-call]
+    tok = BundleModel(built.fp32).tokenizer
+    assert tok.padding_side == SIDES[name] == reference.padding_side
+    for text in TEXTS:
+        want = reference(text, truncation=True, max_length=DECODER_MAX_SEQ_LENGTH)
+        assert tok.encode([text])[0].ids.tolist() == want["input_ids"]
+    # every input ends with the EOS the model was trained to read
+    assert tok.suffix == [reference.convert_tokens_to_ids(EOS[name])]
+    if name == "mistral":
+        assert tok.prefix == [reference.convert_tokens_to_ids("<s>")]
+
+
+def test_mistral_eos_comes_from_add_eos_token(builds: Builds) -> None:
+    # the classic folder's tokenizer.json appends no </s>: transformers rebuilds the
+    # post-processor from tokenizer_config.json's add_eos_token, and the bundle must follow it
+    built = builds.get("mistral", "classic")
+    saved = json.loads((built.folder / "tokenizer.json").read_text(encoding="utf-8"))
     assert "</s>" not in json.dumps(saved["post_processor"])
-    assert BundleModel(mistral_bundle).tokenizer.prefix == [1]  # <s>
+    eos = BundleModel(built.fp32).tokenizer.suffix
+    assert eos == [built.st.tokenizer.convert_tokens_to_ids("</s>")]
 
 
-def test_parity_with_sentence_transformers_encode(pair: tuple[Path, Path]) -> None:
-    src, bundle = pair
-    st = st_model(src)
-    model = BundleModel(bundle)
-    texts = [*TEXTS, LONG]
-    want = st.encode(texts, batch_size=4, convert_to_numpy=True)  # type: ignore[attr-defined]
-    got = model.embed(texts)
-    assert cosines(want, got).min() >= PARITY
-    for name, prompt in st.prompts.items():  # type: ignore[attr-defined]
-        want = st.encode(texts, prompt_name=name, batch_size=4)  # type: ignore[attr-defined]
-        assert cosines(want, model.embed(texts, prompt=prompt)).min() >= PARITY, name
-
-
-def test_truncation_counts_and_eos_as_sentence_transformers(pair: tuple[Path, Path]) -> None:
-    src, bundle = pair
-    st = st_model(src)
-    tokenizer = st.tokenizer  # type: ignore[attr-defined]
-    cut = tokenizer(LONG, truncation=True, max_length=st.max_seq_length)["input_ids"]  # type: ignore[attr-defined]
+def test_truncation_counts_and_eos_as_sentence_transformers(built: Built) -> None:
+    tokenizer = built.st.tokenizer
+    cut = built.ids(LONG)
     full = tokenizer(LONG)["input_ids"]
-    got = BundleModel(bundle).tokenizer.encode([LONG])[0]
+    got = BundleModel(built.fp32).tokenizer.encode([LONG])[0]
     assert got.truncated
-    assert got.original_tokens == len(full) > DECODER_MAX_SEQ_LENGTH
+    assert got.original_tokens == len(full) > DECODER_MAX_SEQ_LENGTH == len(cut)
     assert got.ids.tolist() == cut
-    assert got.ids[-1] == full[-1]  # the EOS survives the cut, as in sentence-transformers
+    # the EOS survives the cut, as in sentence-transformers
+    assert got.ids[-1] == full[-1] == tokenizer.convert_tokens_to_ids(EOS[built.twin.name])
 
 
-def test_last_real_token_whatever_the_padding_side(pair: tuple[Path, Path],
-                                                   tmp_path: Path) -> None:
-    _, bundle = pair
+def test_last_real_token_whatever_the_padding_side(built: Built, tmp_path: Path) -> None:
+    bundle = built.fp32
     flipped = Path(shutil.copytree(bundle, tmp_path / "flipped"))
     data = json.loads((flipped / "tokenizer.json").read_text(encoding="utf-8"))
     side = data["padding"]["direction"]
@@ -144,18 +106,8 @@ def test_last_real_token_whatever_the_padding_side(pair: tuple[Path, Path],
     assert cosines(a.embed(texts), b.embed(texts)).min() >= INVARIANCE
 
 
-def test_batch_invariant(pair: tuple[Path, Path]) -> None:
-    _, bundle = pair
-    model = BundleModel(bundle)
-    rows = [t.ids for t in model.tokenizer.encode([LONG, *TEXTS])]
-    together = model.finish(model.run(rows))
-    for i, row in enumerate(rows):
-        alone = model.finish(model.run([row]))
-        assert float(cosines(alone, together[i:i + 1])[0]) >= INVARIANCE, i
-
-
-def test_quantize_auto(pair: tuple[Path, Path], tmp_path: Path) -> None:
-    _, bundle = pair
+def test_quantize_auto_with_the_default_gates(built: Built, tmp_path: Path) -> None:
+    bundle = built.fp32
     out = build_quantized(bundle, tmp_path / "int8")
     manifest = load_manifest(out)
     q = manifest.quantization
@@ -176,9 +128,9 @@ def test_quantize_auto(pair: tuple[Path, Path], tmp_path: Path) -> None:
     assert cosines(BundleModel(bundle).embed(texts), BundleModel(out).embed(texts)).min() > 0.99
 
 
-def test_export_refuses_left_truncation(tiny_qwen3_model: Path, tmp_path: Path,
+def test_export_refuses_left_truncation(builds: Builds, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    src = Path(shutil.copytree(tiny_qwen3_model, tmp_path / "left-cut"))
+    src = Path(shutil.copytree(builds.get("qwen3", "classic").folder, tmp_path / "left-cut"))
     config_path = src / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["truncation_side"] = "left"
@@ -192,8 +144,8 @@ def test_export_refuses_left_truncation(tiny_qwen3_model: Path, tmp_path: Path,
     assert not out.exists()
 
 
-def test_vectors_differ_between_inputs(qwen_bundle: Path) -> None:
+def test_vectors_differ_between_inputs(built: Built) -> None:
     # the twins are not collapsed to one vector: the checks above compare something
-    vectors = BundleModel(qwen_bundle).embed(TEXTS)
+    vectors = BundleModel(built.fp32).embed(TEXTS)
     sims = vectors @ vectors.T
     assert float(np.min(sims)) < 0.9

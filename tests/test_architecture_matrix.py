@@ -1,40 +1,29 @@
-"""Every encoder architecture, in both sentence-transformers folder formats, from folder to
-served vector: export -> quantize -> the service (in process), checked against
+"""Every architecture twin, encoders and decoders, in both sentence-transformers folder formats,
+from folder to served vector: export -> quantize -> the service (in process), checked against
 sentence-transformers' own `encode` on the same folder.
 
 The twins (tests/fixtures/encoders.py) have random weights, so the vectors say nothing about
 quality; what is checked is that the bundle is the model sentence-transformers runs: the same
-vectors (fp32), the same prompts, the same cut and token counts, and no dependence on what else
-shares a batch. The int8 bundles are quantized with the default method and the tiny models'
-explicit gates (tests/fixtures/quantized.py: TINY_GATES), less the nearest-neighbour gate
-(MATRIX_GATES).
+vectors (fp32), the same prompts, the same cut and token counts (the closing special token kept
+after a cut), and no dependence on what else shares a batch. The int8 bundles are quantized with
+the default method and the tiny models' explicit gates (tests/fixtures/quantized.py: TINY_GATES),
+less the nearest-neighbour gate (tests/fixtures/matrix.py: MATRIX_GATES). The decoders' own
+checks (padding side, the default gates) are in tests/test_decoders.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from edge_embed.service.app import create_app
-from edge_embed.service.bundle import Manifest, load_manifest
-from edge_embed.service.limits import CacheLimits
-from edge_embed.service.models import Registry
-from edge_embed.service.settings import Settings
-from tests.fixtures.encoders import FORMATS, TWINS, Twin, build_twin
-from tests.fixtures.quantized import TINY_GATES, build_quantized
+from edge_embed.service.encoder import BundleModel
+from tests.fixtures.encoders import FORMATS, TWINS
+from tests.fixtures.matrix import Builds, Built, settings_for
 from tests.fixtures.server import AiohttpClient
-from tests.fixtures.tiny import build_tiny_bundle
 
-# On random weights the CLS vectors of different inputs are nearly the same (the CLS token's
-# embedding dominates), so which input is another's nearest neighbour is noise: measured 0.68
-# agreement for bert-cls at a mean cosine above 0.999. The int8 vectors are checked against
-# sentence-transformers directly instead (MIN_COSINE_INT8).
-MATRIX_GATES = (*TINY_GATES, "--gate-nn", "0")
 # fp32 against sentence-transformers on torch: the export's own gate.
 MIN_COSINE_FP32 = 0.9999
 # int8 against sentence-transformers: the quality gate's mean (a random tiny model reads ~1.0).
@@ -54,56 +43,6 @@ CASES = [(name, fmt) for name in TWINS for fmt in FORMATS]
 PROMPTED = [(name, fmt) for name, fmt in CASES if TWINS[name].prompts]
 
 
-@dataclass
-class Built:
-    twin: Twin
-    folder: Path
-    fp32: Path
-    int8: Path
-    st: Any  # the SentenceTransformer loaded from `folder`
-    registry: Registry
-
-    @property
-    def manifest(self) -> Manifest:
-        return load_manifest(self.fp32)
-
-    def ids(self, text: str) -> list[int]:
-        """sentence-transformers' own token ids for `text`, cut as it cuts."""
-        # `preprocess` is 5.x's name for what earlier releases call `tokenize`
-        features = (getattr(self.st, "preprocess", None) or self.st.tokenize)([text])
-        return [i for i, m in zip(features["input_ids"][0].tolist(),
-                                  features["attention_mask"][0].tolist(), strict=True) if m]
-
-
-class Builds:
-    """Each (twin, format) built once per session, when a test first asks for it."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.done: dict[tuple[str, str], Built] = {}
-
-    def get(self, name: str, fmt: str) -> Built:
-        key = (name, fmt)
-        if key not in self.done:
-            from sentence_transformers import SentenceTransformer
-
-            base = self.root / f"{name}-{fmt}"
-            folder = build_twin(base / "src", name, fmt)
-            fp32 = build_tiny_bundle(folder, base / "fp32", bundle_id=f"{name}-{fmt}")
-            int8 = build_quantized(fp32, base / "int8", "--id", f"{name}-{fmt}-int8",
-                                   *MATRIX_GATES)
-            settings = settings_for(fp32, int8)
-            registry = Registry.load(settings.models, settings.runtime_options(1))
-            self.done[key] = Built(TWINS[name], folder, fp32, int8,
-                                   SentenceTransformer(str(folder), device="cpu"), registry)
-        return self.done[key]
-
-
-@pytest.fixture(scope="session")
-def builds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Builds]:
-    yield Builds(tmp_path_factory.mktemp("matrix"))
-
-
 async def embed(client: Any, model: str, inputs: list[str],
                 **extra: Any) -> tuple[np.ndarray[Any, Any], dict[str, Any]]:
     resp = await client.post("/v1/embeddings", json={"model": model, "input": inputs, **extra})
@@ -116,11 +55,6 @@ def cosines(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> np.ndarray[Any,
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return np.asarray((a * b).sum(axis=1))
-
-
-def settings_for(*bundles: Path) -> Settings:
-    # no cache: a vector asked for twice must be computed twice (batch invariance)
-    return Settings(models=bundles, cache=CacheLimits(entries=0))
 
 
 async def client_for(built: Built, aiohttp_client: AiohttpClient) -> Any:
@@ -140,7 +74,13 @@ def test_manifest_is_what_sentence_transformers_applies(name: str, fmt: str,
     assert "max_tokens" not in m.defaults
     assert m.pooling == {"lasttoken": "last"}.get(built.twin.pooling, built.twin.pooling)
     assert m.normalize is built.twin.normalize
-    assert {k: v for k, v in m.prompts.items() if v} == built.twin.prompts
+    # the folder's prompts, an empty one too (a request may name it as its input_type);
+    # sentence-transformers 5.x gives every model `query` and `document` prompts (empty where
+    # the folder names none) when it loads it, and so writes them when it saves
+    assert built.twin.prompts.items() <= m.prompts.items()
+    assert m.prompts.items() <= built.st.prompts.items()
+    assert {k: v for k, v in m.prompts.items() if v} == {
+        k: v for k, v in built.st.prompts.items() if v}
     assert m.parity is not None and m.parity.cosine_min >= MIN_COSINE_FP32
 
 
@@ -163,12 +103,15 @@ async def test_input_type_applies_the_prompt_as_sentence_transformers_does(
         name: str, fmt: str, builds: Builds, aiohttp_client: AiohttpClient) -> None:
     built = builds.get(name, fmt)
     client = await client_for(built, aiohttp_client)
-    for input_type in built.twin.prompts:
+    plain, _ = await embed(client, f"{name}-{fmt}", TEXTS)
+    for input_type, prompt in built.manifest.prompts.items():
         want = built.st.encode(TEXTS, prompt_name=input_type, convert_to_numpy=True)
         got, _ = await embed(client, f"{name}-{fmt}", TEXTS, input_type=input_type)
         assert cosines(got, want).min() >= MIN_COSINE_FP32, input_type
-        plain, _ = await embed(client, f"{name}-{fmt}", TEXTS)
-        assert cosines(got, plain).min() < MAX_COSINE_PROMPT_VS_NONE, input_type
+        if prompt:
+            assert cosines(got, plain).min() < MAX_COSINE_PROMPT_VS_NONE, input_type
+        else:  # an empty prompt is no prompt, as in sentence-transformers
+            assert cosines(got, plain).min() >= MIN_COSINE_BATCH, input_type
 
 
 @pytest.mark.parametrize(("name", "fmt"), CASES)
@@ -176,12 +119,17 @@ async def test_truncation_reports_the_cut_sentence_transformers_makes(
         name: str, fmt: str, builds: Builds, aiohttp_client: AiohttpClient) -> None:
     built = builds.get(name, fmt)
     client = await client_for(built, aiohttp_client)
-    prompts = [("", None), *((p, t) for t, p in built.twin.prompts.items())]
+    tokenizer = BundleModel(built.fp32).tokenizer
+    prompts = [("", None), *((p, t) for t, p in built.manifest.prompts.items())]
     for prompt, input_type in prompts:
         extra = {"input_type": input_type} if input_type else {}
         full = built.st.tokenizer(prompt + OVER_LONG, truncation=False)["input_ids"]
         cut = built.ids(prompt + OVER_LONG)
         assert len(full) > len(cut) == built.st.max_seq_length
+        # the same ids, the closing special token ([SEP], </s>, a decoder's EOS) kept after the
+        # cut as sentence-transformers keeps it: last-token pooling reads that token
+        assert tokenizer.encode([prompt + OVER_LONG])[0].ids.tolist() == cut
+        assert cut[-1] == full[-1]
         for model in (f"{name}-{fmt}", f"{name}-{fmt}-int8"):
             _, body = await embed(client, model, ["short one", OVER_LONG], **extra)
             (warning,) = body["warnings"]
