@@ -29,9 +29,10 @@ import numpy as np
 from .admission import estimate_tokens
 from .auth import ApiKey, Authenticator
 from .cache import CacheKey, EmbeddingCache
-from .encoder import I64, TextTokenizer, Tokenized
+from .encoder import TextTokenizer, Tokenized
 from .engine import Engines
 from .errors import InvalidRequest, RequestTimeout
+from .feeds import I64
 from .limits import RequestLimits
 from .metrics import Metrics
 from .middleware import RequestLog

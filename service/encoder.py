@@ -12,17 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from .bundle import Manifest, load_manifest
 from .errors import BundleError, UnsupportedGraphInput
-from .feeds import Feed, PaddingSide, build_feeds, check_inputs
+from .feeds import I64, Feed, PaddingSide, build_feeds, check_inputs
 from .pooling import F32, finish, pool_output
 from .runtime import ProviderChoice, RuntimeOptions, create_session
 
-I64 = npt.NDArray[np.int64]
 # Batch size for the convenience `embed` (tools and tests); the service forms its own batches.
 EMBED_BATCH = 32
 

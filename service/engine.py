@@ -33,18 +33,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import onnxruntime as ort
 
 from .admission import RUN_COST_TOKENS, RUNNING_SHARE_LEFT, Meter, judge
 from .encoder import BundleModel
 from .errors import ApiError, ClientGone, InternalError, Overloaded, Unavailable
+from .feeds import I64
 from .limits import BatchPolicy, QueueLimits
 from .metrics import Metrics
 from .pooling import F32
 
 log = logging.getLogger("edge_embed.engine")
-I64 = npt.NDArray[np.int64]
 
 # A worker takes this many batches' worth of queued rows per turn: enough rows to sort by length
 # across requests, few enough that a request arriving meanwhile waits for at most two batches.
@@ -113,11 +112,7 @@ class ModelEngine:
         self.metrics = metrics
         self.batching = batching
         self.queue = queue
-        self.batch_tokens = batching.max_tokens
-        self.batch_inputs = batching.max_inputs
         self.n_workers = workers
-        self.batch_delay_s = batching.delay_ms / 1000
-        self.pad_multiple = max(1, batching.pad_multiple)
         self.worker_restarts = worker_restarts
         self.run_options: ort.RunOptions | None = None
         if arena_shrink:
@@ -191,8 +186,8 @@ class ModelEngine:
         await loop.run_in_executor(self.executor, self.model.run, [short])
         limit = self.model.manifest.max_tokens
         long = self.model.tokenizer.encode(["warm up " * limit])[0].ids
-        rows = [long] * max(1, min(CALIBRATION_ROWS, self.batch_tokens // len(long),
-                                   self.batch_inputs))
+        rows = [long] * max(1, min(CALIBRATION_ROWS, self.batching.max_tokens // len(long),
+                                   self.batching.max_inputs))
         # Timed the second time: the first run of a new shape also pays for its buffers.
         for _ in range(2):
             start = time.perf_counter()
@@ -214,10 +209,14 @@ class ModelEngine:
                 "work_ahead_s": round(self.meter.seconds(self.work_ahead()), 3)}
 
     # ---- admission --------------------------------------------------------------------------
+    def waiting(self) -> tuple[int, int]:
+        """Inputs and tokens queued or held by requests still being tokenized."""
+        return (self.queued_inputs + self.pending_inputs,
+                self.queued_tokens + self.pending_tokens)
+
     def work_ahead(self) -> float:
         """Cost units queued, being tokenized, and left of the runs in flight."""
-        inputs = self.queued_inputs + self.pending_inputs
-        tokens = self.queued_tokens + self.pending_tokens
+        inputs, tokens = self.waiting()
         waiting = self.meter.cost(tokens, inputs) if inputs else 0.0
         return waiting + RUNNING_SHARE_LEFT * self.running_cost
 
@@ -234,8 +233,7 @@ class ModelEngine:
         verdict = judge(self.meter, self.queue, ahead=ahead,
                         own=self.meter.cost(tokens, inputs), time_left_s=time_left_s,
                         timeout_s=timeout_s)
-        queued_inputs = self.queued_inputs + self.pending_inputs
-        queued_tokens = self.queued_tokens + self.pending_tokens
+        queued_inputs, queued_tokens = self.waiting()
         # An empty queue admits any request the per-request limits allowed, however large.
         full = queued_inputs > 0 and (queued_inputs + inputs > self.queue.max_inputs
                                       or queued_tokens + tokens > self.queue.max_tokens)
@@ -307,8 +305,8 @@ class ModelEngine:
     # ---- batching ---------------------------------------------------------------------------
     def _take_window(self) -> list[tuple[Job, int]]:
         """Queued rows, in arrival order, up to WINDOW_BATCHES batches' worth."""
-        max_rows = self.batch_inputs * WINDOW_BATCHES
-        max_tokens = self.batch_tokens * WINDOW_BATCHES
+        max_rows = self.batching.max_inputs * WINDOW_BATCHES
+        max_tokens = self.batching.max_tokens * WINDOW_BATCHES
         window: list[tuple[Job, int]] = []
         tokens = 0
         while self._jobs and len(window) < max_rows and tokens < max_tokens:
@@ -344,10 +342,10 @@ class ModelEngine:
         start = [0] * (n + 1)  # where the last batch of the best cut of the first j rows starts
         for j in range(1, n + 1):
             longest = lengths[j - 1]
-            for i in range(j - 1, max(-1, j - 1 - self.batch_inputs), -1):
+            for i in range(j - 1, max(-1, j - 1 - self.batching.max_inputs), -1):
                 count = j - i
                 width = self._padded(longest, count)
-                if count > 1 and width * count > self.batch_tokens:
+                if count > 1 and width * count > self.batching.max_tokens:
                     break
                 cost = best[i] + RUN_COST_TOKENS + width * count
                 if cost < best[j]:
@@ -363,7 +361,7 @@ class ModelEngine:
     def _padded(self, width: int, count: int) -> int:
         if count <= 1:
             return width  # a lone input has no batch-mates to pad for
-        m = self.pad_multiple
+        m = max(1, self.batching.pad_multiple)
         return min(-(-width // m) * m, max(width, self.model.manifest.max_tokens))
 
     def _check_gone(self, job: Job) -> None:
@@ -377,8 +375,9 @@ class ModelEngine:
             if not self._jobs:
                 self._wake.clear()
                 await self._wake.wait()
-                if self.batch_delay_s > 0 and self.queued_inputs < self.batch_inputs:
-                    await asyncio.sleep(self.batch_delay_s)
+                delay_s = self.batching.delay_ms / 1000
+                if delay_s > 0 and self.queued_inputs < self.batching.max_inputs:
+                    await asyncio.sleep(delay_s)
             window = self._take_window()
             if not window:
                 continue
