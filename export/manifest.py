@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from edge_embed.service import canary
 from edge_embed.service.bundle import Manifest, Quality
+from edge_embed.service.encoder import BundleModel
 from edge_embed.service.files import entries, sha256
 
 from .onnx_export import ExportedGraph
@@ -50,6 +52,9 @@ def build(*, bundle_id: str, aliases: tuple[str, ...], source: Source, settings:
 
 
 def finalize(manifest: Manifest, parity: Quality, folder: Path) -> Manifest:
-    """Add the measured parity and the files' sizes and hashes (taken last, over the finished
-    files)."""
-    return dataclasses.replace(manifest, parity=parity, files=entries(folder))
+    """Add the canaries (the graph's own vectors for them are the reference), the measured
+    parity, and the files' sizes and hashes (taken last, over the finished files)."""
+    model = BundleModel(folder)
+    texts = canary.canary_texts(manifest.max_tokens)
+    info = canary.build(folder, texts, model.embed(texts), model, quality_min=None)
+    return dataclasses.replace(manifest, parity=parity, canary=info, files=entries(folder))

@@ -29,7 +29,9 @@ from edge_embed.export.tooling import (
     now,
     tool_versions,
 )
+from edge_embed.service import canary
 from edge_embed.service.bundle import Manifest, Precision, load_manifest
+from edge_embed.service.encoder import BundleModel
 from edge_embed.service.errors import BundleError, UnsupportedGraphInput
 from edge_embed.service.feeds import check_inputs
 from edge_embed.service.files import entries
@@ -191,7 +193,7 @@ def _attempt(method: str, opts: QuantizeOptions, model: onnx.ModelProto, source:
     draft = dataclasses.replace(
         source, precision=opts.precision, model_file="model.onnx",
         inputs=tuple(i.name for i in result.model.graph.input),
-        quantization={"fused": fused}, quality=None, parity=None)
+        quantization={"fused": fused}, quality=None, parity=None, canary=None)
     draft.write(tmp)  # the evaluation loads the candidate as the service would
 
     def worth_probing(ev: Evaluation) -> bool:
@@ -276,10 +278,13 @@ def run(opts: QuantizeOptions) -> int:
             "gates": dataclasses.asdict(opts.gates),
             "verdict": chosen.verdict.to_json(),
         }
+        # the chosen method's bundle is the one in tmp: the last one built
+        canaries = canary.build(tmp, ref.canary_texts, ref.canary_vectors, BundleModel(tmp),
+                                quality_min=ev.quality().cosine_min)
         manifest = dataclasses.replace(
             source, id=bundle_id, aliases=opts.aliases or (), precision=opts.precision,
             model_file="model.onnx", inputs=tuple(i.name for i in result.model.graph.input),
-            quantization=quantization, quality=ev.quality(), parity=None,
+            quantization=quantization, quality=ev.quality(), parity=None, canary=canaries,
             files=entries(tmp), tools=tool_versions("onnx"),
             # how long: the one build-time fact, kept apart from what reproduces byte for byte
             build={"created": now(), "seconds": round(time.monotonic() - started, 1),

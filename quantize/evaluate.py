@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
 from edge_embed.export.tooling import Reporter
 from edge_embed.service.bundle import Quality
+from edge_embed.service.canary import canary_texts, cosines
 from edge_embed.service.encoder import BundleModel
 from edge_embed.service.pooling import F32
 from edge_embed.service.runtime import RuntimeOptions
@@ -74,16 +74,6 @@ class Evaluation:
                        "cosine_mean": round(s.cosine_mean, 6),
                        "worst": [[i, round(c, 6)] for i, c in s.worst]}
                 for kind, s in self.per_kind.items()}
-
-
-def cosines(a: F32, b: F32) -> npt.NDArray[np.float64]:
-    """Row-wise cosine of two [n, d] arrays, in float64: in float32 a vector's cosine with an
-    identical copy reads 0.99999988, which would blur an invariance gate at 0.9999999."""
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    na = np.linalg.norm(a64, axis=1)
-    nb = np.linalg.norm(b64, axis=1)
-    out: npt.NDArray[np.float64] = (a64 * b64).sum(axis=1) / np.maximum(na * nb, 1e-300)
-    return np.minimum(out, 1.0)
 
 
 def nearest_neighbours(vectors: F32) -> np.ndarray:
@@ -175,6 +165,9 @@ class Reference:
     folder: Path
     vectors: F32
     invariance_min: float
+    # the bundle's canaries (service/canary.py) and the fp32 bundle's vectors for them
+    canary_texts: list[str] = field(default_factory=list)
+    canary_vectors: F32 = field(default_factory=lambda: np.empty((0, 0), np.float32))
 
 
 def reference(folder: Path, eval_set: EvalSet, reporter: Reporter | None = None,
@@ -185,7 +178,8 @@ def reference(folder: Path, eval_set: EvalSet, reporter: Reporter | None = None,
     vectors = embed_all(model, eval_set.texts)
     # the fp32 bundle's own invariance, for scale: one batch of probes is enough
     own = batch_invariance(model, eval_set.texts, probe_indices(eval_set)[:PROBES_PER_BATCH])
-    return Reference(folder, vectors, own.cosine_min)
+    texts = canary_texts(model.manifest.max_tokens)
+    return Reference(folder, vectors, own.cosine_min, texts, model.embed(texts))
 
 
 def evaluate(ref: Reference, candidate: Path, eval_set: EvalSet,

@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from .. import __version__
+from . import canary
 from .auth import Authenticator, load_keys_file
 from .cache import EmbeddingCache
 from .cpus import plan_threads, usable_cpus
@@ -82,6 +83,8 @@ RUNTIME = web.AppKey("runtime", Runtime)
 # Set by the `_engines` clean-up context, which owns them: present while the app runs.
 ENGINES = web.AppKey("engines", Engines)
 EMBEDDINGS = web.AppKey("embeddings", EmbeddingsPath)
+# Each model's canary check (service/canary.py), made at warm-up.
+CANARIES = web.AppKey("canaries", dict[str, canary.CanaryReport])
 
 
 def build_authenticator(settings: Settings) -> Authenticator:
@@ -112,6 +115,7 @@ def create_app(settings: Settings, registry: Registry | None = None,
     app[CACHE] = EmbeddingCache(settings.cache)
     app[STATE] = state
     app[RUNTIME] = runtime
+    app[CANARIES] = {}
     _cache_gauges(app)
     app.cleanup_ctx.append(_engines)
     for path in EMBEDDING_PATHS:
@@ -161,12 +165,32 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
     try:
         for engine in engines.values():
             await engine.warmup()
+        for served in app[REGISTRY]:
+            report = await _check_canaries(served, model_executor, settings.canary_failure)
+            app[CANARIES][served.id] = report
+            if report.agreement is not None:
+                metrics.canary_agreement.labels(served.id).set(report.agreement)
+                metrics.canary_gate.labels(served.id).set(report.gate or 0.0)
+            metrics.canary_failed.labels(served.id).set(float(report.status == "failed-serving"))
         yield
     finally:
         for engine in engines.values():
             await engine.stop()
         model_executor.shutdown(wait=True)
         tokenizer_executor.shutdown(wait=True)
+
+
+async def _check_canaries(served: ServedModel, executor: ThreadPoolExecutor,
+                          on_failure: canary.CanaryFailure) -> canary.CanaryReport:
+    """The bundle's canaries embedded here, judged against its gate (may raise CanaryFailed)."""
+    model = served.model
+    canaries = canary.load(model.folder, model.manifest)
+    if canaries is None:
+        log.info("canaries %s: absent (the bundle was built without them)", served.id)
+        return canary.CanaryReport("absent")
+    loop = asyncio.get_running_loop()
+    measured = await loop.run_in_executor(executor, canary.measure, model, canaries)
+    return canary.judge(model.folder, model.manifest, measured, on_failure)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -211,7 +235,8 @@ async def embeddings(request: web.Request) -> web.Response:
 async def list_models(request: web.Request) -> web.Response:
     key = request.get(KEY_KEY)
     created = int(request.app[RUNTIME].started)
-    data = [s.info(created) for s in request.app[REGISTRY]
+    canaries = request.app[CANARIES]
+    data = [s.info(created, _canary_json(canaries, s.id)) for s in request.app[REGISTRY]
             if Authenticator.may_use(key, s.names)]
     return _json({"object": "list", "data": data})
 
@@ -219,7 +244,13 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     served = request.app[REGISTRY].get(request.match_info["model"])
     Authenticator.allow(request.get(KEY_KEY), served.names)
-    return _json(served.info(int(request.app[RUNTIME].started)))
+    return _json(served.info(int(request.app[RUNTIME].started),
+                             _canary_json(request.app[CANARIES], served.id)))
+
+
+def _canary_json(reports: dict[str, canary.CanaryReport], model_id: str) -> dict[str, Any] | None:
+    report = reports.get(model_id)
+    return None if report is None else report.to_json()
 
 
 def _model_health(app: web.Application, served: ServedModel) -> dict[str, Any]:
@@ -227,16 +258,23 @@ def _model_health(app: web.Application, served: ServedModel) -> dict[str, Any]:
     status: dict[str, Any] = engine.health() if engine is not None else {"alive": False}
     p = served.model.providers
     status.update(provider=list(p.used), provider_fell_back=p.fell_back,
-                  provider_message=p.message or None)
+                  provider_message=p.message or None,
+                  canary=_canary_json(app[CANARIES], served.id))
     return status
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness: every engine's workers are running (a dead one means: restart the process)."""
+    """Liveness: every engine's workers are running (a dead one means: restart the process).
+
+    A model served although its canaries failed (--canary-failure serve) makes the status
+    "failed-serving": alive, and loud about it."""
     models = {s.id: _model_health(request.app, s) for s in request.app[REGISTRY]}
     alive = all(m["alive"] for m in models.values())
     faults = sum(int(m.get("faults", 0)) for m in models.values())
-    status = "ok" if alive and not faults else ("degraded" if alive else "dead")
+    failed = any((m.get("canary") or {}).get("status") == "failed-serving"
+                 for m in models.values())
+    status = ("dead" if not alive else "failed-serving" if failed
+              else "degraded" if faults else "ok")
     return _json({"status": status, "models": models}, 200 if alive else 503)
 
 

@@ -58,6 +58,18 @@ class Quality:
 
 
 @dataclass(frozen=True)
+class CanaryInfo:
+    """The bundle's canaries (service/canary.py): fixed inputs with their fp32 reference vectors,
+    which the service embeds at start-up and compares against `gate`."""
+
+    file: str  # in the bundle, listed in `files`
+    count: int
+    gate: float  # the least agreement (min cosine vs the reference) the service accepts
+    gate_rule: str  # how `gate` was derived, in words
+    build_agreement: float  # the agreement measured on the machine that built the bundle
+
+
+@dataclass(frozen=True)
 class Manifest:
     id: str
     dimensions: int
@@ -80,6 +92,8 @@ class Manifest:
     quantization: dict[str, Any] | None = None
     quality: Quality | None = None
     parity: Quality | None = None  # fp32 bundles: the ONNX graph against torch
+    # absent in bundles built before canaries: they load, and report {"status": "absent"}
+    canary: CanaryInfo | None = None
     # every file of the bundle but this manifest: the graph, its external data, the tokenizer
     files: dict[str, FileEntry] = field(default_factory=dict)
     tools: dict[str, str] = field(default_factory=dict)
@@ -128,6 +142,26 @@ def _quality(data: Any, path: Path, key: str) -> Quality | None:
         return Quality(**data)
     except TypeError as exc:
         raise BundleError(path, f"has unexpected content ({exc})", key) from None
+
+
+def _canary(data: Any, path: Path) -> CanaryInfo | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise BundleError(path, "must be an object or null", "canary")
+    try:
+        info = CanaryInfo(**data)
+    except TypeError as exc:
+        raise BundleError(path, f"has unexpected content ({exc})", "canary") from None
+    if not isinstance(info.file, str) or not _plain_name(info.file):
+        raise BundleError(path, "file must be a plain file name inside the bundle", "canary")
+    if isinstance(info.count, bool) or not isinstance(info.count, int) or info.count <= 0:
+        raise BundleError(path, "count must be a positive integer", "canary")
+    for key in ("gate", "build_agreement"):
+        value = getattr(info, key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not -1 <= value <= 1:
+            raise BundleError(path, f"{key} must be a cosine, a number in [-1, 1]", "canary")
+    return info
 
 
 def _files(data: Any, path: Path) -> dict[str, FileEntry]:
@@ -238,6 +272,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         quantization=quantization,
         quality=_quality(data.get("quality"), path, "quality"),
         parity=_quality(data.get("parity"), path, "parity"),
+        canary=_canary(data.get("canary"), path),
         files=_files(data.get("files", {}), path),
         tools=dict(data.get("tools", {})),
         build=dict(data.get("build", {})),

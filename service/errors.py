@@ -35,6 +35,23 @@ class BundleFileError(BundleError):
     """A file of a bundle that is not the one its manifest lists: missing, truncated, replaced."""
 
 
+class CanaryFailed(StartupError):
+    """A bundle's canaries, embedded on this machine, disagree with their reference vectors."""
+
+    def __init__(self, bundle: Path | str, agreement: float, gate: float) -> None:
+        self.bundle = Path(bundle)
+        self.agreement = agreement
+        self.gate = gate
+        # the flag is spelled here rather than imported: errors.py imports nothing of ours
+        super().__init__(
+            f"{self.bundle}: canary check failed: the canaries' agreement with their reference "
+            f"vectors on this machine is {agreement:.6f}, below the bundle's gate {gate:.6f}; "
+            "this machine's kernels (or a changed runtime) do not reproduce the vectors the "
+            "bundle was built and measured with. Rebuild or re-quantize the bundle on this "
+            "kind of CPU, or start with --canary-failure serve (EDGE_EMBED_CANARY_FAILURE=serve) "
+            "to serve it anyway")
+
+
 class ProviderError(StartupError, RuntimeError):
     """A requested execution provider is not in the installed onnxruntime (or did not start)."""
 

@@ -42,3 +42,14 @@ class Metrics:
                                ["model", "reason"], registry=r)
         self.engine_faults = Counter("edge_embed_engine_faults", "Model runs that raised",
                                      ["model"], registry=r)
+        self.canary_agreement = Gauge(
+            "edge_embed_canary_agreement",
+            "Start-up check: min cosine of the bundle's canaries vs their reference vectors",
+            ["model"], registry=r)
+        self.canary_gate = Gauge("edge_embed_canary_gate",
+                                 "The least canary agreement the bundle accepts", ["model"],
+                                 registry=r)
+        self.canary_failed = Gauge(
+            "edge_embed_canary_failed",
+            "1 while a model is served although its canaries failed (--canary-failure serve)",
+            ["model"], registry=r)

@@ -33,8 +33,9 @@ class ServedModel:
     def names(self) -> tuple[str, ...]:
         return (self.id, *self.model.manifest.aliases)
 
-    def info(self, created: int) -> dict[str, Any]:
-        """OpenAI's model object plus what a caller needs to use this one well."""
+    def info(self, created: int, canary: dict[str, Any] | None = None) -> dict[str, Any]:
+        """OpenAI's model object plus what a caller needs to use this one well (`canary`: the
+        start-up check of its canaries on this machine)."""
         m = self.model.manifest
         p = self.model.providers
         quality = None
@@ -52,7 +53,7 @@ class ServedModel:
             "input_types": sorted(m.prompts), "provider": list(p.used),
             "provider_requested": list(p.requested), "provider_fell_back": p.fell_back,
             "provider_message": p.message or None, "quality": quality,
-            "source": m.source.get("model"),
+            "source": m.source.get("model"), "canary": canary,
         }
 
 

@@ -108,7 +108,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "edge-embed serve") -> i
                          f"{str(exc).splitlines()[0] if str(exc) else ''}\n")
         return 2
     _warn_openvino(settings, app)
-    return asyncio.run(serve(settings, app))
+    try:
+        return asyncio.run(serve(settings, app))
+    except StartupError as exc:  # raised at warm-up: a model's canaries failed
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return 2
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .canary import CANARY_FAILURES, CanaryFailure
 from .files import VERIFY_MODES, VerifyMode
 from .limits import BatchPolicy, CacheLimits, QueueLimits, RequestLimits
 from .runtime import PROVIDERS, SPINNING, RuntimeOptions
@@ -58,6 +59,8 @@ class Settings:
     log_level: str = "info"
     access_log: bool = True
     verify_files: VerifyMode = "sha256"  # what start-up checks of each file (service/files.py)
+    # a model whose canaries disagree at start-up (service/canary.py): refuse it, or serve loudly
+    canary_failure: CanaryFailure = "refuse"
 
     def runtime_options(self, intra_op_threads: int) -> RuntimeOptions:
         return RuntimeOptions(providers=self.providers, provider_fallback=self.provider_fallback,
@@ -139,6 +142,13 @@ def _verify_mode(text: str) -> VerifyMode:
     raise ValueError(f"must be one of {', '.join(VERIFY_MODES)}")
 
 
+def _canary_failure(text: str) -> CanaryFailure:
+    for mode in CANARY_FAILURES:
+        if text.strip().lower() == mode:
+            return mode
+    raise ValueError(f"must be one of {', '.join(CANARY_FAILURES)}")
+
+
 def _providers(text: str) -> list[str]:
     names = [p.strip().lower() for p in text.split(",") if p.strip()]
     for name in names:
@@ -191,6 +201,9 @@ _SCALARS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--verify-files", _verify_mode, "sha256|size: at start-up, check each bundle file's size "
      "and sha256 against bundle.json (default), or its size alone (multi-GB bundles on CPUs "
      "without SHA extensions)"),
+    ("--canary-failure", _canary_failure, "refuse|serve: a model whose canaries (fixed inputs "
+     "with reference vectors in its bundle) disagree with this machine's vectors at start-up is "
+     "refused (default), or served with a warning and /health saying failed-serving"),
 )
 _BOOLS: tuple[tuple[str, str], ...] = (
     ("--truncate", "cut over-long inputs and warn (default); --no-truncate: 400 instead"),

@@ -99,7 +99,7 @@ def test_manifest_reads_sentence_transformers_config(tiny_bundle: Path,
 def test_manifest_files_are_the_bundle_files(tiny_bundle: Path) -> None:
     m = load_manifest(tiny_bundle)
     on_disk = {p.name for p in tiny_bundle.iterdir() if p.name != "bundle.json"}
-    assert set(m.files) == on_disk == {"model.onnx", "tokenizer.json"}
+    assert set(m.files) == on_disk == {"model.onnx", "tokenizer.json", "canary.json"}
     for name, entry in m.files.items():
         data = (tiny_bundle / name).read_bytes()
         assert (entry.size, entry.sha256) == (len(data), hashlib.sha256(data).hexdigest())

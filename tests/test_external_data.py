@@ -39,7 +39,7 @@ def test_export_writes_the_weights_beside_the_graph(external: Path, tiny_bundle:
     import onnx
 
     assert {p.name for p in external.iterdir()} == {"bundle.json", "model.onnx", DATA,
-                                                    "tokenizer.json"}
+                                                    "tokenizer.json", "canary.json"}
     graph = onnx.load(str(external / "model.onnx"), load_external_data=False)
     outside = [t for t in graph.graph.initializer
                if t.data_location == onnx.TensorProto.EXTERNAL]
@@ -49,7 +49,7 @@ def test_export_writes_the_weights_beside_the_graph(external: Path, tiny_bundle:
     inline = (tiny_bundle / "model.onnx").stat().st_size
     assert (external / "model.onnx").stat().st_size < inline / 2
     files = load_manifest(external).files
-    assert set(files) == {"model.onnx", DATA, "tokenizer.json"}
+    assert set(files) == {"model.onnx", DATA, "tokenizer.json", "canary.json"}
     assert files[DATA].size == (external / DATA).stat().st_size
     umask = os.umask(0)
     os.umask(umask)

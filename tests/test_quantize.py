@@ -21,6 +21,7 @@ import pytest
 from edge_embed.quantize.cli import main
 from edge_embed.quantize.evalset import load_eval_set
 from edge_embed.quantize.graph import weight_matmuls
+from edge_embed.service import canary
 from edge_embed.service.bundle import load_manifest
 from edge_embed.service.encoder import BundleModel
 from tests.fixtures.quantized import TINY_GATES, TINY_INT8_ID, build_tiny_int8
@@ -71,7 +72,7 @@ def test_manifest_keeps_fp32_metadata(tiny_bundle: Path, tiny_int8_bundle: Path)
     assert out.parity is None  # the fp32 bundle's torch parity does not describe this graph
     graph_inputs = [i.name for i in onnx.load(str(tiny_int8_bundle / "model.onnx")).graph.input]
     assert list(out.inputs) == graph_inputs
-    assert set(out.files) == {"model.onnx", "tokenizer.json"}
+    assert set(out.files) == {"model.onnx", "tokenizer.json", "canary.json"}
     assert out.tools.get("onnxruntime")
 
 
@@ -100,6 +101,24 @@ def test_manifest_records_method_and_quality(tiny_bundle: Path, tiny_int8_bundle
     assert 0.999 <= quality.cosine_min <= quality.cosine_mean <= 1.0
     assert quality.nn_agreement is not None and quality.nn_agreement >= 0.95
     assert quality.batch_invariance_min is not None and quality.batch_invariance_min >= 0.9999
+
+
+def test_int8_canaries_are_the_fp32_bundles_vectors(tiny_bundle: Path,
+                                                    tiny_int8_bundle: Path) -> None:
+    out = load_manifest(tiny_int8_bundle)
+    info, quality = out.canary, out.quality
+    assert info is not None and quality is not None
+    carried = canary.load(tiny_int8_bundle, out)
+    assert carried is not None and len(carried.texts) == info.count
+    # the reference is the fp32 bundle's own vectors for the same texts
+    np.testing.assert_allclose(carried.vectors, BundleModel(tiny_bundle).embed(carried.texts),
+                               atol=1e-6)
+    # the build machine's agreement is the int8 graph's, not a copy of fp32's 1.0
+    measured = canary.measure(BundleModel(tiny_int8_bundle), carried)
+    assert info.build_agreement == measured < 1.0
+    worst = min(quality.cosine_min, info.build_agreement)
+    assert info.gate == pytest.approx(worst - canary.QUANTIZED_KERNEL_MARGIN, abs=1e-6)
+    assert measured >= info.gate
 
 
 def test_pertoken_is_batch_invariant(tiny_int8_bundle: Path) -> None:

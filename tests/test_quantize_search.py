@@ -12,7 +12,6 @@ import pytest
 
 from edge_embed.export.tooling import Reporter
 from edge_embed.quantize import sensitivity
-from edge_embed.quantize.evaluate import cosines
 from edge_embed.quantize.fusion import fuse
 from edge_embed.quantize.machine import measured_on
 from edge_embed.quantize.sensitivity import (
@@ -24,6 +23,7 @@ from edge_embed.quantize.sensitivity import (
     worst_inputs,
 )
 from edge_embed.service.bundle import load_manifest
+from edge_embed.service.canary import cosines
 from edge_embed.service.encoder import BundleModel, TextTokenizer
 from edge_embed.service.runtime import graph_level
 from tests.fixtures.quantized import build_tiny_int8
