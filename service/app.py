@@ -28,7 +28,7 @@ from .cache import EmbeddingCache
 from .cpus import plan_threads, usable_cpus
 from .embeddings import Caller, EmbeddingsPath
 from .engine import Engines, ModelEngine
-from .errors import PayloadTooLarge
+from .errors import PayloadTooLarge, TracingUnavailable
 from .metrics import Metrics
 from .middleware import (
     KEY_KEY,
@@ -97,6 +97,7 @@ def build_authenticator(settings: Settings) -> Authenticator:
 def create_app(settings: Settings, registry: Registry | None = None,
                runtime: Runtime | None = None,
                auth: Authenticator | None = None) -> web.Application:
+    tracing = _tracing(settings)  # first: a missing extra is refused before bundles load
     runtime = runtime or Runtime.plan(settings)
     if registry is None:
         options = settings.runtime_options(runtime.intra_op_threads)
@@ -104,10 +105,14 @@ def create_app(settings: Settings, registry: Registry | None = None,
     metrics = Metrics()
     state = ServerState()
     auth = auth or build_authenticator(settings)
-    app = web.Application(
-        middlewares=[make_request_middleware(metrics, state, settings.access_log),
-                     make_gate_middleware(auth, state)],
-        client_max_size=settings.requests.max_body_bytes)
+    middlewares = [make_request_middleware(metrics, state, settings.access_log),
+                   make_gate_middleware(auth, state)]
+    if tracing is not None:  # outermost: its span covers everything the others do
+        middlewares.insert(0, tracing.middleware())
+    app = web.Application(middlewares=middlewares,
+                          client_max_size=settings.requests.max_body_bytes)
+    if tracing is not None:
+        app.on_cleanup.append(tracing.shutdown)
     app[SETTINGS] = settings
     app[REGISTRY] = registry
     app[METRICS] = metrics
@@ -128,6 +133,19 @@ def create_app(settings: Settings, registry: Registry | None = None,
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/openapi.json", openapi_view)
     return app
+
+
+def _tracing(settings: Settings) -> Any:
+    """The OpenTelemetry middleware's owner when --otlp-endpoint is set; None (and nothing of
+    opentelemetry imported) otherwise."""
+    if settings.otlp_endpoint is None:
+        return None
+    try:
+        from .tracing import Tracing
+    except ImportError as exc:
+        raise TracingUnavailable(exc.name or str(exc)) from None
+    log.info("traces: OTLP/HTTP to %s", settings.otlp_endpoint)
+    return Tracing(settings.otlp_endpoint)
 
 
 def _cache_gauges(app: web.Application) -> None:

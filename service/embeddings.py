@@ -19,6 +19,7 @@ queued.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -30,12 +31,12 @@ from .admission import estimate_tokens
 from .auth import ApiKey, Authenticator
 from .cache import CacheKey, EmbeddingCache
 from .encoder import TextTokenizer, Tokenized
-from .engine import Engines
+from .engine import Engines, Job
 from .errors import InvalidRequest, RequestTimeout
 from .feeds import I64
 from .limits import RequestLimits
 from .metrics import Metrics
-from .middleware import RequestLog
+from .middleware import Phase, RequestLog
 from .models import Registry, ServedModel
 from .pooling import F32
 from .schema import (
@@ -181,6 +182,7 @@ class EmbeddingsPath:
                        for item in items)
         with engine.admitted(len(items), estimate, time_left_s=deadline - loop.time(),
                              timeout_s=timeout) as ticket:
+            tokenize_start = time.perf_counter()
             if sum(len(item) for item in items) <= INLINE_TOKENIZE_CHARS:
                 tokens = _tokenize(model.tokenizer, items, work.prompt)
             else:
@@ -192,6 +194,10 @@ class EmbeddingsPath:
                     raise self._timeout() from None
             for i, tok in zip(misses, tokens, strict=True):
                 work.used[i], work.original[i] = len(tok.ids), tok.original_tokens
+            caller.log.phases.append(Phase(
+                "tokenize", tokenize_start, time.perf_counter(),
+                {"edge_embed.inputs": len(items),
+                 "edge_embed.tokens": sum(len(t.ids) for t in tokens)}))
             self._check_tokens(work)
             rows: list[I64] = [tok.ids for tok in tokens]
             job = engine.submit(rows, ticket, request_id=caller.log.request_id,
@@ -208,6 +214,7 @@ class EmbeddingsPath:
             raise
         caller.log.queue_ms = job.queue_s * 1000
         caller.log.inference_ms = job.inference_s * 1000
+        _record_engine_phases(caller.log, job)
         work.vectors[misses] = model.finish(pooled, work.req.dimensions)
 
     def _timeout(self) -> RequestTimeout:
@@ -244,6 +251,16 @@ class EmbeddingsPath:
         if warnings:
             self.metrics.truncated.labels(model_id).inc(len(warnings))
         return EmbeddingResult(model_id, work.vectors, work.req.encoding_format, total, warnings)
+
+
+def _record_engine_phases(log: RequestLog, job: Job) -> None:
+    """The job's wait in the queue and each model run it took part in (a run may carry other
+    requests' rows too: its batch size says so)."""
+    if job.started is not None:
+        log.phases.append(Phase("queue", job.submitted, job.started,
+                                {"edge_embed.inputs": len(job.rows)}))
+    for start, end, batch in job.runs:
+        log.phases.append(Phase("inference", start, end, {"edge_embed.batch_size": batch}))
 
 
 def _tokenize(tokenizer: TextTokenizer, items: Sequence[TextInput], prompt: str) -> list[Tokenized]:

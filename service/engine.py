@@ -80,6 +80,9 @@ class Job:
     submitted: float = field(default_factory=time.perf_counter)
     started: float | None = None
     inference_s: float = 0.0
+    # the runs it took part in: (start, end, inputs in the run), perf_counter seconds; read by
+    # the request's trace (service/tracing.py)
+    runs: list[tuple[float, float, int]] = field(default_factory=list)
     result: F32 | None = None
 
     def __post_init__(self) -> None:
@@ -437,6 +440,7 @@ class ModelEngine:
         # however many of its rows that run carried.
         for job in {id(j): j for j, _ in live}.values():
             job.inference_s += elapsed
+            job.runs.append((start, start + elapsed, len(rows)))
         for i, (job, row) in enumerate(live):
             if job.future.done() or job.result is None:
                 continue

@@ -52,6 +52,15 @@ class CanaryFailed(StartupError):
             "to serve it anyway")
 
 
+class TracingUnavailable(StartupError):
+    """--otlp-endpoint was given, but the OpenTelemetry packages are not installed."""
+
+    def __init__(self, missing: str) -> None:
+        super().__init__(
+            f"--otlp-endpoint (EDGE_EMBED_OTLP_ENDPOINT) needs OpenTelemetry, which is not "
+            f"installed ({missing}): pip install 'edge-embed[otel]', or start without the flag")
+
+
 class ProviderError(StartupError, RuntimeError):
     """A requested execution provider is not in the installed onnxruntime (or did not start)."""
 

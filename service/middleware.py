@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -37,6 +37,17 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _MAX_CLIENT_REQUEST_ID = 128  # a longer client-sent id is replaced by our own
 
 
+@dataclass(frozen=True)
+class Phase:
+    """A timed step of a request (tokenize, queue, a model run): perf_counter seconds. What a
+    trace shows as the request's child spans (service/tracing.py)."""
+
+    name: str
+    start: float
+    end: float
+    attributes: dict[str, str | int | float] = field(default_factory=dict)
+
+
 @dataclass
 class RequestLog:
     """What the access log line says about one request; handlers fill it in."""
@@ -50,6 +61,7 @@ class RequestLog:
     queue_ms: float = 0.0
     inference_ms: float = 0.0
     error: str | None = None
+    phases: list[Phase] = field(default_factory=list)
 
 
 @dataclass

@@ -61,6 +61,7 @@ class Settings:
     verify_files: VerifyMode = "sha256"  # what start-up checks of each file (service/files.py)
     # a model whose canaries disagree at start-up (service/canary.py): refuse it, or serve loudly
     canary_failure: CanaryFailure = "refuse"
+    otlp_endpoint: str | None = None  # OTLP/HTTP collector for traces (service/tracing.py)
 
     def runtime_options(self, intra_op_threads: int) -> RuntimeOptions:
         return RuntimeOptions(providers=self.providers, provider_fallback=self.provider_fallback,
@@ -204,6 +205,8 @@ _SCALARS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--canary-failure", _canary_failure, "refuse|serve: a model whose canaries (fixed inputs "
      "with reference vectors in its bundle) disagree with this machine's vectors at start-up is "
      "refused (default), or served with a warning and /health saying failed-serving"),
+    ("--otlp-endpoint", str, "send traces over OTLP/HTTP to this collector URL (e.g. "
+     "http://collector:4318); needs the otel extra"),
 )
 _BOOLS: tuple[tuple[str, str], ...] = (
     ("--truncate", "cut over-long inputs and warn (default); --no-truncate: 400 instead"),

@@ -1,0 +1,111 @@
+"""OpenTelemetry traces over OTLP/HTTP, when the server is started with --otlp-endpoint.
+
+Imported only then (service/app.py imports it inside `create_app`): without the flag nothing of
+opentelemetry is imported and a request pays for nothing but the few `Phase` records the request
+path keeps anyway.
+
+Each HTTP request is a server span, a child of the caller's span when the request carries a W3C
+`traceparent` header. An embeddings request gets child spans for its steps, made when it ends
+from the timings the request path recorded (`RequestLog.phases`): `tokenize`, `queue` (from
+submit to its first model run) and one `inference` span per model run it took part in, with that
+run's real start and end. A run is shared by every request whose rows it batched; a span per run
+linked to its requests would sit in a trace of its own, where a trace viewer shows it apart from
+the requests it served. A span per request with the run's timing keeps each request's waterfall
+whole (queue, then its runs), and `edge_embed.batch_size` says how many inputs the run carried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .. import __version__
+from .middleware import LOG_KEY, Handler, Phase, RequestLog
+
+# The OTLP/HTTP path of traces: appended to a collector's base URL (the OTLP convention for
+# OTEL_EXPORTER_OTLP_ENDPOINT), kept when the URL already names it.
+TRACES_PATH = "/v1/traces"
+# Per export to the collector, retries included: a collector that does not answer within it
+# loses that batch of spans rather than holding the server. It also bounds the final flush at
+# shutdown: after the 20 s drain, 5 s more stays inside Kubernetes' 30 s grace.
+EXPORT_TIMEOUT_S = 5.0
+
+
+def traces_url(endpoint: str) -> str:
+    endpoint = endpoint.rstrip("/")
+    return endpoint if endpoint.endswith(TRACES_PATH) else endpoint + TRACES_PATH
+
+
+class Tracing:
+    """A tracer provider of its own (not the process-global one: tests build many apps) that
+    batches spans to the collector; `shutdown` flushes what is left."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.url = traces_url(endpoint)
+        self.provider = TracerProvider(resource=Resource.create(
+            {"service.name": "edge-embed", "service.version": __version__}))
+        exporter = OTLPSpanExporter(endpoint=self.url, timeout=EXPORT_TIMEOUT_S)
+        self.provider.add_span_processor(BatchSpanProcessor(exporter))
+        self.tracer = self.provider.get_tracer("edge_embed.service", __version__)
+        self.propagator = TraceContextTextMapPropagator()
+
+    def middleware(self) -> Any:
+        tracer, propagator = self.tracer, self.propagator
+
+        @web.middleware
+        async def tracing_middleware(request: web.Request,
+                                     handler: Handler) -> web.StreamResponse:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            parent = propagator.extract(dict(request.headers))
+            with tracer.start_as_current_span(
+                    f"{request.method} {route}", context=parent, kind=SpanKind.SERVER,
+                    attributes={"http.request.method": request.method, "http.route": route,
+                                "url.path": request.path}) as span:
+                response = await handler(request)
+                span.set_attribute("http.response.status_code", response.status)
+                if response.status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                rlog = request.get(LOG_KEY)
+                if rlog is not None:
+                    _annotate(span, rlog)
+                    for phase in rlog.phases:
+                        _child(tracer, span, phase, rlog.model)
+                return response
+
+        return tracing_middleware
+
+    async def shutdown(self, _app: web.Application) -> None:
+        # the last spans are flushed over the network: off the event loop
+        await asyncio.to_thread(self.provider.shutdown)
+
+
+def _annotate(span: trace.Span, rlog: RequestLog) -> None:
+    span.set_attribute("edge_embed.request_id", rlog.request_id)
+    if rlog.model is not None:
+        span.set_attribute("edge_embed.model", rlog.model)
+        span.set_attribute("edge_embed.inputs", rlog.inputs)
+        span.set_attribute("edge_embed.tokens", rlog.tokens)
+        span.set_attribute("edge_embed.cache_hits", rlog.cache_hits)
+    if rlog.error:
+        span.set_attribute("error.type", rlog.error)
+
+
+def _child(tracer: trace.Tracer, parent: trace.Span, phase: Phase, model: str | None) -> None:
+    # the phases are perf_counter seconds; spans take wall-clock nanoseconds
+    offset = time.time_ns() - time.perf_counter_ns()
+    attributes = {**phase.attributes, "edge_embed.model": model or ""}
+    child = tracer.start_span(phase.name, context=trace.set_span_in_context(parent),
+                              kind=SpanKind.INTERNAL, attributes=attributes,
+                              start_time=int(phase.start * 1e9) + offset)
+    child.end(end_time=int(phase.end * 1e9) + offset)
