@@ -1,8 +1,11 @@
-"""Prometheus metrics (prometheus_client), one registry per app so tests never share counters."""
+"""Prometheus metrics (prometheus_client), one registry per app so tests never share counters.
+
+Every metric is listed, with its type, labels and meaning, in docs/metrics.md (a test holds the
+two together); deploy/grafana/ has a dashboard built on them."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 # Latency buckets from 1 ms (one short sentence, int8, 2 cores) to 30 s (a queue at its limit).
 _LATENCY = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -12,6 +15,8 @@ _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        # process_*: RSS, CPU seconds, open files (Linux /proc; elsewhere it exports nothing)
+        ProcessCollector(registry=r)
         self.requests = Counter("edge_embed_requests", "HTTP requests by route and status",
                                 ["route", "status"], registry=r)
         self.request_seconds = Histogram("edge_embed_request_seconds", "HTTP request latency",
