@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -40,6 +40,9 @@ from .middleware import (
 from .models import Registry, ServedModel
 from .openapi import openapi_spec
 from .settings import Settings
+
+if TYPE_CHECKING:  # imported at run time only when --otlp-endpoint is given
+    from .tracing import Tracing
 
 log = logging.getLogger("edge_embed.app")
 
@@ -135,7 +138,7 @@ def create_app(settings: Settings, registry: Registry | None = None,
     return app
 
 
-def _tracing(settings: Settings) -> Any:
+def _tracing(settings: Settings) -> Tracing | None:
     """The OpenTelemetry middleware's owner when --otlp-endpoint is set; None (and nothing of
     opentelemetry imported) otherwise."""
     if settings.otlp_endpoint is None:

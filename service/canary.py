@@ -101,7 +101,7 @@ def gate_rule(precision: Precision) -> str:
     if precision == "fp32":
         return f"fp32: {FP32_GATE}"
     return (f"{precision}: min(quality.cosine_min, build_agreement) - {QUANTIZED_KERNEL_MARGIN} "
-            "(int8 kernels differ between CPUs)")
+            "(quantized kernels differ between CPUs)")
 
 
 # ---- the file ---------------------------------------------------------------------------------

@@ -66,6 +66,6 @@ def test_committed_tiny_bundles_are_small_and_whole() -> None:
     folders = [COMMITTED_BUNDLES / TINY_BUNDLE_ID, COMMITTED_BUNDLES / TINY_CLS_BUNDLE_ID]
     for folder in folders:
         assert sorted(p.name for p in folder.iterdir()) == [
-            "bundle.json", "model.onnx", "tokenizer.json"], folder
+            "bundle.json", "canary.json", "model.onnx", "tokenizer.json"], folder
     size = sum(p.stat().st_size for folder in folders for p in folder.iterdir())
     assert 0 < size < MAX_TEST_DATA_BYTES
