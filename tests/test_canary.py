@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 
 from edge_embed.service import canary
-from edge_embed.service.bundle import MANIFEST_NAME, load_manifest
+from edge_embed.service.bundle import MANIFEST_NAME, load_manifest, parse_manifest
 from edge_embed.service.encoder import BundleModel
+from edge_embed.service.errors import BundleError
 from edge_embed.service.files import sha256
+from edge_embed.service.settings import parse_settings
 from tests.fixtures.server import ROOT, live_server
 
 # A refused start-up exits long before this; a hung one fails the test instead of the suite.
@@ -173,3 +175,33 @@ def test_bundle_without_canaries_loads_and_reports_absent(tiny_bundle: Path,
     assert health["models"]["tiny"]["canary"] == {"status": "absent"}
     assert models["data"][0]["canary"] == {"status": "absent"}
     assert 'edge_embed_canary_agreement{model="tiny"}' not in metrics
+
+
+@pytest.mark.parametrize(("section", "needle"), [
+    ("yes", "must be an object or null"),
+    ({"file": "canary.json", "count": 6, "gate": 0.9999, "gate_rule": "fp32"},
+     "has unexpected content"),
+    ({"file": "../canary.json", "count": 6, "gate": 0.9999, "gate_rule": "", "build_agreement": 1},
+     "file must be a plain file name"),
+    ({"file": "canary.json", "count": 0, "gate": 0.9999, "gate_rule": "", "build_agreement": 1},
+     "count must be a positive integer"),
+    ({"file": "canary.json", "count": 6, "gate": "high", "gate_rule": "", "build_agreement": 1},
+     "gate must be a cosine"),
+])
+def test_malformed_canary_section_is_refused(tiny_bundle: Path, section: Any,
+                                             needle: str) -> None:
+    path = tiny_bundle / MANIFEST_NAME
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["canary"] = section
+    with pytest.raises(BundleError, match="field 'canary'") as caught:
+        parse_manifest(data, path)
+    assert needle in str(caught.value)
+
+
+def test_canary_failure_setting() -> None:
+    assert parse_settings(["--model", "m"]).canary_failure == "refuse"
+    assert parse_settings(["--model", "m", "--canary-failure", "serve"]).canary_failure == "serve"
+    env = {"EDGE_EMBED_CANARY_FAILURE": "serve"}
+    assert parse_settings(["--model", "m"], environ=env).canary_failure == "serve"
+    with pytest.raises(SystemExit):
+        parse_settings(["--model", "m", "--canary-failure", "ignore"])
