@@ -56,5 +56,5 @@ def finalize(manifest: Manifest, parity: Quality, folder: Path) -> Manifest:
     parity, and the files' sizes and hashes (taken last, over the finished files)."""
     model = BundleModel(folder)
     texts = canary.canary_texts(manifest.max_tokens)
-    info = canary.build(folder, texts, model.embed(texts), model, quality_min=None)
+    info = canary.build(folder, texts, canary.embed(model, texts), model, quality_min=None)
     return dataclasses.replace(manifest, parity=parity, canary=info, files=entries(folder))

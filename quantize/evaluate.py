@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_embed.export.tooling import Reporter
+from edge_embed.service import canary
 from edge_embed.service.bundle import Quality
-from edge_embed.service.canary import canary_texts, cosines
+from edge_embed.service.canary import cosines
 from edge_embed.service.encoder import BundleModel
 from edge_embed.service.pooling import F32
 from edge_embed.service.runtime import RuntimeOptions
@@ -178,8 +179,8 @@ def reference(folder: Path, eval_set: EvalSet, reporter: Reporter | None = None,
     vectors = embed_all(model, eval_set.texts)
     # the fp32 bundle's own invariance, for scale: one batch of probes is enough
     own = batch_invariance(model, eval_set.texts, probe_indices(eval_set)[:PROBES_PER_BATCH])
-    texts = canary_texts(model.manifest.max_tokens)
-    return Reference(folder, vectors, own.cosine_min, texts, model.embed(texts))
+    texts = canary.canary_texts(model.manifest.max_tokens)
+    return Reference(folder, vectors, own.cosine_min, texts, canary.embed(model, texts))
 
 
 def evaluate(ref: Reference, candidate: Path, eval_set: EvalSet,
