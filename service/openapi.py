@@ -151,7 +151,15 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                          "max_tokens": {"type": "integer"},
                                          "precision": {"type": "string"},
                                          "provider": {"type": "array",
-                                                      "items": {"type": "string"}}}},
+                                                      "items": {"type": "string"}},
+                                         # the start-up check of the bundle's canaries
+                                         "canary": {"type": "object", "nullable": True,
+                                                    "required": ["status"], "properties": {
+                                                        "status": {"type": "string", "enum": [
+                                                            "pass", "failed-serving",
+                                                            "absent"]},
+                                                        "agreement": {"type": "number"},
+                                                        "gate": {"type": "number"}}}}},
                 "ModelList": {"type": "object", "required": ["object", "data"],
                               "properties": {"object": {"type": "string"},
                                              "data": {"type": "array", "items": {
