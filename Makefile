@@ -142,3 +142,6 @@ load: install model
 
 clean:
 	rm -rf $(VENV) .venv-runtime .venv-gpu .venv-openvino $(MODELS) .pytest_cache .mypy_cache
+
+# Container images: make wheelhouse, image, image-test, image-arm64, test-arm64.
+include deploy/container/image.mk

@@ -15,15 +15,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+# Re-exported: the names the rest of the service and the tests take from here.
+from .address import DEFAULT_HOST as DEFAULT_HOST
+from .address import DEFAULT_PORT as DEFAULT_PORT
+from .address import ENV_PREFIX as ENV_PREFIX
+from .address import env_name as env_name
 from .canary import CANARY_FAILURES, CanaryFailure
 from .files import VERIFY_MODES, VerifyMode
 from .limits import BatchPolicy, CacheLimits, QueueLimits, RequestLimits
 from .runtime import PROVIDERS, SPINNING, RuntimeOptions
 
-ENV_PREFIX = "EDGE_EMBED_"
-
-DEFAULT_HOST = "127.0.0.1"  # loopback: exposing the server is an explicit choice
-DEFAULT_PORT = 8000
 # Kubernetes gives 30 s between SIGTERM and SIGKILL by default; 20 s leaves room to exit.
 DRAIN_TIMEOUT_S = 20.0
 # Tokenizer threads: `tokenizers` parallelizes encode_batch itself; one thread keeps the event
@@ -239,10 +240,6 @@ _GROUPS: dict[str, Any] = {"requests": RequestLimits(), "queue": QueueLimits(),
                            "batching": BatchPolicy(), "cache": CacheLimits()}
 _GRAPH_LEVELS = ("auto", "disable", "basic", "extended", "all")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-def env_name(flag: str) -> str:
-    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
