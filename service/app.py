@@ -24,9 +24,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from .. import __version__
 from .auth import Authenticator, load_keys_file
 from .cache import EmbeddingCache
-from .cpus import plan_threads, usable_cpus
+from .cpus import plan_lone_threads, plan_threads, usable_cpus
 from .embeddings import Caller, EmbeddingsPath
-from .engine import Engines, ModelEngine
+from .engine import Engines, InFlight, ModelEngine
 from .errors import PayloadTooLarge
 from .metrics import Metrics
 from .middleware import (
@@ -55,6 +55,8 @@ class Runtime:
     intra_op_threads: int
     concurrent_runs: int
     tokenizer_threads: int
+    # Threads of the session a run alone in flight takes; None: every run on the one session.
+    lone_threads: int | None = None
     started: float = field(default_factory=time.time)
 
     @classmethod
@@ -64,11 +66,13 @@ class Runtime:
         if threads * runs > cpus:
             log.warning("--threads %d x --concurrent-runs %d exceeds the %d usable CPUs; "
                         "runs will contend", threads, runs, cpus)
-        return cls(cpus, threads, runs, settings.tokenizer_threads)
+        lone = plan_lone_threads(cpus, threads, settings.lone_threads)
+        return cls(cpus, threads, runs, settings.tokenizer_threads, lone)
 
     def info(self) -> dict[str, Any]:
         return {"usable_cpus": self.cpus, "intra_op_threads": self.intra_op_threads,
                 "concurrent_runs": self.concurrent_runs,
+                "lone_run_threads": self.lone_threads or self.intra_op_threads,
                 "tokenizer_threads": self.tokenizer_threads}
 
 
@@ -96,7 +100,7 @@ def create_app(settings: Settings, registry: Registry | None = None,
                auth: Authenticator | None = None) -> web.Application:
     runtime = runtime or Runtime.plan(settings)
     if registry is None:
-        options = settings.runtime_options(runtime.intra_op_threads)
+        options = settings.runtime_options(runtime.intra_op_threads, runtime.lone_threads)
         registry = Registry.load(settings.models, options, settings.verify_files)
     metrics = Metrics()
     state = ServerState()
@@ -148,11 +152,13 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
     tokenizer_executor = ThreadPoolExecutor(runtime.tokenizer_threads,
                                             thread_name_prefix="edge-embed-tokenize")
     engines = Engines()
+    in_flight = InFlight()
     for served in app[REGISTRY]:
         engine = ModelEngine(
             served.id, served.model, model_executor, metrics, batching=settings.batching,
             queue=settings.queue, workers=runtime.concurrent_runs,
-            arena_shrink=settings.arena_shrink, worker_restarts=settings.worker_restarts)
+            arena_shrink=settings.arena_shrink, worker_restarts=settings.worker_restarts,
+            in_flight=in_flight)
         engines[served.id] = engine
         engine.start()
     app[ENGINES] = engines
