@@ -10,6 +10,7 @@ the executors, the engines and the request path. `create_app(settings)` loads th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -164,18 +165,35 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
     app[ENGINES] = engines
     app[EMBEDDINGS] = EmbeddingsPath(app[REGISTRY], engines, app[CACHE], metrics,
                                      settings.requests, tokenizer_executor)
+    loop = asyncio.get_running_loop()
+    lone_sessions: list[asyncio.Future[None]] = []
     try:
         for engine in engines.values():
             await engine.warmup()
+        # After warm-up, not before /ready: until a model's lone session is built, every run
+        # takes its side-by-side one.
+        lone_sessions = [loop.run_in_executor(None, _complete_sessions, s)
+                         for s in app[REGISTRY]]
         yield
     finally:
         for engine in engines.values():
             await engine.stop()
+        for built in lone_sessions:
+            with contextlib.suppress(Exception):
+                await built
         model_executor.shutdown(wait=True)
         tokenizer_executor.shutdown(wait=True)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+def _complete_sessions(served: ServedModel) -> None:
+    try:
+        served.model.sessions.complete()
+    except Exception:  # the side-by-side session still serves every run
+        log.exception("could not build the lone session of %s; every run takes the "
+                      "side-by-side session", served.id)
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type=_JSON)
 

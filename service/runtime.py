@@ -7,6 +7,8 @@ and `make bench`); each is overridable from settings.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,9 @@ class RuntimeOptions:
     # every usable CPU: service/cpus.py, plan_threads). None, or the same as intra_op_threads:
     # one session for every run.
     lone_threads: int | None = None
+    # Leave the lone session to `Sessions.complete` (the service: after start-up, so that the
+    # first embedding does not wait for a second session).
+    defer_lone: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,29 +159,42 @@ def create_session(folder: Path, manifest: Manifest, opts: RuntimeOptions,
     return session, ProviderChoice(choice.requested, used, fell_back, message)
 
 
-@dataclass(frozen=True)
 class Sessions:
     """A model's sessions: `side` for runs side by side, `lone` for a run alone in flight.
 
     One session (the same object twice) unless the options ask for a lone session with more
     threads. The two then share the weights that onnxruntime does not repack per session (the
     embedding tables), so the second costs the repacked matmul weights and its buffers, not a
-    second model.
+    second model. Building it takes as long as the first (0.44 s of MiniLM int8's start-up on a
+    busy 2-core machine), so the service builds it after start-up (`complete`); until then
+    every run takes `side`.
     """
 
-    side: ort.InferenceSession
-    lone: ort.InferenceSession
-    # The weights the two sessions take from memory rather than from the file; they must
-    # outlive both sessions, hence held here.
-    shared: dict[str, ort.OrtValue] = field(default_factory=dict)
-    shared_bytes: int = 0
+    def __init__(self, side: ort.InferenceSession,
+                 build_lone: Callable[[], ort.InferenceSession] | None = None,
+                 shared: dict[str, ort.OrtValue] | None = None, shared_bytes: int = 0) -> None:
+        self.side = side
+        self.lone = side
+        self._build = build_lone
+        self._lock = threading.Lock()
+        # The weights the sessions take from memory rather than from the file; they must
+        # outlive the sessions, hence held here.
+        self.shared = shared or {}
+        self.shared_bytes = shared_bytes
+
+    def complete(self) -> None:
+        """Build the lone session if it is still to be built (idempotent, thread-safe)."""
+        with self._lock:
+            if self._build is not None:
+                self.lone = self._build()
+                self._build = None
 
     @property
     def layered(self) -> bool:
         return self.lone is not self.side
 
     def threads(self) -> dict[str, int]:
-        """Intra-op threads of each, as the sessions were built."""
+        """Intra-op threads of each, as built so far."""
         side = int(self.side.get_session_options().intra_op_num_threads)
         lone = int(self.lone.get_session_options().intra_op_num_threads)
         return {"side_by_side": side, "lone": lone}
@@ -191,10 +209,11 @@ def wants_lone_session(opts: RuntimeOptions) -> bool:
 
 def create_sessions(folder: Path, manifest: Manifest,
                     opts: RuntimeOptions) -> tuple[Sessions, ProviderChoice]:
-    """The side-by-side session and, where the options ask for one, the lone session."""
+    """The side-by-side session and, where the options ask for one, the lone session (built
+    now, or by `Sessions.complete` where `opts.defer_lone`)."""
     if not wants_lone_session(opts):
         session, choice = create_session(folder, manifest, opts)
-        return Sessions(session, session), choice
+        return Sessions(session), choice
     path = folder / manifest.model_file
     try:
         arrays = shareable(path)
@@ -203,5 +222,11 @@ def create_sessions(folder: Path, manifest: Manifest,
                                 f"({exc})") from None
     values = as_ort_values(arrays)
     side, choice = create_session(folder, manifest, opts, values)
-    lone, _ = create_session(folder, manifest, opts, values, threads=opts.lone_threads)
-    return Sessions(side, lone, values, sum(a.nbytes for a in arrays.values())), choice
+
+    def build_lone() -> ort.InferenceSession:
+        return create_session(folder, manifest, opts, values, threads=opts.lone_threads)[0]
+
+    sessions = Sessions(side, build_lone, values, sum(a.nbytes for a in arrays.values()))
+    if not opts.defer_lone:
+        sessions.complete()
+    return sessions, choice

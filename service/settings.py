@@ -64,6 +64,7 @@ class Settings:
                         lone_threads: int | None = None) -> RuntimeOptions:
         return RuntimeOptions(providers=self.providers, provider_fallback=self.provider_fallback,
                               intra_op_threads=intra_op_threads, lone_threads=lone_threads,
+                              defer_lone=True,
                               graph_optimization=self.graph_optimization,
                               cpu_arena=self.cpu_arena, spinning=self.spinning)
 

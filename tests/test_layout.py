@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,14 @@ def test_plan_lone_threads() -> None:
     assert plan_lone_threads(2, 2, None) is None  # runs already have every CPU
     assert plan_lone_threads(8, 2, 4) == 4  # --lone-threads wins
     assert plan_lone_threads(2, 1, 1) is None  # --lone-threads 1: today's single session
+
+
+def test_lone_session_deferred_until_completed(tiny_bundle: Path) -> None:
+    model = BundleModel(tiny_bundle, replace(LAYERED, defer_lone=True))
+    assert not model.sessions.layered  # every run takes the side session meanwhile
+    model.sessions.complete()
+    model.sessions.complete()  # idempotent
+    assert model.sessions.threads() == {"side_by_side": 1, "lone": 2}
 
 
 def test_one_session_unless_asked(tiny_bundle: Path) -> None:
@@ -109,6 +119,9 @@ async def test_lone_run_takes_every_thread_concurrent_runs_do_not(
 
 
 # ---- the real model ---------------------------------------------------------------------------
+# Polls of /health, 50 ms apart, for the lone session built after start-up (0.5 s on a busy
+# 2-core machine; the margin is for a machine shared with other test runs).
+LONE_BUILD_POLLS = 600
 LONG = "Edge devices run small embedding models on a couple of CPU cores, close to the data. " * 12
 
 
@@ -146,6 +159,12 @@ def test_live_lone_then_side_by_side(minilm_int8_bundle: Path) -> None:
     with live_server([minilm_int8_bundle], args) as live:
         model = json.load(urllib.request.urlopen(f"{live.url}/v1/models", timeout=10))
         name = model["data"][0]["id"]
+        # The lone session is built after /ready; until then every run is side by side.
+        for _ in range(LONE_BUILD_POLLS):
+            if _runs(live.url)["threads"]["lone"] == 2:
+                break
+            time.sleep(0.05)
+        assert _runs(live.url)["threads"] == {"side_by_side": 1, "lone": 2}
         for i in range(3):
             _post(live.url, {"model": name, "input": f"one request at a time, number {i}"})
         assert _runs(live.url)["lone"] == 3 and _runs(live.url)["side_by_side"] == 0
