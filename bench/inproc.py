@@ -2,8 +2,9 @@
 
 `--kind ort`: the bundle through service.encoder.BundleModel (tokenize, onnxruntime, pool,
 normalize), the session built exactly as the service builds it and run in the service's layout
-(as many batches at once as the service has concurrent runs, each on its intra-op threads):
-the ceiling for serving.
+(as many batches at once as the service has concurrent runs, each on its intra-op threads; the
+service's lone session, for a request that is the whole load, is not used here): the ceiling
+for serving under load.
 `--kind peer`: the peers' int8 graph (bench/peer.py) through the same BundleModel, on one session
 with every usable CPU and one batch at a time: how fastembed and infinity run it, no server.
 `--kind st`: sentence-transformers on torch fp32, with torch using every usable CPU: what
