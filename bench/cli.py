@@ -48,6 +48,10 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--memory-reference-arg", action="append", metavar="ARG",
                    help="run the memory run again with these extra flags, to price the memory "
                         "bounds in throughput (repeat)")
+    p.add_argument("--peer-cache", type=Path, metavar="DIR",
+                   help="where the peers' int8 graph is cached (default: beside the fp32 bundle)")
+    p.add_argument("--no-today", action="store_true",
+                   help="do not serve the one-session layout (--lone-threads=1) beside the default")
     p.add_argument("--runtime-venv", type=Path, help="venv of the runtime install to measure")
     p.add_argument("--no-install", action="store_true",
                    help="do not create the runtime venv when it is missing")
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed bench") -> int:
         cfg = Config(int8=args.int8, out=args.out, fp32=args.fp32, source=args.source, plan=plan,
                      quick=args.quick, server_args=args.server_arg,
                      memory_reference_args=args.memory_reference_arg, encoding=args.encoding,
-                     only=args.workload)
+                     only=args.workload, peer_cache=args.peer_cache, today=not args.no_today)
         if args.runtime_venv is not None:
             cfg.runtime_venv = args.runtime_venv
         args.out.mkdir(parents=True, exist_ok=True)

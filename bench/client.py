@@ -42,7 +42,7 @@ class Client:
                 "model": self.model,
                 "input": r[0] if len(r) == 1 else list(r),
                 "encoding_format": self.encoding,
-                "cache_control": {"no_cache": True},
+                **({} if w.cached else {"cache_control": {"no_cache": True}}),
             }) for r in w.requests]
         return self.bodies[w.name]
 

@@ -2,8 +2,11 @@
 
 `--kind ort`: the bundle through service.encoder.BundleModel (tokenize, onnxruntime, pool,
 normalize), the session built exactly as the service builds it and run in the service's layout
-(as many batches at once as the service has concurrent runs, each on its intra-op threads):
-the ceiling for serving.
+(as many batches at once as the service has concurrent runs, each on its intra-op threads; the
+service's lone session, for a request that is the whole load, is not used here): the ceiling
+for serving under load.
+`--kind peer`: the peers' int8 graph (bench/peer.py) through the same BundleModel, on one session
+with every usable CPU and one batch at a time: how fastembed and infinity run it, no server.
 `--kind st`: sentence-transformers on torch fp32, with torch using every usable CPU: what
 users run by default. Each runs a workload's requests as batches, one after another (no
 cross-request batching; the c=16 workload is run as batches of 16, the engine's ideal).
@@ -17,10 +20,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .stats import Window, window
 from .worker import serve
 from .workloads import Workload
+
+if TYPE_CHECKING:
+    from edge_embed.service.encoder import BundleModel
 
 Embed = Callable[[Sequence[str]], object]
 
@@ -33,11 +40,24 @@ def ort_embedder(bundle: Path) -> tuple[Embed, int]:
 
     threads, runs = plan_threads(usable_cpus(), None, None)
     model = BundleModel(bundle, RuntimeOptions(intra_op_threads=threads))
+    return _embed(model), runs
+
+
+def peer_embedder(bundle: Path) -> Embed:
+    """One session with every usable CPU (and no second one), one batch at a time."""
+    from edge_embed.service.cpus import usable_cpus
+    from edge_embed.service.encoder import BundleModel
+    from edge_embed.service.runtime import RuntimeOptions
+
+    return _embed(BundleModel(bundle, RuntimeOptions(intra_op_threads=usable_cpus())))
+
+
+def _embed(model: BundleModel) -> Embed:
 
     def embed(texts: Sequence[str]) -> object:
         return model.embed(texts, batch_size=len(texts))
 
-    return embed, runs
+    return embed
 
 
 def st_embedder(source: Path) -> Embed:
@@ -111,13 +131,16 @@ class Runner:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge_embed.bench.inproc", description=__doc__)
-    parser.add_argument("--kind", choices=("ort", "st"), required=True)
+    parser.add_argument("--kind", choices=("ort", "peer", "st"), required=True)
     parser.add_argument("--model", type=Path, required=True,
-                        help="a bundle folder (ort) or a sentence-transformers folder (st)")
+                        help="a bundle folder (ort, peer) or a sentence-transformers folder (st)")
     parser.add_argument("--workloads", type=Path, required=True)
     args = parser.parse_args(argv)
-    embed, parallel = (ort_embedder(args.model) if args.kind == "ort"
-                       else (st_embedder(args.model), 1))
+    if args.kind == "ort":
+        embed, parallel = ort_embedder(args.model)
+    else:
+        embed = peer_embedder(args.model) if args.kind == "peer" else st_embedder(args.model)
+        parallel = 1
     return serve(args.workloads, Runner(embed, parallel).measure)
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 SYSTEM_LABELS = {
     "service_int8": "service int8",
+    "service_int8_today": "service int8, 1-thread runs only",
+    "peer_int8": "peers' int8 graph, raw",
     "ort_int8": "raw ort int8",
     "service_fp32": "service fp32",
     "st_fp32": "torch ST fp32",
@@ -43,19 +45,34 @@ def table(result: dict[str, Any]) -> str:
         value = res.get(system, {}).get(wl, {}).get("throughput")
         return None if value is None else float(value)
 
-    header = ["workload (inputs/s; latency ms)", "svc int8", "p50", "p99", "raw ort", "svc/raw",
+    def p50(system: str, wl: str) -> float | None:
+        value = res.get(system, {}).get(wl, {}).get("p50_ms")
+        return None if value is None else float(value)
+
+    header = ["workload (inputs/s; latency ms)", "svc int8", "p50", "p99", "1-thread p50",
+              "svc/1-thread", "peer int8", "peer p50", "svc/peer", "raw ort", "svc/raw",
               "svc fp32", "int8/fp32", "torch ST", "svc/ST"]
     rows = []
     for wl, info in result["workloads"].items():
         s = svc.get(wl, {})
         rows.append([
             info["title"], _fmt(thr("service_int8", wl)), _fmt(s.get("p50_ms"), 2),
-            _fmt(s.get("p99_ms"), 2), _fmt(thr("ort_int8", wl)),
+            _fmt(s.get("p99_ms"), 2), _fmt(p50("service_int8_today", wl), 2),
+            ratio(wl, "service_int8_today"), _fmt(thr("peer_int8", wl)),
+            _fmt(p50("peer_int8", wl), 2), ratio(wl, "peer_int8"), _fmt(thr("ort_int8", wl)),
             ratio(wl, "ort_int8"), _fmt(thr("service_fp32", wl)), ratio(wl, "service_fp32"),
             _fmt(thr("st_fp32", wl)), ratio(wl, "st_fp32"),
         ])
-    parts = [_grid(header, rows) + "\n(throughput: median over rounds; ratios: median of "
-             "ratios of back-to-back windows)"]
+    machine = result.get("machine") or {}
+    parts = [f"CPU: {machine.get('cpu', '?')}; instruction sets: "
+             f"{', '.join(machine.get('isa', [])) or '-'}; onnxruntime "
+             f"{machine.get('onnxruntime', '?')}",
+             _grid(header, rows) + "\n(throughput: median over rounds; ratios: median of "
+             "ratios of back-to-back windows; cache off on every workload but CACHE HITS, where "
+             "a fixed corpus is cycled with the cache on and only the services run; 1-thread: "
+             "the service with every run on one single-threaded session, --lone-threads=1; "
+             "peer: onnxruntime quantize_dynamic of the fp32 graph, raw in-process, every CPU, "
+             "one batch at a time)"]
 
     facts = []
     cold = result.get("cold_start")

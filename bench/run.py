@@ -19,9 +19,11 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from edge_embed.quantize.machine import measured_on
 from edge_embed.service.bundle import load_manifest
 
 from . import install_size, workloads
+from .peer import peer_bundle
 from .server import BatchCounters, Server
 from .stats import Window, median
 from .targets import Target, evaluate
@@ -65,6 +67,15 @@ class Config:
     only: Sequence[str] = ()  # measure just these workloads (tuning runs); empty: all
     encoding: str = "base64"
     runtime_venv: Path = install_size.RUNTIME_VENV
+    # Where the peers' int8 graph is cached (bench/peer.py); None: beside the fp32 bundle.
+    peer_cache: Path | None = None
+    # Serve the int8 bundle a second time in the layout before the lone session (every run on
+    # one single-threaded session), measured beside the default in the same rounds.
+    today: bool = True
+
+
+# The flags that give the layout before the lone session: no second session.
+TODAY_ARGS = ("--lone-threads=1",)
 
 
 Say = Callable[[str], None]
@@ -152,11 +163,16 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
     tokenizer.no_truncation()
     tokenizer.no_padding()
     wls = workloads.build(tokenizer, manifest8.max_tokens, quick=cfg.quick)
+    machine = measured_on()
+    isa = machine["isa"] if isinstance(machine["isa"], list) else []
+    say(f"CPU: {machine['cpu']}; instruction sets: {', '.join(isa) or '-'}; "
+        f"onnxruntime {machine['onnxruntime']}")
     with tempfile.TemporaryDirectory(prefix="edge-embed-bench-") as tmp:
         logs = Path(tmp)
         wl_file = logs / "workloads.json"
         workloads.save(wls, wl_file)
         result: dict[str, Any] = {
+            "machine": machine,
             "quick": cfg.quick, "plan": plan.__dict__, "encoding": cfg.encoding,
             "server_args": list(cfg.server_args),
             "bundles": {"int8": str(cfg.int8), "fp32": str(cfg.fp32) if cfg.fp32 else None,
@@ -174,6 +190,9 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
 
         say("starting the services and baselines")
         servers = {"service_int8": Server(cfg.int8, logs / "service_int8.log", cfg.server_args)}
+        if cfg.today:
+            servers["service_int8_today"] = Server(cfg.int8, logs / "service_int8_today.log",
+                                                   [*cfg.server_args, *TODAY_ARGS])
         # The memory run's server starts now, in parallel with the others, and idles until its
         # turn: RSS "after warm-up" is taken the moment it reports ready.
         mem_server = (Server(cfg.int8, logs / "memory-default.log", cfg.server_args)
@@ -182,7 +201,7 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
         if cfg.fp32 and manifest32:
             servers["service_fp32"] = Server(cfg.fp32, logs / "service_fp32.log",
                                              cfg.server_args)
-        ids = {"service_int8": manifest8.id,
+        ids = {"service_int8": manifest8.id, "service_int8_today": manifest8.id,
                "service_fp32": manifest32.id if manifest32 else ""}
         workers: dict[str, Worker] = {}
         try:
@@ -190,6 +209,10 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
                 workers[name] = _client(server, ids[name], wl_file, logs, f"client_{name}",
                                         cfg.encoding)
             workers["ort_int8"] = _inproc("ort", cfg.int8, wl_file, logs, "ort_int8")
+            if cfg.fp32:
+                say("the peers' int8 graph (quantize_dynamic of the fp32 graph, per channel)")
+                peer = peer_bundle(cfg.fp32, cfg.peer_cache)
+                workers["peer_int8"] = _inproc("peer", peer, wl_file, logs, "peer_int8")
             if cfg.source:
                 workers["st_fp32"] = _inproc("st", cfg.source, wl_file, logs, "st_fp32")
             rss: dict[str, dict[str, float]] = {}
@@ -210,6 +233,8 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
                 for wl in measured:
                     say(f"round {r + 1}/{plan.rounds}: {wl.name}")
                     for name, worker in workers.items():
+                        if wl.cached and name not in servers:
+                            continue  # no cache in-process
                         counted = servers["service_int8"] if name == "service_int8" else None
                         before = counted.counters() if counted else None
                         w = worker.measure(wl.name, plan.window_s, plan.max_requests,
@@ -264,7 +289,8 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
 
 # The ratios the report and the targets use: the int8 service against each other system.
 PAIRS = (("service_int8", "ort_int8"), ("service_int8", "st_fp32"),
-         ("service_int8", "service_fp32"))
+         ("service_int8", "service_fp32"), ("service_int8", "service_int8_today"),
+         ("service_int8", "peer_int8"))
 
 
 def _paired_ratios(windows: dict[str, dict[str, list[Window]]]) -> dict[str, dict[str, float]]:

@@ -29,7 +29,7 @@ from tokenizers import Tokenizer
 import edge_embed.service
 from edge_embed.export.tooling import ToolError, run_cli
 from edge_embed.service.bundle import Manifest, load_manifest
-from edge_embed.service.cpus import plan_threads, usable_cpus
+from edge_embed.service.cpus import plan_lone_threads, plan_threads, usable_cpus
 from edge_embed.service.runtime import graph_level_name
 from edge_embed.service.settings import Settings
 
@@ -148,8 +148,15 @@ def thread_values(cpus: int) -> tuple[Value, ...]:
     for threads, runs in sorted(layouts, key=lambda tr: (tr[1], tr[0])):
         label = str(threads) if runs == 1 else (
             f"{runs} runs x {threads} {'thread' if threads == 1 else 'threads'}")
-        out.append(Value(label, ("--concurrent-runs", str(runs), "--threads", str(threads)),
-                         (threads, runs) == default))
+        flags = ("--concurrent-runs", str(runs), "--threads", str(threads))
+        is_default = (threads, runs) == default
+        # Only the default keeps the lone session (a run alone in flight on every CPU); the
+        # others are the fixed layouts their labels name, and so is the default without it.
+        if is_default and plan_lone_threads(cpus, threads, DEFAULTS.lone_threads) is not None:
+            out.append(Value(f"{label}, no lone session", (*flags, "--lone-threads",
+                                                           str(threads)), False))
+        out.append(Value(label, flags if is_default else (*flags, "--lone-threads",
+                                                          str(threads)), is_default))
     return tuple(out)
 
 

@@ -27,6 +27,17 @@ RSS_GROWTH = 1.5
 MEMORY_THROUGHPUT_COST = 0.05
 COLD_START_S = 0.5
 NO_TORCH = "sentence-transformers not run (no --source)"
+NO_PEER = "the peers' graph not run (no --fp32 to quantize it from)"
+# One short sentence at c=1 over HTTP against the peers' int8 graph (onnxruntime quantize_dynamic,
+# what fastembed and infinity serve) run raw in-process with every CPU at batch 1: at most this
+# much slower (HTTP, JSON and the engine's hop cost about this much).
+C1_VS_PEER_MS = 1.0
+# Throughput against that graph's raw in-process ceiling, short batches and long texts.
+VS_PEER = 1.0
+# The load-following layout against the layout before it (one single-threaded session for every
+# run), per workload, in the same rounds: no workload slower. Paired windows on a machine shared
+# with other work differ by a few percent from one round to the next, hence the margin.
+VS_TODAY = 0.95
 RUNTIME_INSTALL_MB = 250.0
 
 
@@ -93,6 +104,7 @@ def evaluate(ratios: dict[str, dict[str, float]], p50_ms: dict[str, dict[str, fl
                "" if padding_share is not None else
                "mixed workload not run, or no edge_embed_batch_tokens in /metrics"),
     ]
+    out.extend(_peer_targets(ratios, p50_ms))
     out.extend(_memory_targets(memory))
     out.append(target("cold_start", "cold start, int8 bundle: process start -> first embedding "
                       "(median)", "<=", COLD_START_S, cold_start_s, "s"))
@@ -100,6 +112,34 @@ def evaluate(ratios: dict[str, dict[str, float]], p50_ms: dict[str, dict[str, fl
                       "<=", RUNTIME_INSTALL_MB, install_mb, "MB",
                       "" if install_mb is not None else "no .venv-runtime (make install-runtime)"))
     return out
+
+
+def _peer_targets(ratios: dict[str, dict[str, float]],
+                  p50_ms: dict[str, dict[str, float]]) -> list[Target]:
+    svc = p50_ms.get("service_int8", {}).get("single_c1")
+    peer = p50_ms.get("peer_int8", {}).get("single_c1")
+    measured = svc is not None and peer is not None
+    vs_peer = {w: ratios.get(w, {}).get("service_int8/peer_int8") for w in ("short32", "long8")}
+    today = {w: r["service_int8/service_int8_today"] for w, r in ratios.items()
+             if "service_int8/service_int8_today" in r}
+    worst = min(today, key=lambda w: today[w]) if today else ""
+    return [
+        target("c1_vs_peer", "one short sentence at c=1, p50: service over HTTP minus the peers' "
+               "int8 graph raw in-process at batch 1 with every CPU", "<=", C1_VS_PEER_MS,
+               None if not measured else (svc or 0.0) - (peer or 0.0), "ms",
+               f"{svc:.2f} vs {peer:.2f} ms" if measured else NO_PEER),
+        target("short_vs_peer", "int8 service / the peers' int8 graph raw in-process, 32 short "
+               "per request", ">=", VS_PEER, vs_peer["short32"], "x",
+               "" if vs_peer["short32"] is not None else NO_PEER),
+        target("long_vs_peer", "int8 service / the peers' int8 graph raw in-process, 8 long per "
+               "request", ">=", VS_PEER, vs_peer["long8"], "x",
+               "" if vs_peer["long8"] is not None else NO_PEER),
+        target("layout_vs_today", "int8 service / the same with one single-threaded session for "
+               "every run (--lone-threads=1), worst workload", ">=", VS_TODAY,
+               today[worst] if today else None, "x",
+               ", ".join(f"{w} {v:.2f}" for w, v in today.items()) if today else
+               "the layout before the lone session not served"),
+    ]
 
 
 def _memory_targets(memory: dict[str, Any] | None) -> list[Target]:

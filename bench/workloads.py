@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from .wordlist import WORDS
 
 SEED = 20261121
-NAMES = ("single_c1", "single_c16", "short32", "long8", "mixed")
+NAMES = ("single_c1", "single_c16", "short32", "long8", "mixed", "cached_short32")
 # One short sentence: 6-14 words, 10-20 MiniLM tokens, the typical query or chat message.
 SHORT_WORDS = (6, 14)
 # "Long" texts: ~250 tokens, just under MiniLM's 256-token limit, so none is truncated.
@@ -36,6 +36,10 @@ MIXED_BATCH_WEIGHTS: dict[int, float] = {1: 0.5, 2: 0.1, 4: 0.15, 8: 0.15, 16: 0
 # an embedding cache; requests also ask it to bypass the cache).
 POOL_REQUESTS = {"single": 4096, "short32": 128, "long8": 64, "mixed": 512}
 QUICK_POOL_REQUESTS = {"single": 256, "short32": 16, "long8": 8, "mixed": 64}
+# The cache-hit workload: a fixed corpus of this many 32-sentence requests, cycled with the
+# embedding cache on (what a load generator replaying a small corpus measures). As many as the
+# untimed warm-up requests before each window, so every timed request is a hit.
+CACHE_CORPUS_REQUESTS = 8
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ class Workload:
     # requests as one batch (16 for the c=16 single-sentence workload: the engine's ideal).
     inproc_group: int
     requests: tuple[tuple[str, ...], ...]
+    # Served from the embedding cache: the client lets the service cache (every other workload
+    # asks it not to), and the in-process baselines, which have no cache, do not run it.
+    cached: bool = False
 
     def batches(self) -> list[list[str]]:
         """The in-process baselines' batches, in stream order."""
@@ -107,6 +114,7 @@ def build(tokenizer: Tokenizer, max_tokens: int, *, quick: bool = False,
     long_len = min(LONG_TOKENS, max_tokens)
     long8 = tuple(tuple(make.text(long_len) for _ in range(8)) for _ in range(pools["long8"]))
     sizes, weights = zip(*MIXED_BATCH_WEIGHTS.items(), strict=True)
+    corpus = tuple(tuple(make.sentence() for _ in range(32)) for _ in range(CACHE_CORPUS_REQUESTS))
     mixed: list[tuple[str, ...]] = []
     for _ in range(pools["mixed"]):
         n = make.rng.choices(sizes, weights)[0]
@@ -119,6 +127,8 @@ def build(tokenizer: Tokenizer, max_tokens: int, *, quick: bool = False,
         Workload("short32", "32 short sentences/request", 4, 1, short32),
         Workload("long8", f"8 long (~{long_len} tok)/request", 4, 1, long8),
         Workload("mixed", "mixed lengths stream, c=8", 8, 1, tuple(mixed)),
+        Workload("cached_short32", f"CACHE HITS: {CACHE_CORPUS_REQUESTS} x 32 short cycled, "
+                 "cache on", 4, 1, corpus, cached=True),
     ]
 
 
@@ -136,6 +146,7 @@ def describe(workloads: Sequence[Workload], tokenizer: Tokenizer) -> dict[str, d
             "tokens_mean": round(sum(lengths) / len(lengths), 1),
             "tokens_p50": lengths[len(lengths) // 2],
             "tokens_max": lengths[-1],
+            "cache": "on (hits)" if w.cached else "off",
         }
     return out
 

@@ -10,6 +10,7 @@ the executors, the engines and the request path. `create_app(settings)` loads th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -25,9 +26,9 @@ from .. import __version__
 from . import canary
 from .auth import Authenticator, load_keys_file
 from .cache import EmbeddingCache
-from .cpus import plan_threads, usable_cpus
+from .cpus import plan_lone_threads, plan_threads, usable_cpus
 from .embeddings import Caller, EmbeddingsPath
-from .engine import Engines, ModelEngine
+from .engine import Engines, InFlight, ModelEngine
 from .errors import PayloadTooLarge, TracingUnavailable
 from .metrics import Metrics
 from .middleware import (
@@ -59,6 +60,8 @@ class Runtime:
     intra_op_threads: int
     concurrent_runs: int
     tokenizer_threads: int
+    # Threads of the session a run alone in flight takes; None: every run on the one session.
+    lone_threads: int | None = None
     started: float = field(default_factory=time.time)
 
     @classmethod
@@ -68,11 +71,13 @@ class Runtime:
         if threads * runs > cpus:
             log.warning("--threads %d x --concurrent-runs %d exceeds the %d usable CPUs; "
                         "runs will contend", threads, runs, cpus)
-        return cls(cpus, threads, runs, settings.tokenizer_threads)
+        lone = plan_lone_threads(cpus, threads, settings.lone_threads)
+        return cls(cpus, threads, runs, settings.tokenizer_threads, lone)
 
     def info(self) -> dict[str, Any]:
         return {"usable_cpus": self.cpus, "intra_op_threads": self.intra_op_threads,
                 "concurrent_runs": self.concurrent_runs,
+                "lone_run_threads": self.lone_threads or self.intra_op_threads,
                 "tokenizer_threads": self.tokenizer_threads}
 
 
@@ -103,7 +108,7 @@ def create_app(settings: Settings, registry: Registry | None = None,
     tracing = _tracing(settings)  # first: a missing extra is refused before bundles load
     runtime = runtime or Runtime.plan(settings)
     if registry is None:
-        options = settings.runtime_options(runtime.intra_op_threads)
+        options = settings.runtime_options(runtime.intra_op_threads, runtime.lone_threads)
         registry = Registry.load(settings.models, options, settings.verify_files)
     metrics = Metrics()
     state = ServerState()
@@ -173,16 +178,20 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
     tokenizer_executor = ThreadPoolExecutor(runtime.tokenizer_threads,
                                             thread_name_prefix="edge-embed-tokenize")
     engines = Engines()
+    in_flight = InFlight()
     for served in app[REGISTRY]:
         engine = ModelEngine(
             served.id, served.model, model_executor, metrics, batching=settings.batching,
             queue=settings.queue, workers=runtime.concurrent_runs,
-            arena_shrink=settings.arena_shrink, worker_restarts=settings.worker_restarts)
+            arena_shrink=settings.arena_shrink, worker_restarts=settings.worker_restarts,
+            in_flight=in_flight)
         engines[served.id] = engine
         engine.start()
     app[ENGINES] = engines
     app[EMBEDDINGS] = EmbeddingsPath(app[REGISTRY], engines, app[CACHE], metrics,
                                      settings.requests, tokenizer_executor)
+    loop = asyncio.get_running_loop()
+    lone_sessions: list[asyncio.Future[None]] = []
     try:
         for engine in engines.values():
             await engine.warmup()
@@ -193,10 +202,17 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
                 metrics.canary_agreement.labels(served.id).set(report.agreement)
                 metrics.canary_gate.labels(served.id).set(report.gate or 0.0)
             metrics.canary_failed.labels(served.id).set(float(report.status == "failed-serving"))
+        # After warm-up, not before /ready: until a model's lone session is built, every run
+        # takes its side-by-side one.
+        lone_sessions = [loop.run_in_executor(None, _complete_sessions, s)
+                         for s in app[REGISTRY]]
         yield
     finally:
         for engine in engines.values():
             await engine.stop()
+        for built in lone_sessions:
+            with contextlib.suppress(Exception):
+                await built
         model_executor.shutdown(wait=True)
         tokenizer_executor.shutdown(wait=True)
 
@@ -215,6 +231,14 @@ async def _check_canaries(served: ServedModel, executor: ThreadPoolExecutor,
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+def _complete_sessions(served: ServedModel) -> None:
+    try:
+        served.model.sessions.complete()
+    except Exception:  # the side-by-side session still serves every run
+        log.exception("could not build the lone session of %s; every run takes the "
+                      "side-by-side session", served.id)
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type=_JSON)
 

@@ -69,3 +69,16 @@ def plan_threads(cpus: int, threads: int | None, runs: int | None) -> tuple[int,
         runs = cpus // threads if threads else min(cpus, DEFAULT_MAX_RUNS)
     runs = max(1, min(runs, cpus))
     return (threads or max(1, cpus // runs)), runs
+
+
+def plan_lone_threads(cpus: int, threads: int, given: int | None) -> int | None:
+    """Intra-op threads for a run alone in flight, or None: no session apart for it.
+
+    A lone request on runs of `threads` threads leaves the other CPUs idle (one short sentence
+    took a single-threaded run where two threads would have halved it), so by default a run
+    that finds no other in flight takes a second session with every usable CPU; concurrent
+    runs keep the side-by-side layout above. `given` (--lone-threads) overrides; at or below
+    `threads` the second session is not built.
+    """
+    lone = cpus if given is None else given
+    return lone if lone > threads else None

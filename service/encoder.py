@@ -19,7 +19,7 @@ from .bundle import Manifest, load_manifest
 from .errors import BundleError, UnsupportedGraphInput
 from .feeds import I64, Feed, PaddingSide, build_feeds, check_inputs
 from .pooling import F32, finish, pool_output
-from .runtime import ProviderChoice, RuntimeOptions, create_session
+from .runtime import ProviderChoice, RuntimeOptions, Sessions, create_sessions
 
 # Batch size for the convenience `embed` (tools and tests); the service forms its own batches.
 EMBED_BATCH = 32
@@ -93,9 +93,10 @@ class BundleModel:
         self.options = options or RuntimeOptions()
         self.tokenizer = TextTokenizer(self.folder / self.manifest.tokenizer_file,
                                        self.manifest.max_tokens)
-        self.session: ort.InferenceSession
+        self.sessions: Sessions
         self.providers: ProviderChoice
-        self.session, self.providers = create_session(self.folder, self.manifest, self.options)
+        self.sessions, self.providers = create_sessions(self.folder, self.manifest, self.options)
+        self.session: ort.InferenceSession = self.sessions.side
         self._input_names = [i.name for i in self.session.get_inputs()]
         try:
             check_inputs(self._input_names)
@@ -108,10 +109,14 @@ class BundleModel:
                            side=self.tokenizer.padding_side, width=width)
 
     def run(self, batch: Sequence[I64], run_options: ort.RunOptions | None = None,
-            width: int | None = None) -> F32:
-        """Pooled, not yet normalized vectors [len(batch), dimensions] for token-id rows."""
+            width: int | None = None, *, lone: bool = False) -> F32:
+        """Pooled, not yet normalized vectors [len(batch), dimensions] for token-id rows.
+
+        `lone`: no other run is in flight, so this one may take the session with every thread.
+        """
         feed = self.feed(batch, width)
-        (out,) = self.session.run([self.manifest.output], feed.arrays, run_options)
+        session = self.sessions.lone if lone else self.sessions.side
+        (out,) = session.run([self.manifest.output], feed.arrays, run_options)
         return pool_output(out, feed.mask, self.manifest.output_kind, self.manifest.pooling)
 
     def finish(self, pooled: F32, dimensions: int | None = None) -> F32:

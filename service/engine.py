@@ -96,6 +96,17 @@ class Job:
         return self.dropped is None and not self.future.done()
 
 
+class InFlight:
+    """Model runs in flight, all engines together (they share the CPUs and the executor).
+
+    Touched only from the event loop, so a plain count is exact: a run that finds it at zero is
+    alone, and takes its model's lone session (every thread) where the model has one.
+    """
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+
 def _fail(job: Job, error: ApiError) -> None:
     """Fail `job`'s request; its handler may be gone already, so never log it as unretrieved."""
     if not job.future.done():
@@ -108,7 +119,8 @@ class ModelEngine:
 
     def __init__(self, name: str, model: BundleModel, executor: Executor, metrics: Metrics, *,
                  batching: BatchPolicy, queue: QueueLimits, workers: int = 1,
-                 arena_shrink: bool = False, worker_restarts: int = 5) -> None:
+                 arena_shrink: bool = False, worker_restarts: int = 5,
+                 in_flight: InFlight | None = None) -> None:
         self.name = name
         self.model = model
         self.executor = executor
@@ -132,6 +144,9 @@ class ModelEngine:
         self.pending_tokens = 0
         self.running = 0
         self.running_cost = 0.0
+        self.in_flight = in_flight or InFlight()
+        self.lone_runs = 0  # runs on the lone session (every thread)
+        self.side_runs = 0  # runs on the side-by-side session
         self.faults = 0
         self.last_fault: dict[str, Any] | None = None
         self.worker_deaths = 0
@@ -207,6 +222,9 @@ class ModelEngine:
                 "last_fault": self.last_fault, "worker_deaths": self.worker_deaths,
                 "queued_inputs": self.queued_inputs, "queued_tokens": self.queued_tokens,
                 "running": self.running,
+                # which session the runs took: a lone run has every thread
+                "runs": {"lone": self.lone_runs, "side_by_side": self.side_runs,
+                         "threads": self.model.sessions.threads()},
                 # what admission decides by: the measured rate and the work it sees ahead
                 "throughput_tokens_per_s": round(self.meter.rate),
                 "work_ahead_s": round(self.meter.seconds(self.work_ahead()), 3)}
@@ -417,16 +435,23 @@ class ModelEngine:
                 job.started = start
                 self.metrics.queue_seconds.labels(self.name).observe(start - job.submitted)
         cost = RUN_COST_TOKENS + width * len(rows)
+        lone = self.model.sessions.layered and self._alone(live)
+        if lone:
+            self.lone_runs += 1
+        else:
+            self.side_runs += 1
         self.running += 1
         self.running_cost += cost
+        self.in_flight.runs += 1
         try:
-            pooled = await loop.run_in_executor(self.executor, self._run_sync, rows, width)
+            pooled = await loop.run_in_executor(self.executor, self._run_sync, rows, width, lone)
         except Exception as exc:  # an onnxruntime fault: fail this batch only
             self._fault(live, exc)
             return
         finally:
             self.running -= 1
             self.running_cost -= cost
+            self.in_flight.runs -= 1
         elapsed = time.perf_counter() - start
         real = sum(len(r) for r in rows)
         m = self.metrics
@@ -435,7 +460,8 @@ class ModelEngine:
         m.batch_tokens.labels(self.name, "real").inc(real)
         m.batch_tokens.labels(self.name, "padding").inc(width * len(rows) - real)
         m.inference_seconds.labels(self.name).observe(elapsed)
-        self.meter.record(cost, elapsed)
+        # The meter's rate is per side-by-side run; a lone run had the threads of all of them.
+        self.meter.record(cost / self.n_workers if lone else cost, elapsed)
         # A request's inference time is the wall time of the runs it took part in: once per run,
         # however many of its rows that run carried.
         for job in {id(j): j for j, _ in live}.values():
@@ -449,8 +475,24 @@ class ModelEngine:
             if job.done_rows == len(job.rows):
                 job.future.set_result(job.result)
 
-    def _run_sync(self, rows: list[I64], width: int) -> F32:
-        return self.model.run(rows, self.run_options, width)
+    def _alone(self, live: list[tuple[Job, int]]) -> bool:
+        """The load is one request: this run carries one request's rows, no other run is in
+        flight (any model), nothing but that request's other rows is queued, and nothing is
+        being tokenized.
+
+        Each condition was measured (`make bench`, the service against itself with every run
+        on the single-threaded session): "no run in flight" alone let 2-thread runs through in
+        the gaps of a steady concurrent stream, which then shared the CPUs with the next run
+        (0.7-0.9x on every concurrent workload); a batch of many callers' requests (c=16 single
+        sentences, all in one batch) is concurrent load too, and its callers' next requests
+        arrive while it runs.
+        """
+        jobs = {id(job) for job, _ in live}
+        return (len(jobs) == 1 and self.in_flight.runs == 0 and self.pending_inputs == 0
+                and all(id(job) in jobs for job in self._jobs))
+
+    def _run_sync(self, rows: list[I64], width: int, lone: bool) -> F32:
+        return self.model.run(rows, self.run_options, width, lone=lone)
 
     def _fault(self, live: list[tuple[Job, int]], exc: Exception) -> None:
         self.faults += 1

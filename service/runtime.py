@@ -7,6 +7,8 @@ and `make bench`); each is overridable from settings.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,8 @@ import onnxruntime as ort
 
 from .bundle import Manifest
 from .cpus import usable_cpus
-from .errors import ProviderError
+from .errors import BundleError, ProviderError
+from .shared_weights import ProtoError, as_ort_values, shareable
 
 log = logging.getLogger("edge_embed.runtime")
 
@@ -59,6 +62,13 @@ class RuntimeOptions:
     cpu_arena: bool = True
     spinning: bool = SPINNING
     extra_session_config: dict[str, str] = field(default_factory=dict)
+    # Intra-op threads of a second session that a run alone in flight uses (the service passes
+    # every usable CPU: service/cpus.py, plan_threads). None, or the same as intra_op_threads:
+    # one session for every run.
+    lone_threads: int | None = None
+    # Leave the lone session to `Sessions.complete` (the service: after start-up, so that the
+    # first embedding does not wait for a second session).
+    defer_lone: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,9 +118,10 @@ def graph_level(manifest: Manifest, setting: str) -> ort.GraphOptimizationLevel:
     return _LEVELS[graph_level_name(manifest, setting)]
 
 
-def session_options(manifest: Manifest, opts: RuntimeOptions) -> ort.SessionOptions:
+def session_options(manifest: Manifest, opts: RuntimeOptions,
+                    threads: int | None = None) -> ort.SessionOptions:
     so = ort.SessionOptions()
-    so.intra_op_num_threads = opts.intra_op_threads or usable_cpus()
+    so.intra_op_num_threads = threads or opts.intra_op_threads or usable_cpus()
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = graph_level(manifest, opts.graph_optimization)
@@ -123,11 +134,15 @@ def session_options(manifest: Manifest, opts: RuntimeOptions) -> ort.SessionOpti
     return so
 
 
-def create_session(folder: Path, manifest: Manifest,
-                   opts: RuntimeOptions) -> tuple[ort.InferenceSession, ProviderChoice]:
+def create_session(folder: Path, manifest: Manifest, opts: RuntimeOptions,
+                   shared: dict[str, ort.OrtValue] | None = None,
+                   threads: int | None = None) -> tuple[ort.InferenceSession, ProviderChoice]:
+    """One session; `shared`: initializers to take from these values, not from the file."""
     providers, choice = resolve_providers(opts.providers, opts.provider_fallback)
     provider_options: list[dict[str, Any]] = [{} for _ in providers]
-    so = session_options(manifest, opts)
+    so = session_options(manifest, opts, threads)
+    for name, value in (shared or {}).items():
+        so.add_initializer(name, value)
     session = ort.InferenceSession(str(folder / manifest.model_file), sess_options=so,
                                    providers=providers, provider_options=provider_options)
     used = tuple(session.get_providers())
@@ -142,3 +157,76 @@ def create_session(folder: Path, manifest: Manifest,
     if fell_back and not opts.provider_fallback:
         raise ProviderError(message + " (pass --provider-fallback to accept this)")
     return session, ProviderChoice(choice.requested, used, fell_back, message)
+
+
+class Sessions:
+    """A model's sessions: `side` for runs side by side, `lone` for a run alone in flight.
+
+    One session (the same object twice) unless the options ask for a lone session with more
+    threads. The two then share the weights that onnxruntime does not repack per session (the
+    embedding tables), so the second costs the repacked matmul weights and its buffers, not a
+    second model. Building it takes as long as the first (0.44 s of MiniLM int8's start-up on a
+    busy 2-core machine), so the service builds it after start-up (`complete`); until then
+    every run takes `side`.
+    """
+
+    def __init__(self, side: ort.InferenceSession,
+                 build_lone: Callable[[], ort.InferenceSession] | None = None,
+                 shared: dict[str, ort.OrtValue] | None = None, shared_bytes: int = 0) -> None:
+        self.side = side
+        self.lone = side
+        self._build = build_lone
+        self._lock = threading.Lock()
+        # The weights the sessions take from memory rather than from the file; they must
+        # outlive the sessions, hence held here.
+        self.shared = shared or {}
+        self.shared_bytes = shared_bytes
+
+    def complete(self) -> None:
+        """Build the lone session if it is still to be built (idempotent, thread-safe)."""
+        with self._lock:
+            if self._build is not None:
+                self.lone = self._build()
+                self._build = None
+
+    @property
+    def layered(self) -> bool:
+        return self.lone is not self.side
+
+    def threads(self) -> dict[str, int]:
+        """Intra-op threads of each, as built so far."""
+        side = int(self.side.get_session_options().intra_op_num_threads)
+        lone = int(self.lone.get_session_options().intra_op_num_threads)
+        return {"side_by_side": side, "lone": lone}
+
+
+def wants_lone_session(opts: RuntimeOptions) -> bool:
+    """Only on the CPU provider: another provider's own threads are not onnxruntime's pool."""
+    side = opts.intra_op_threads or usable_cpus()
+    return (opts.lone_threads is not None and opts.lone_threads > side
+            and opts.providers == ("cpu",))
+
+
+def create_sessions(folder: Path, manifest: Manifest,
+                    opts: RuntimeOptions) -> tuple[Sessions, ProviderChoice]:
+    """The side-by-side session and, where the options ask for one, the lone session (built
+    now, or by `Sessions.complete` where `opts.defer_lone`)."""
+    if not wants_lone_session(opts):
+        session, choice = create_session(folder, manifest, opts)
+        return Sessions(session), choice
+    path = folder / manifest.model_file
+    try:
+        arrays = shareable(path)
+    except (ProtoError, UnicodeDecodeError, OSError) as exc:
+        raise BundleError(path, f"cannot read its weights to share them between sessions "
+                                f"({exc})") from None
+    values = as_ort_values(arrays)
+    side, choice = create_session(folder, manifest, opts, values)
+
+    def build_lone() -> ort.InferenceSession:
+        return create_session(folder, manifest, opts, values, threads=opts.lone_threads)[0]
+
+    sessions = Sessions(side, build_lone, values, sum(a.nbytes for a in arrays.values()))
+    if not opts.defer_lone:
+        sessions.complete()
+    return sessions, choice

@@ -51,6 +51,7 @@ class Settings:
     provider_fallback: bool = False
     threads: int | None = None  # intra-op threads per run; None: usable CPUs / concurrent runs
     concurrent_runs: int | None = None  # runs at once, all models; None: see cpus.plan_threads
+    lone_threads: int | None = None  # threads of a run alone in flight; None: usable CPUs
     graph_optimization: str = "auto"
     cpu_arena: bool = True
     arena_shrink: bool = False  # shrink the arena after every run (flat RSS, slower long batches)
@@ -64,9 +65,11 @@ class Settings:
     canary_failure: CanaryFailure = "refuse"
     otlp_endpoint: str | None = None  # OTLP/HTTP collector for traces (service/tracing.py)
 
-    def runtime_options(self, intra_op_threads: int) -> RuntimeOptions:
+    def runtime_options(self, intra_op_threads: int,
+                        lone_threads: int | None = None) -> RuntimeOptions:
         return RuntimeOptions(providers=self.providers, provider_fallback=self.provider_fallback,
-                              intra_op_threads=intra_op_threads,
+                              intra_op_threads=intra_op_threads, lone_threads=lone_threads,
+                              defer_lone=True,
                               graph_optimization=self.graph_optimization,
                               cpu_arena=self.cpu_arena, spinning=self.spinning)
 
@@ -193,6 +196,9 @@ _SCALARS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--threads", _positive_int, "onnxruntime intra-op threads per run (default: CPUs / runs)"),
     ("--concurrent-runs", _positive_int, "model runs at once, all models together (default: "
      "CPUs, at most 4, or CPUs / --threads)"),
+    ("--lone-threads", _positive_int, "intra-op threads of a run alone in flight, on a second "
+     "session sharing the weights (default: every usable CPU; at most --threads: no second "
+     "session)"),
     ("--graph-optimization", str, "auto|disable|basic|extended|all"),
     ("--spinning", _on_off, "on|off: onnxruntime's threads spin between runs (lower batch-1 "
      "latency, CPU burnt while idle)"),

@@ -27,11 +27,14 @@ from edge_embed.service.bundle import load_manifest
 from edge_embed.service.runtime import graph_level_name
 from edge_embed.service.settings import Settings
 
-SYSTEMS = {"service_int8", "service_fp32", "ort_int8"}
-WORKLOADS = {"single_c1", "single_c16", "short32", "long8", "mixed"}
+SYSTEMS = {"service_int8", "service_int8_today", "service_fp32", "ort_int8", "peer_int8"}
+SERVICES = {"service_int8", "service_int8_today", "service_fp32"}
+WORKLOADS = {"single_c1", "single_c16", "short32", "long8", "mixed", "cached_short32"}
+CACHED = {"cached_short32"}  # cache hits: the services alone run it
 TARGETS = {"serving_efficiency", "vs_torch_short", "vs_torch_long", "latency_c1_p50",
            "c16_vs_raw_batch16", "padding_share", "memory_rss_growth", "memory_throughput_cost",
-           "cold_start", "runtime_install"}
+           "cold_start", "runtime_install", "c1_vs_peer", "short_vs_peer", "long_vs_peer",
+           "layout_vs_today"}
 
 
 def _tokenizer(bundle: Path) -> Tokenizer:
@@ -58,15 +61,20 @@ def test_quick_run_writes_complete_results(tiny_bundle: Path, tmp_path: Path,
     out = tmp_path / "results"
     venv = _fake_venv(tmp_path / "venv")
     code = main(["--quick", "--int8", str(tiny_bundle), "--fp32", str(tiny_bundle),
-                 "--out", str(out), "--runtime-venv", str(venv)])
+                 "--out", str(out), "--runtime-venv", str(venv),
+                 "--peer-cache", str(tmp_path / "peer")])
     printed = capsys.readouterr().out
     assert code == 0
     result: dict[str, Any] = json.loads((out / "bench.json").read_text())
 
     assert set(result["systems"]) == SYSTEMS
     assert set(result["workloads"]) == WORKLOADS
+    assert result["machine"]["cpu"] and isinstance(result["machine"]["isa"], list)
     for system in SYSTEMS:
         for wl in WORKLOADS:
+            if wl in CACHED and system not in SERVICES:
+                assert wl not in result["results"][system], (system, wl)
+                continue
             summary = result["results"][system][wl]
             assert summary["errors"] == 0, (system, wl, summary["first_error"])
             assert summary["throughput"] > 0 and summary["inputs"] > 0, (system, wl)
@@ -86,8 +94,14 @@ def test_quick_run_writes_complete_results(tiny_bundle: Path, tmp_path: Path,
     mixed = result["batches"]["mixed"]
     assert mixed["real_tokens"] > 0 and 0 <= mixed["padding_share"] < 1
     for wl in WORKLOADS:
-        assert set(result["ratios"][wl]) == {"service_int8/ort_int8", "service_int8/service_fp32"}
+        pairs = {"service_int8/service_fp32", "service_int8/service_int8_today"}
+        if wl not in CACHED:
+            pairs |= {"service_int8/ort_int8", "service_int8/peer_int8"}
+        assert set(result["ratios"][wl]) == pairs, wl
         assert all(v > 0 for v in result["ratios"][wl].values())
+    assert result["workloads"]["cached_short32"]["cache"] == "on (hits)"
+    assert result["workloads"]["short32"]["cache"] == "off"
+    assert (tmp_path / "peer" / "tiny-peer-int8" / "bundle.json").is_file()
     assert result["install"]["runtime_mb"] == 3.0 and result["install"]["venv_tooling_mb"] == 0.0
 
     targets = {t["id"]: t for t in result["targets"]}
@@ -102,7 +116,8 @@ def test_quick_run_writes_complete_results(tiny_bundle: Path, tmp_path: Path,
     # No torch source given: those two are honestly unmeasured, not dropped or faked.
     assert targets["vs_torch_short"]["status"] == "not measured"
     for tid in ("serving_efficiency", "latency_c1_p50", "c16_vs_raw_batch16", "padding_share",
-                "memory_rss_growth", "cold_start", "runtime_install"):
+                "memory_rss_growth", "cold_start", "runtime_install", "c1_vs_peer",
+                "short_vs_peer", "long_vs_peer", "layout_vs_today"):
         assert targets[tid]["value"] is not None, tid
 
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
