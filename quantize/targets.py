@@ -15,9 +15,10 @@ docs/int8-variants.md):
 - arm64: s8s8. `sdot` (or `smmla` with i8mm) takes both operands signed, the symmetric form of
   our quantization with no zero-point correction; u8 inputs reach `udot` after a flip of B
   while packing, the same speed class. All sum in 32 bits: no saturation on any arm64 path.
-- openvino: refused. OpenVINO runs onnxruntime's int8 graphs 4-8x slower than the CPU provider
-  (its int8 format is its own, and nothing here writes it batch-invariantly yet): serve the
-  fp32 bundle with OpenVINO.
+- openvino: refused. OpenVINO cannot run the per-token graphs at all (it turns their per-row
+  QuantizeLinear into a FakeQuantize whose shape check fails), runs onnxruntime's other int8
+  graphs several times slower than the CPU provider, and its own int8 format is not written
+  here batch-invariantly: serve the fp32 bundle with OpenVINO (figures: docs/int8-variants.md).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ OPENVINO = "openvino"
 VARIANT_FOR: dict[str, str] = {X86_TARGETS[0]: "u8s8", X86_TARGETS[1]: "u8u8",
                                ARM_TARGET: "s8s8"}
 TARGETS = (AUTO, *VARIANT_FOR, OPENVINO)
-OPENVINO_ADVICE = ("OpenVINO runs onnxruntime's int8 graphs 4-8x slower than the CPU provider, "
-                   "and no batch-invariant int8 graph in OpenVINO's own format is written here: "
-                   "serve the fp32 bundle with --provider openvino")
+OPENVINO_ADVICE = ("OpenVINO runs onnxruntime's int8 graphs several times slower than the CPU "
+                   "provider (and cannot run per-token ones), and no batch-invariant int8 graph "
+                   "in OpenVINO's own format is written here: serve the fp32 bundle with "
+                   "--provider openvino")
 
 
 class TargetError(ValueError):

@@ -16,6 +16,8 @@ from edge_embed.quantize.targets import (
 from edge_embed.quantize.variants import VARIANTS, Variant, register
 from edge_embed.service.advice import bundle_warnings
 from edge_embed.service.bundle import Manifest, Precision
+from edge_embed.service.errors import ProviderError
+from edge_embed.service.runtime import PERTOKEN_ON_OPENVINO, refused_providers, resolve_providers
 
 # Abridged /proc/cpuinfo texts of real CPU kinds (first processor block, flags shortened).
 ZEN4_VNNI = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n"
@@ -109,3 +111,21 @@ def test_bundle_warnings() -> None:
     assert "arm64" in wrong
     [advice] = bundle_warnings(_manifest("int8", "avx2"), ov, here="avx2")
     assert "fp32 bundle" in advice
+
+
+def test_pertoken_int8_is_refused_by_openvino_whatever_is_installed() -> None:
+    pertoken = _manifest("int8", "avx2")
+    assert pertoken.quantization is not None
+    pertoken.quantization["method"] = "pertoken"
+    refused = refused_providers(pertoken)
+    assert refused == {"openvino": PERTOKEN_ON_OPENVINO}
+    assert refused_providers(_manifest("fp32", None)) == {}
+    installed = ["OpenVINOExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(ProviderError) as err:
+        resolve_providers(("openvino",), False, installed, refused)
+    assert PERTOKEN_ON_OPENVINO in str(err.value) and "--provider-fallback" in str(err.value)
+    chosen, choice = resolve_providers(("openvino",), True, installed, refused)
+    assert chosen == ["CPUExecutionProvider"] and choice.fell_back
+    assert PERTOKEN_ON_OPENVINO in choice.message
+    chosen, choice = resolve_providers(("openvino",), False, installed, {})
+    assert chosen[0] == "OpenVINOExecutionProvider" and not choice.fell_back
