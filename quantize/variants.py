@@ -13,8 +13,8 @@ dispatch table it fills from CPUID; `qgemm.h`, `MlasGemmQuantGetDispatch`):
   portable C loop (`MlasGemmQuantDispatchDefault`).
 - x86 with AVX-512 VNNI or AVX-VNNI: u8 x s8 runs `vpdpbusd` (u8*s8 products summed straight
   into 32 bits, no saturation); u8 x u8 is sent to the same dispatch (its B matrix is flipped
-  to s8 while packing), so it costs the same; s8 activations again fall to the portable loop
-  unless the CPU has AVX-VNNI-INT8 (`vpdpbssd`, newer Intel only).
+  to s8 while packing), yet measured 0.6-0.8x u8s8 on MiniLM; s8 activations again fall to the
+  portable loop unless the CPU has AVX-VNNI-INT8 (`vpdpbssd`, newer Intel only).
 - arm64 with the dot-product extension (`asimddp`): u8 x u8 and u8 x s8 run `udot` (B flipped
   to u8 while packing), s8 x s8 runs `sdot`; with `i8mm` they become `ummla` / `smmla`. All
   sum into 32 bits. Without `asimddp`: the plain NEON kernels.
@@ -22,8 +22,8 @@ dispatch table it fills from CPUID; `qgemm.h`, `MlasGemmQuantGetDispatch`):
 Where the row scale goes: `MatMulIntegerToFloat` takes the row scale itself (onnxruntime then
 scales the GEMM's output in a pass of its own, as a non-scalar A scale is not fused into the
 GEMM's output stage), or the kernel gets a scalar A scale of 1 and the row scale is one `Mul`
-in the graph (`rowmul`). Both give the same numbers up to float rounding; which is cheaper is
-measured, not assumed (docs/int8-variants.md).
+in the graph (`rowmul`). Both give the same numbers up to float rounding; measured on MiniLM
+with VNNI, `rowmul` was no faster (docs/int8-variants.md).
 
 Not a variant: `DynamicQuantizeMatMul` quantizes its float input with one scale for the whole
 tensor (the whole padded batch), which is what makes `quantize_dynamic` batch-dependent.
