@@ -26,7 +26,8 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 
 .PHONY: install install-fast install-runtime install-gpu install-openvino model model-repro \
-	tiny-bundles serve test test-fast test-mpnet lint bench bench-sweep soak load clean
+	tiny-bundles serve test test-fast test-mpnet test-openvino test-emulated lint bench \
+	bench-openvino bench-sweep soak load clean
 
 install: $(VENV)/.installed
 
@@ -61,10 +62,18 @@ install-gpu:
 	.venv-gpu/bin/pip install -q '.[gpu]' && .venv-gpu/bin/pip uninstall -q -y onnxruntime
 	.venv-gpu/bin/pip install -q --force-reinstall --no-deps 'onnxruntime-gpu'
 
-install-openvino:
-	test -x .venv-openvino/bin/python || $(PYTHON) -m venv .venv-openvino
-	.venv-openvino/bin/pip install -q '.[openvino]' && .venv-openvino/bin/pip uninstall -q -y onnxruntime
-	.venv-openvino/bin/pip install -q --force-reinstall --no-deps 'onnxruntime-openvino'
+# The OpenVINO venv also carries the dev tools: `make test-openvino` runs the suite's OpenVINO
+# tests in it (the checkout installed editable, as in .venv).
+OPENVINO_VENV := .venv-openvino
+install-openvino: $(OPENVINO_VENV)/.installed
+
+$(OPENVINO_VENV)/.installed: pyproject.toml
+	test -x $(OPENVINO_VENV)/bin/python || $(PYTHON) -m venv $(OPENVINO_VENV)
+	$(OPENVINO_VENV)/bin/pip install -q --upgrade pip
+	$(OPENVINO_VENV)/bin/pip install -q -e '.[openvino,dev]' 'onnx>=1.17'
+	$(OPENVINO_VENV)/bin/pip uninstall -q -y onnxruntime
+	$(OPENVINO_VENV)/bin/pip install -q --force-reinstall --no-deps 'onnxruntime-openvino'
+	touch $@
 
 model: $(MODELS)/$(MODEL)-int8/bundle.json
 
@@ -110,6 +119,16 @@ test-mpnet: install
 	$(MAKE) model MODEL=all-mpnet-base-v2
 	EDGE_EMBED_MODELS=$(abspath $(MODELS)) $(BIN)/pytest -q -m mpnet $(PYTEST_ARGS)
 
+# The OpenVINO provider's tests (tests/test_openvino.py) in its own venv: the tiny fp32 bundle
+# and MiniLM's (make model) served through OpenVINOExecutionProvider, an int8 bundle's advice.
+test-openvino: install-openvino model
+	EDGE_EMBED_MODELS=$(abspath $(MODELS)) $(OPENVINO_VENV)/bin/pytest -q -m openvino $(PYTEST_ARGS)
+
+# int8 numerics of an AVX2-only CPU under qemu-x86_64 -cpu Haswell (tests/test_emulate.py);
+# needs qemu-user (Debian: apt-get install qemu-user). Numerics only: emulated speed means nothing.
+test-emulated: install
+	$(BIN)/pytest -q -m qemu $(PYTEST_ARGS)
+
 # The inner loop (under a minute): no torch, no export, no MiniLM, no benchmark runs; the tiny
 # bundles are the committed ones. `make test` stays the whole suite.
 test-fast: install-fast
@@ -128,6 +147,16 @@ bench: install model
 	$(BIN)/edge-embed bench --int8 $(MODELS)/$(MODEL)-int8 --fp32 $(MODELS)/$(MODEL)-fp32 \
 		--source $(SRC_$(MODEL)) --out $(BENCH_OUT_$(MODEL)) \
 		--memory-reference-arg=--batch-tokens=65536 --memory-reference-arg=--batch-inputs=256
+	$(MAKE) --no-print-directory bench-openvino
+
+# OpenVINO against the CPU provider on the same bundles (bench/openvino.py): optional, it needs
+# the OpenVINO venv (make install-openvino); without it, one line says it was skipped.
+BENCH_OPENVINO_OUT := $(BENCH_OUT_$(MODEL))/openvino.json
+bench-openvino: model
+	@if [ -x $(OPENVINO_VENV)/bin/python ]; then \
+		$(OPENVINO_VENV)/bin/python -m edge_embed.bench.openvino --fp32 $(MODELS)/$(MODEL)-fp32 \
+			--int8 $(MODELS)/$(MODEL)-int8 --out $(BENCH_OPENVINO_OUT); \
+	else echo "bench-openvino: skipped: $(OPENVINO_VENV) is absent (make install-openvino)"; fi
 
 # Each tuning knob's values against the current defaults (~10 min on 2 cores): the numbers the
 # serving defaults are chosen from. Writes bench/results/sweep.{json,txt}.

@@ -44,6 +44,8 @@ from .gates import RANK_CRITERION, Gates, Verdict, judge, quality_failures
 from .graph import weight_matmuls
 from .machine import measured_on
 from .methods import AUTO, AUTO_ORDER, Quantized, apply, float16
+from .targets import TargetError, resolve
+from .variants import DEFAULT
 
 # Exit code for a bundle that was built but failed a quality gate (2 is bad input, 1 a fault).
 EXIT_GATE = 3
@@ -70,6 +72,8 @@ class QuantizeOptions:
     keep_failed: bool = False
     quiet: bool = False
     external_data: bool = False  # weights in model.onnx_data even below protobuf's 2 GB
+    target: str = "auto"  # the CPU family the int8 graph is built for (quantize/targets.py)
+    variant: str | None = None  # an int8 variant instead of the target's (for measurements)
 
 
 class GateFailed(Exception):
@@ -144,7 +148,7 @@ def read_source(folder: Path) -> tuple[Manifest, onnx.ModelProto]:
 
 
 def _exclusions(opts: QuantizeOptions, method: str, model: onnx.ModelProto,
-                manifest: Manifest, fused: bool, texts: list[str],
+                manifest: Manifest, fused: bool, texts: list[str], variant: str,
                 reporter: Reporter) -> tuple[list[str], dict[str, Any] | None]:
     if opts.exclude == "none" or opts.precision != "int8":
         return [], None
@@ -162,7 +166,7 @@ def _exclusions(opts: QuantizeOptions, method: str, model: onnx.ModelProto,
 
     quantization = {"fused": fused}
     level = graph_level(dataclasses.replace(manifest, quantization=quantization), "auto")
-    search = choose_fp32_matmuls(model, manifest, opts.bundle, texts, level, reporter)
+    search = choose_fp32_matmuls(model, manifest, opts.bundle, texts, level, reporter, variant)
     return search.excluded, search.summary()
 
 
@@ -177,16 +181,18 @@ def _save(model: onnx.ModelProto, path: Path, external: bool) -> None:
 
 def _attempt(method: str, opts: QuantizeOptions, model: onnx.ModelProto, source: Manifest,
              fused: bool, ref: Reference, eval_set: EvalSet, tmp: Path, reporter: Reporter,
-             *, last: bool) -> Attempt:
+             variant: str, *, last: bool) -> Attempt:
     """Build `method`'s bundle in `tmp` (replacing any earlier attempt's) and measure it."""
     started = time.monotonic()
-    excluded, search = _exclusions(opts, method, model, source, fused, eval_set.texts, reporter)
+    excluded, search = _exclusions(opts, method, model, source, fused, eval_set.texts,
+                                   variant, reporter)
     reporter.step(f"quantizing: {opts.precision}"
                   + (f", {method}" if opts.precision == "int8" else "")
                   + (f", {len(excluded)} matmul(s) kept in fp32" if excluded else ""))
     # each method gets its own copy: onnxruntime's blockwise quantizer edits its input in place
     copy = onnx.ModelProto.FromString(model.SerializeToString())
-    result = apply(method, copy, excluded) if opts.precision == "int8" else float16(copy)
+    result = (apply(method, copy, excluded, variant) if opts.precision == "int8"
+              else float16(copy))
     for old in tmp.glob("model.onnx*"):
         old.unlink()
     _save(result.model, tmp / "model.onnx", opts.external_data)
@@ -227,8 +233,16 @@ def _why(opts: QuantizeOptions, attempts: list[Attempt]) -> str:
 def run(opts: QuantizeOptions) -> int:
     reporter = Reporter(opts.quiet, prog="edge-embed quantize")
     started = time.monotonic()
+    try:
+        target = (resolve(opts.target, variant=opts.variant) if opts.precision == "int8"
+                  else None)
+    except TargetError as exc:
+        raise ToolError(str(exc)) from None
     source, model = read_source(opts.bundle)
     eval_set = load_eval_set(opts.eval_set)
+    if target is not None:
+        reporter.step(f"target {target.name}" + (" (this machine)" if target.detected else "")
+                      + f": int8 variant {target.variant}")
     bundle_id = opts.bundle_id or f"{source.id.removesuffix('-fp32')}-{opts.precision}"
     with atomic_output(opts.out, opts.force) as tmp:
         fused, fusion_ops = False, {}
@@ -248,7 +262,8 @@ def run(opts: QuantizeOptions) -> int:
         plan = methods_to_try(opts)
         for method in plan:
             attempts.append(_attempt(method, opts, model, source, fused, ref, eval_set, tmp,
-                                     reporter, last=method == plan[-1]))
+                                     reporter, target.variant if target else DEFAULT,
+                                     last=method == plan[-1]))
             if attempts[-1].verdict.passed:
                 break
         chosen = attempts[-1]
@@ -269,6 +284,9 @@ def run(opts: QuantizeOptions) -> int:
                           "chosen": chosen.method, "why": _why(opts, attempts)},
             # the search's cosines and the quality figures depend on the CPU's int8 kernels
             "measured_on": measured_on(),
+            # the CPU family the graph was built for; the service warns on another one
+            "target": (target.to_json() if target is not None and chosen.method == "pertoken"
+                       else None),
             "reference": {"id": source.id, "model_sha256": reference_sha256},
             "per_kind": ev.per_kind_json(),
             "reference_batch_invariance_min": round(ev.reference_invariance_min, 7),

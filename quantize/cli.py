@@ -16,6 +16,9 @@ from edge_embed.service.bundle import Precision
 
 from .gates import Gates
 from .methods import AUTO, METHODS
+from .targets import AUTO as AUTO_TARGET
+from .targets import TARGETS
+from .variants import VARIANTS
 
 
 def _unit(text: str) -> float:
@@ -61,6 +64,14 @@ def parser(prog: str) -> argparse.ArgumentParser:
                    "shipped in quantize/data/eval.jsonl)")
     p.add_argument("--external-data", action="store_true", help="write the weights to "
                    "model.onnx_data beside model.onnx (automatic past protobuf's 2 GB)")
+    p.add_argument("--target", choices=TARGETS, default=AUTO_TARGET,
+                   help="the CPU family the int8 graph is built for, which picks the integer "
+                   "kernels it uses: auto (this machine, from /proc/cpuinfo; default), "
+                   "avx512-vnni, avx2, arm64; openvino is refused (serve the fp32 bundle with "
+                   "OpenVINO). Recorded in the manifest; the service warns on another CPU")
+    p.add_argument("--variant", choices=tuple(VARIANTS), default=None,
+                   help="build this int8 graph variant instead of the one --target picks (to "
+                   "measure the variants against each other; quantize/variants.py)")
     p.add_argument("--keep-failed", action="store_true", help="write the bundle even when a "
                    "gate fails (the exit code is still 3)")
     return p
@@ -79,7 +90,7 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed quantize") -> in
                         min=args.gate_min, rank=args.gate_rank),
             exclude=args.exclude, fuse=not args.no_fuse, eval_set=args.eval_set,
             force=args.force, keep_failed=args.keep_failed, quiet=args.quiet,
-            external_data=args.external_data)
+            external_data=args.external_data, target=args.target, variant=args.variant)
         try:
             return run(opts)
         except GateFailed as exc:

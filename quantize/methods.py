@@ -20,7 +20,8 @@ from typing import Any
 import onnx
 
 from .graph import weight_matmuls
-from .pertoken import A_ZERO_POINT, QMAX, quantize_pertoken
+from .pertoken import quantize_pertoken
+from .variants import DEFAULT, get
 
 METHODS = ("pertoken", "blockwise", "dynamic")
 # `--method auto` (the default) tries these in order and keeps the first that passes every gate:
@@ -60,13 +61,14 @@ class Quantized:
     quantized_nodes: int = 0
 
 
-def pertoken(model: onnx.ModelProto, exclude: list[str]) -> Quantized:
-    result = quantize_pertoken(model, exclude)
+def pertoken(model: onnx.ModelProto, exclude: list[str], variant: str = DEFAULT) -> Quantized:
+    v = get(variant)
+    result = quantize_pertoken(model, exclude, variant=v)
     return Quantized(result.model, {
-        "weights": "int8, symmetric, one scale per output column",
-        "activations": "uint8, symmetric around 128, one scale per row (token) from its max |x|",
+        "weights": f"{v.weights}, symmetric, one scale per output column",
+        "activations": f"{v.activations}, one scale per row (token) from its max |x|",
         "kernel": "com.microsoft.MatMulIntegerToFloat",
-        "qmax": QMAX, "activation_zero_point": A_ZERO_POINT,
+        "variant": v.params(),
         "shared_quantizers": result.shared_inputs,
     }, len(result.quantized))
 
@@ -124,9 +126,10 @@ def float16(model: onnx.ModelProto) -> Quantized:
                      0)
 
 
-def apply(method: str, model: onnx.ModelProto, exclude: list[str]) -> Quantized:
+def apply(method: str, model: onnx.ModelProto, exclude: list[str],
+          variant: str = DEFAULT) -> Quantized:
     if method == "pertoken":
-        return pertoken(model, exclude)
+        return pertoken(model, exclude, variant)
     if method == "blockwise":
         return blockwise(model, exclude)
     if method == "dynamic":

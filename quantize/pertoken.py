@@ -14,7 +14,9 @@ row by row (onnxruntime contrib_ops/cpu/quantization/dynamic_quantize_matmul.cc,
 the bias stays in the graph's own `Add`, after the row scale, where it belongs. One quantized
 input is shared by every matmul that reads the same tensor (Q, K and V).
 
-Weights are int8, symmetric, one scale per output column.
+Weights are int8, symmetric, one scale per output column. That is the default variant (u8
+activations x s8 weights, row scale given to the kernel); quantize/variants.py lists the others
+(which integer types the kernel sees, where the row scale is applied) and why each exists.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .graph import (
     weight_array,
     weight_matmuls,
 )
+from .variants import DEFAULT, Variant, get
 
 I8 = npt.NDArray[np.int8]
 # Symmetric int8 range; -128 is left out so that +x and -x round to mirror images.
@@ -51,6 +54,12 @@ MIN_SCALE = 1e-8
 SWITCH_PREFIX = "edge_embed_fp32__"
 # Unsigned range for shifted (one-sided) activations.
 UQMAX = 255.0
+# s8 activations: symmetric around 0; one-sided ones use the whole range from -128 (the same 256
+# codes as u8 from 0, moved down by 128).
+S8_ZERO_POINT = 0
+S8_ONE_SIDED_ZERO_POINT = -128
+# u8 weights: the s8 values moved up by 128, so that the kernel sees unsigned bytes.
+W_U8_ZERO_POINT = 128
 # Operators whose output never falls below -GELU_SHIFT: GELU's minimum is -0.16997 (at
 # x = -0.7518), the tanh approximation's -0.1700; a hair of margin on top.
 ONE_SIDED_OPS = {"Gelu": 0.1701, "BiasGelu": 0.1701, "FastGelu": 0.1701, "Relu": 0.0}
@@ -65,12 +74,16 @@ class PerTokenResult:
     switches: dict[str, str] = field(default_factory=dict)  # node name -> bool input name
 
 
-def quantize_weight(w: F32) -> tuple[I8, F32]:
-    """Per-output-column symmetric int8: W ≈ Wq * scale[column]."""
+def quantize_weight(w: F32, qmax: float = QMAX) -> tuple[I8, F32]:
+    """Per-output-column symmetric int8: W ≈ Wq * scale[column], |Wq| <= qmax."""
     amax = np.abs(w).max(axis=0)
-    scale = np.where(amax > 0, amax / QMAX, 1.0).astype(np.float32)
-    wq = np.clip(np.rint(w / scale), -QMAX, QMAX).astype(np.int8)
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    wq = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
     return wq, scale
+
+
+def _zero_point_type(kind: str) -> tuple[int, type[np.integer[Any]]]:
+    return (TensorProto.INT8, np.int8) if kind == "s8" else (TensorProto.UINT8, np.uint8)
 
 
 class _Builder:
@@ -103,9 +116,10 @@ class _Builder:
             return self.node("ReduceMax", [x, axes], "rowmax", keepdims=1)
         return self.node("ReduceMax", [x], "rowmax", axes=[1], keepdims=1)
 
-    def quantize_rows(self, x: str, k: int, shift: float | None = None) -> tuple[str, str, str]:
-        """uint8 rows of `x` (same shape as x), their scales (x's shape with last dim 1), and
-        the zero point to give the matmul.
+    def quantize_rows(self, x: str, k: int, shift: float | None = None,
+                      kind: str = "u8") -> tuple[str, str, str]:
+        """Integer rows of `x` (same shape as x; uint8 or int8 as `kind` says), their scales
+        (x's shape with last dim 1), and the zero point to give the matmul.
 
         With `shift` (an activation known to stay above -shift, like GELU's output), rows are
         quantized as x + shift over the whole unsigned range [0, 255] instead of a symmetric
@@ -119,12 +133,12 @@ class _Builder:
                          "flat")
         if shift is None:
             amax = self.row_max(self.node("Abs", [flat], "abs"))
-            qmax, zp_int = QMAX, A_ZERO_POINT
+            qmax, zp_int = QMAX, (S8_ZERO_POINT if kind == "s8" else A_ZERO_POINT)
         else:
             flat = self.node("Add", [flat, self.const("shift", np.array(shift, np.float32))],
                              "shifted")
             amax = self.row_max(flat)
-            qmax, zp_int = UQMAX, 0
+            qmax, zp_int = UQMAX, (S8_ONE_SIDED_ZERO_POINT if kind == "s8" else 0)
         scaled = self.node("Mul", [amax, self.const("inv_qmax",
                                                     np.array(1.0 / qmax, dtype=np.float32))],
                            "scale_raw")
@@ -133,7 +147,8 @@ class _Builder:
                           "scale")
         scale_1d = self.node("Reshape", [scale, self.const("flat1", np.array([-1], np.int64))],
                              "scale_1d")
-        zp_value = helper.make_tensor("zp", TensorProto.UINT8, [1], [zp_int])
+        zp_proto, zp_dtype = _zero_point_type(kind)
+        zp_value = helper.make_tensor("zp", zp_proto, [1], [zp_int])
         zero_points = self.node("ConstantOfShape", [self.node("Shape", [scale_1d], "nrows")],
                                 "zp", value=zp_value)
         q_flat = self.node("QuantizeLinear", [flat, scale_1d, zero_points], "q", axis=0)
@@ -141,7 +156,7 @@ class _Builder:
         scale_shape = self.node("Concat", [lead, self.const("one", np.array([1], np.int64))],
                                 "scale_shape", axis=0)
         row_scale = self.node("Reshape", [scale, scale_shape], "row_scale")
-        return q, row_scale, self.const("a_zp", np.array(zp_int, dtype=np.uint8))
+        return q, row_scale, self.const("a_zp", np.array(zp_int, dtype=zp_dtype))
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -160,8 +175,9 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
                       switches: bool = False, shapes_info: bool = True,
-                      one_sided: bool = True) -> PerTokenResult:
-    """A copy of `model` with every weight MatMul not in `exclude` in per-token int8.
+                      one_sided: bool = True, variant: Variant | str = DEFAULT) -> PerTokenResult:
+    """A copy of `model` with every weight MatMul not in `exclude` in per-token int8, built as
+    `variant` (quantize/variants.py) says.
 
     With `switches`, each quantized MatMul also keeps its fp32 twin and a bool graph input
     chooses between them: one session then measures any subset of nodes left in fp32, which is
@@ -170,6 +186,7 @@ def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
     # Shapes of the fp32 graph's tensors, inferred while every operator is still a standard one
     # (ONNX cannot infer through com.microsoft ops): onnxruntime's own fusions (SkipLayerNorm,
     # BiasGelu) check ranks and refuse tensors of unknown shape.
+    v = get(variant) if isinstance(variant, str) else variant
     model = infer_shapes(model)
     ensure_node_names(model)
     shapes = {v.name: v for v in model.graph.value_info}
@@ -203,15 +220,19 @@ def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
         if mm.activation not in rows:
             start = len(b.nodes)
             shift = ONE_SIDED_OPS.get(producers.get(mm.activation, "")) if one_sided else None
-            rows[mm.activation] = b.quantize_rows(mm.activation, mm.k, shift)
+            rows[mm.activation] = b.quantize_rows(mm.activation, mm.k, shift, v.activations)
             shifts[mm.activation] = shift
             if shapes_info:
-                _describe(model, shapes.get(mm.activation), *rows[mm.activation][:2])
+                _describe(model, shapes.get(mm.activation), *rows[mm.activation][:2],
+                          v.activations)
             new_nodes.extend(b.nodes[start:])
         q, row_scale, zp = rows[mm.activation]
-        wq, w_scale = quantize_weight(weight_array(model, mm.weight))
+        wq, w_scale = quantize_weight(weight_array(model, mm.weight), v.weight_qmax)
         shift = shifts[mm.activation]
-        wq_name = b.const("w_int8", wq)
+        if v.weights == "u8":
+            wq_name = b.const("w_uint8", (wq.astype(np.int16) + W_U8_ZERO_POINT).astype(np.uint8))
+        else:
+            wq_name = b.const("w_int8", wq)
         ws_name = b.const("w_scale", w_scale)
         target = mm.output
         bias: F32 | None = None
@@ -235,9 +256,18 @@ def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
                 target = add.output[0]
                 bias = (bias + add_bias).astype(np.float32)
         mm_out = target if bias is None else b.name("mm_out")
+        kernel_out = mm_out if v.row_scale == "kernel" else b.name("mm_unscaled")
+        a_scale = row_scale if v.row_scale == "kernel" else b.const(
+            "unit_scale", np.array(1.0, dtype=np.float32))
+        mm_inputs = [q, wq_name, a_scale, ws_name, zp]
+        if v.weights == "u8":
+            mm_inputs.append(b.const("w_zp", np.array(W_U8_ZERO_POINT, dtype=np.uint8)))
         int8_nodes = [helper.make_node(
-            "MatMulIntegerToFloat", [q, wq_name, row_scale, ws_name, zp], [mm_out],
+            "MatMulIntegerToFloat", mm_inputs, [kernel_out],
             name=b.name("mm") + "/" + mm.name, domain=MS_DOMAIN)]
+        if v.row_scale == "rowmul":
+            int8_nodes.append(helper.make_node("Mul", [kernel_out, row_scale], [mm_out],
+                                               name=b.name("row_scale_node")))
         if bias is not None:
             int8_nodes.append(helper.make_node("Add", [mm_out, b.const("bias", bias)], [target],
                                                name=b.name("bias_node")))
@@ -293,12 +323,13 @@ def _bias_add(mm: WeightMatMul, consumers: dict[str, list[onnx.NodeProto]],
 
 
 def _describe(model: onnx.ModelProto, source: onnx.ValueInfoProto | None, q: str,
-              row_scale: str) -> None:
+              row_scale: str, kind: str) -> None:
     """Value info for a quantizer's outputs, copied from the activation's inferred shape."""
     if source is None or not source.type.tensor_type.HasField("shape"):
         return
     dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
             for d in source.type.tensor_type.shape.dim]
-    model.graph.value_info.append(helper.make_tensor_value_info(q, TensorProto.UINT8, dims))
+    model.graph.value_info.append(helper.make_tensor_value_info(q, _zero_point_type(kind)[0],
+                                                                dims))
     model.graph.value_info.append(
         helper.make_tensor_value_info(row_scale, TensorProto.FLOAT, [*dims[:-1], 1]))

@@ -38,6 +38,7 @@ from edge_embed.service.pooling import F32, finish, pool_output
 
 from .graph import weight_matmuls
 from .pertoken import quantize_pertoken
+from .variants import DEFAULT
 
 # Stop when the worst cosine on the probe inputs reaches this: the aim is min >= 0.98
 # against fp32; the probe set is the worst of the evaluation set, so a little margin is kept.
@@ -152,8 +153,9 @@ class Search:
 
 class _Switchboard:
     def __init__(self, model: onnx.ModelProto, manifest: Manifest, tokenizer: TextTokenizer,
-                 graph_level: ort.GraphOptimizationLevel) -> None:
-        result = quantize_pertoken(model, switches=True)
+                 graph_level: ort.GraphOptimizationLevel, variant: str = DEFAULT) -> None:
+        # the search measures the graph quantize will write: the target's variant
+        result = quantize_pertoken(model, switches=True, variant=variant)
         self.switches = result.switches
         so = ort.SessionOptions()
         so.graph_optimization_level = graph_level
@@ -183,7 +185,7 @@ class _Switchboard:
 
 def choose_fp32_matmuls(model: onnx.ModelProto, manifest: Manifest, bundle: Path,
                         texts: Sequence[str], graph_level: ort.GraphOptimizationLevel,
-                        reporter: Reporter) -> Search:
+                        reporter: Reporter, variant: str = DEFAULT) -> Search:
     tokenizer = TextTokenizer(bundle / manifest.tokenizer_file, manifest.max_tokens)
     rows = [t.ids[:SCAN_MAX_TOKENS] if len(t.ids) > SCAN_MAX_TOKENS else t.ids
             for t in tokenizer.encode(list(texts))]
@@ -191,7 +193,7 @@ def choose_fp32_matmuls(model: onnx.ModelProto, manifest: Manifest, bundle: Path
     names = [m.name for m in matmuls]
     smallest = min(m.k * m.n for m in matmuls)
     size = {m.name: m.k * m.n / smallest for m in matmuls}
-    board = _Switchboard(model, manifest, tokenizer, graph_level)
+    board = _Switchboard(model, manifest, tokenizer, graph_level, variant)
     everything = set(board.switches)
     reporter.step(f"measuring {len(names)} matmuls' effect on the worst inputs")
     reference = board.embed(rows, everything)

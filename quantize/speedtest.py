@@ -33,7 +33,8 @@ SHORT_CALLS = 4
 LONG_CALLS = 1
 
 
-def _batches(model: BundleModel) -> dict[str, list[I64]]:
+def eval_batches(model: BundleModel) -> dict[str, list[I64]]:
+    """{"short": 32 paraphrase sentences, "long": the 32 longest texts}, as token-id rows."""
     items = load_eval_set().items
     short = [i.text for i in items if i.kind == SHORT_KIND][:BATCH]
     longest = sorted(items, key=lambda i: -len(i.text))[:BATCH]
@@ -53,25 +54,32 @@ def measure(paths: Sequence[Path], rounds: int, level: str,
             threads: int | None = None) -> dict[str, dict[str, float]]:
     """{bundle: {"short": median ratio, "long": ..., "short_ms": ..., "long_ms": ...}}."""
     options = RuntimeOptions(graph_optimization=level, intra_op_threads=threads)
-    models = [BundleModel(p, options) for p in paths]
-    batches = _batches(models[0])
-    ratios: dict[str, dict[str, list[float]]] = {str(p): {"short": [], "long": []} for p in paths}
-    times: dict[str, dict[str, list[float]]] = {str(p): {"short": [], "long": []} for p in paths}
-    for model in models:  # warm-up: first runs allocate the arena and pack weights
-        for batch in batches.values():
-            model.run(batch)
+    return measure_models({str(p): BundleModel(p, options) for p in paths}, rounds)
+
+
+def measure_models(models: dict[str, BundleModel], rounds: int,
+                   kinds: Sequence[tuple[str, int]] = (("short", SHORT_CALLS),
+                                                       ("long", LONG_CALLS)),
+                   ) -> dict[str, dict[str, float]]:
+    """As `measure`, for loaded models under any labels (the first is the baseline): the same
+    batches, in rotating order round after round."""
+    names = list(models)
+    batches = eval_batches(models[names[0]])
+    ratios: dict[str, dict[str, list[float]]] = {n: {k: [] for k, _ in kinds} for n in names}
+    times: dict[str, dict[str, list[float]]] = {n: {k: [] for k, _ in kinds} for n in names}
+    for model in models.values():  # warm-up: first runs allocate the arena and pack weights
+        for kind, _ in kinds:
+            model.run(batches[kind])
     for r in range(rounds):
-        for kind, calls in (("short", SHORT_CALLS), ("long", LONG_CALLS)):
-            order = list(range(len(models)))
-            order = order[r % len(order):] + order[: r % len(order)]
-            took = {i: _time(models[i], batches[kind], calls) for i in order}
-            for i, p in enumerate(paths):
-                ratios[str(p)][kind].append(took[0] / took[i])
-                times[str(p)][kind].append(took[i])
-    return {p: {"short": statistics.median(ratios[p]["short"]),
-                "long": statistics.median(ratios[p]["long"]),
-                "short_ms": 1000 * statistics.median(times[p]["short"]),
-                "long_ms": 1000 * statistics.median(times[p]["long"])} for p in ratios}
+        for kind, calls in kinds:
+            order = names[r % len(names):] + names[: r % len(names)]
+            took = {n: _time(models[n], batches[kind], calls) for n in order}
+            for n in names:
+                ratios[n][kind].append(took[names[0]] / took[n])
+                times[n][kind].append(took[n])
+    return {n: {**{k: statistics.median(ratios[n][k]) for k, _ in kinds},
+                **{f"{k}_ms": 1000 * statistics.median(times[n][k]) for k, _ in kinds}}
+            for n in names}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -304,7 +304,7 @@ def _model_health(app: web.Application, served: ServedModel) -> dict[str, Any]:
     p = served.model.providers
     status.update(provider=list(p.used), provider_fell_back=p.fell_back,
                   provider_message=p.message or None,
-                  canary=_canary_json(app[CANARIES], served.id))
+                  canary=_canary_json(app[CANARIES], served.id), warnings=served.warnings())
     return status
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import files
+from .advice import bundle_warnings
 from .bundle import load_manifest
 from .encoder import BundleModel
 from .errors import BundleError, ModelNotFound
@@ -32,6 +33,10 @@ class ServedModel:
     @property
     def names(self) -> tuple[str, ...]:
         return (self.id, *self.model.manifest.aliases)
+
+    def warnings(self) -> list[str]:
+        """What the operator should fix about serving this bundle here (service/advice.py)."""
+        return bundle_warnings(self.model.manifest, self.model.providers.used)
 
     def info(self, created: int, canary: dict[str, Any] | None = None) -> dict[str, Any]:
         """OpenAI's model object plus what a caller needs to use this one well (`canary`: the

@@ -79,30 +79,53 @@ class ProviderChoice:
     message: str = ""
 
 
+# OpenVINO cannot run per-token int8 graphs: it turns their QuantizeLinear with a scale per row
+# into a FakeQuantize whose shape check rejects it, and the first run fails ("Argument shapes
+# are inconsistent"; onnxruntime-openvino 1.24.1, MiniLM and the tiny model alike).
+PERTOKEN_ON_OPENVINO = ("OpenVINO cannot run per-token int8 graphs (its FakeQuantize rejects a "
+                        "scale per row); serve the fp32 bundle with --provider openvino")
+
+
+def refused_providers(manifest: Manifest) -> dict[str, str]:
+    """{provider: why} for providers that cannot run this bundle's graph at all."""
+    if (manifest.quantization or {}).get("method") == "pertoken":
+        return {"openvino": PERTOKEN_ON_OPENVINO}
+    return {}
+
+
 def resolve_providers(requested: tuple[str, ...], fallback: bool,
-                      available: list[str] | None = None) -> tuple[list[str], ProviderChoice]:
+                      available: list[str] | None = None,
+                      refused: dict[str, str] | None = None,
+                      ) -> tuple[list[str], ProviderChoice]:
     available = ort.get_available_providers() if available is None else available
+    refused = refused or {}
     chosen: list[str] = []
     missing: list[str] = []
     for name in requested:
         if name not in PROVIDERS:
             raise ProviderError(f"unknown provider '{name}' (choose from {', '.join(PROVIDERS)})")
-        if PROVIDERS[name] in available:
+        if PROVIDERS[name] in available and name not in refused:
             chosen.append(PROVIDERS[name])
         else:
             missing.append(name)
+    absent = [m for m in missing if m not in refused]
+    reasons = "; ".join(f"{m}: {refused[m]}" for m in missing if m in refused)
     if missing and not fallback:
-        hints = "; ".join(f"{m}: {PROVIDER_EXTRAS[m]}" for m in missing)
-        raise ProviderError(
-            f"provider {', '.join(missing)} is not in the installed onnxruntime "
-            f"(available: {', '.join(available)}). Install it ({hints}) or pass "
-            f"--provider-fallback to fall back to the CPU.")
+        if absent:
+            hints = "; ".join(f"{m}: {PROVIDER_EXTRAS[m]}" for m in absent)
+            raise ProviderError(
+                f"provider {', '.join(absent)} is not in the installed onnxruntime "
+                f"(available: {', '.join(available)}). Install it ({hints}) or pass "
+                f"--provider-fallback to fall back to the CPU.")
+        raise ProviderError(f"{reasons} (or pass --provider-fallback to run it on the CPU)")
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     message = ""
-    if missing:
-        message = (f"requested provider(s) {', '.join(missing)} not available; "
+    if absent:
+        message = (f"requested provider(s) {', '.join(absent)} not available; "
                    f"falling back to {', '.join(chosen)}")
+    if reasons:
+        message = "; ".join(filter(None, [message, f"running on {', '.join(chosen)}: {reasons}"]))
     return chosen, ProviderChoice(requested, tuple(chosen), bool(missing), message)
 
 
@@ -138,7 +161,8 @@ def create_session(folder: Path, manifest: Manifest, opts: RuntimeOptions,
                    shared: dict[str, ort.OrtValue] | None = None,
                    threads: int | None = None) -> tuple[ort.InferenceSession, ProviderChoice]:
     """One session; `shared`: initializers to take from these values, not from the file."""
-    providers, choice = resolve_providers(opts.providers, opts.provider_fallback)
+    providers, choice = resolve_providers(opts.providers, opts.provider_fallback,
+                                          refused=refused_providers(manifest))
     provider_options: list[dict[str, Any]] = [{} for _ in providers]
     so = session_options(manifest, opts, threads)
     for name, value in (shared or {}).items():

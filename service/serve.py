@@ -44,22 +44,12 @@ def _startup_log(app: web.Application, settings: Settings, port: int) -> None:
             "providers": list(p.used), "fell_back": p.fell_back}).decode())
         if p.fell_back:
             log.warning("provider fallback for %s: %s", m.id, p.message)
+        for warning in served.warnings():
+            log.warning("bundle %s: %s", m.id, warning)
     log.info("threads %s", orjson.dumps(app[RUNTIME].info()).decode())
     log.info("limits %s", orjson.dumps(settings.limits()).decode())
     log.info("listening on http://%s:%d (auth %s)", settings.host, port,
              "on" if settings.api_keys or settings.api_keys_file else "off")
-
-
-def _warn_openvino(settings: Settings, app: web.Application) -> None:
-    from .app import REGISTRY
-
-    if "openvino" not in settings.providers:
-        return
-    for served in app[REGISTRY]:
-        if served.model.manifest.precision != "fp32":
-            log.warning("OpenVINO serves fp32 bundles best: onnxruntime's %s models ran 4-8x "
-                        "slower under it (bundle %s); serve the fp32 bundle instead",
-                        served.model.manifest.precision, served.id)
 
 
 async def serve(settings: Settings, app: web.Application) -> int:
@@ -107,7 +97,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "edge-embed serve") -> i
         sys.stderr.write(f"{prog}: cannot load the bundle(s): {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}\n")
         return 2
-    _warn_openvino(settings, app)
     try:
         return asyncio.run(serve(settings, app))
     except StartupError as exc:  # raised at warm-up: a model's canaries failed

@@ -22,6 +22,7 @@ from edge_embed.quantize.cli import main
 from edge_embed.quantize.gates import NN_CRITERION, RANK_CRITERION, Gates, neighbour_criterion
 from edge_embed.quantize.geometry import expected_nn_agreement, measure
 from edge_embed.quantize.methods import Quantized, apply
+from edge_embed.quantize.variants import DEFAULT
 from edge_embed.service.bundle import load_manifest
 from tests.fixtures.quantized import build_quantized
 
@@ -94,10 +95,11 @@ def test_cls_bundle_passes_by_rank_agreement(tiny_cls_bundle: Path, tmp_path: Pa
     assert q["method"] == "pertoken"
 
 
-def broken_pertoken(real: Callable[[str, onnx.ModelProto, list[str]], Quantized]
-                    ) -> Callable[[str, onnx.ModelProto, list[str]], Quantized]:
-    def apply(method: str, model: onnx.ModelProto, exclude: list[str]) -> Quantized:
-        result = real(method, model, exclude)
+def broken_pertoken(real: Callable[[str, onnx.ModelProto, list[str], str], Quantized]
+                    ) -> Callable[[str, onnx.ModelProto, list[str], str], Quantized]:
+    def apply(method: str, model: onnx.ModelProto, exclude: list[str],
+              variant: str = DEFAULT) -> Quantized:
+        result = real(method, model, exclude, variant)
         if method == "pertoken":
             for init in result.model.graph.initializer:
                 if init.name == EMBEDDINGS:

@@ -1,0 +1,91 @@
+"""`quantize --target`: the CPU family a bundle is built for, and the int8 variant it gets.
+
+Why each choice (the kernels behind each variant: quantize/variants.py; the figures:
+docs/int8-variants.md):
+
+- avx512-vnni (also AVX-VNNI): u8s8. `vpdpbusd` multiplies u8 by s8 and sums in 32 bits; u8u8
+  is sent to the same dispatch and measured 0.6-0.8x u8s8, and s8 activations fall to
+  onnxruntime's portable C loop (measured 5-8x slower).
+- avx2 (no VNNI): u8u8. The u8s8 kernel's `vpmaddubsw` saturates each pair of products at 16
+  bits, and our u8 activations sit around 128, so large weights overflow it (MiniLM's canaries
+  under emulated AVX2: min cosine 0.9961 against the same graph on VNNI, where u8u8 gives
+  0.9999); the U8U8 kernel widens to 16 bits first and never saturates. u8s8 issues twice the
+  products per instruction and would be faster if the saturation were avoided by the weights'
+  range; that is a recipe of its own (a variant registered beside these), not chosen here.
+- arm64: s8s8. `sdot` (or `smmla` with i8mm) takes both operands signed, the symmetric form of
+  our quantization with no zero-point correction; u8 inputs reach `udot` after a flip of B
+  while packing, the same speed class. All sum in 32 bits: no saturation on any arm64 path.
+- openvino: refused. OpenVINO cannot run the per-token graphs at all (it turns their per-row
+  QuantizeLinear into a FakeQuantize whose shape check fails), runs onnxruntime's other int8
+  graphs several times slower than the CPU provider, and its own int8 format is not written
+  here batch-invariantly: serve the fp32 bundle with OpenVINO (figures: docs/int8-variants.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .machine import ARM_TARGET, X86_TARGETS, this_target
+from .variants import get
+
+AUTO = "auto"
+OPENVINO = "openvino"
+VARIANT_FOR: dict[str, str] = {X86_TARGETS[0]: "u8s8", X86_TARGETS[1]: "u8u8",
+                               ARM_TARGET: "s8s8"}
+TARGETS = (AUTO, *VARIANT_FOR, OPENVINO)
+OPENVINO_ADVICE = ("OpenVINO runs onnxruntime's int8 graphs several times slower than the CPU "
+                   "provider (and cannot run per-token ones), and no batch-invariant int8 graph "
+                   "in OpenVINO's own format is written here: serve the fp32 bundle with "
+                   "--provider openvino")
+
+
+class TargetError(ValueError):
+    """A target that cannot be built for (OpenVINO's int8) or cannot be detected."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    variant: str
+    detected: bool  # from this machine's /proc/cpuinfo (--target auto)
+    overridden: bool = False  # the variant named by --variant instead of the target's choice
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "detected": self.detected,
+                "variant_chosen_by": "--variant" if self.overridden else "target",
+                "variant": get(self.variant).params()}
+
+
+def resolve(requested: str, detected: str | None = None, variant: str | None = None) -> Target:
+    """The target `requested` means here (auto: this machine's, or `detected` where given),
+    with `variant` instead of its own choice where one is named."""
+    if variant is not None:
+        try:
+            get(variant)
+        except ValueError as exc:
+            raise TargetError(f"--variant: {exc}") from None
+        return dataclasses.replace(resolve(requested, detected), variant=variant,
+                                   overridden=True)
+    if requested == OPENVINO:
+        raise TargetError(f"--target openvino: {OPENVINO_ADVICE}")
+    if requested == AUTO:
+        name = detected if detected is not None else this_target()
+        if name is None:
+            raise TargetError("--target auto: this CPU's /proc/cpuinfo names none of "
+                              f"{', '.join(VARIANT_FOR)}; name the target with --target")
+        return Target(name, VARIANT_FOR[name], detected=True)
+    if requested not in VARIANT_FOR:
+        raise TargetError(f"--target: unknown target '{requested}' (choose from "
+                          f"{', '.join(TARGETS)})")
+    return Target(requested, VARIANT_FOR[requested], detected=False)
+
+
+def mismatch(bundle_target: str | None, here: str | None) -> str | None:
+    """The warning for a bundle built for another CPU family than this one, else None."""
+    if bundle_target is None or here is None or bundle_target == here:
+        return None
+    return (f"bundle built for {bundle_target} ({VARIANT_FOR.get(bundle_target, '?')} int8 "
+            f"kernels) runs on a {here} CPU, whose fastest variant is "
+            f"{VARIANT_FOR.get(here, '?')}: rebuild it with `edge-embed quantize --target {here}` "
+            "(or --target auto on this machine)")

@@ -1,0 +1,39 @@
+"""int8 numerics of an AVX2-only CPU on this machine, under `qemu-x86_64 -cpu Haswell`
+(quantize/emulate.py): the emulated onnxruntime really takes the AVX2 kernels, and the bundles
+quantize writes for AVX2 and for VNNI pass their canary gate there and stay batch-invariant.
+
+Needs qemu-user (`make test-emulated`; CI installs it); the default suite deselects `qemu`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_embed.quantize.emulate import report, saturation_probe
+from edge_embed.quantize.machine import this_target
+from edge_embed.service.canary import FP32_GATE
+from tests.fixtures.quantized import build_tiny_int8
+
+pytestmark = pytest.mark.qemu
+
+# Batch invariance: the canary agreement's own bar for fp32 (per-token int8 measured 1.0 natively
+# and under emulation).
+INVARIANCE = FP32_GATE
+
+
+def test_native_probe_matches_this_cpu() -> None:
+    # VNNI sums u8 x s8 in 32 bits; AVX2 without it clips pair sums at 16 bits
+    assert saturation_probe() == (this_target() == "avx2")
+
+
+@pytest.mark.parametrize("target", ["avx2", "avx512-vnni"])
+def test_bundle_under_avx2_emulation(target: str, tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = build_tiny_int8(tiny_bundle, tmp_path / target,
+                             ["--target", target, "--exclude", "none"])
+    result = report(bundle)
+    assert result["emulated_saturates"] is True, "the emulated CPU did not take the AVX2 kernels"
+    assert result["emulated_passes_gate"] is True, result
+    batch = result["emulated_batch_invariance_min"]
+    assert isinstance(batch, float) and batch >= INVARIANCE, result
