@@ -116,7 +116,7 @@ test-fast: install-fast
 	$(BIN)/pytest -q --fast $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check edge_embed service export quantize bench tests
+	$(BIN)/ruff check edge_embed service export quantize bench corpus tests
 	$(BIN)/mypy
 
 # The memory run is repeated on a server without the memory bound (the per-run token budget,
