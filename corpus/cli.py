@@ -103,7 +103,7 @@ def embed_command(args: argparse.Namespace, prog: str) -> int:
     if mode == "ray":
         from .ray_runner import run_ray
 
-        return run_ray(args, prog, sources, fields, spec, state)
+        return run_ray(args, prog, sources, fields, spec)
     from .embedder import Embedder
 
     embedder = Embedder(args.model)
@@ -137,7 +137,7 @@ def progress_bar(total: int, initial: int, quiet: bool, prog: str) -> Any:
 
 
 def write_manifest(out: Path, spec: Spec, names: list[str]) -> dict[str, Any]:
-    shards = [shard_stats(out / name) for name in names]
+    shards = [shard_stats(out, name) for name in names]
     data = summary(spec, shards, rows=sum(s["rows"] for s in shards),
                    tokens=sum(s["tokens"] for s in shards),
                    truncated=sum(s["truncated"] for s in shards),

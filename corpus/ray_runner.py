@@ -27,7 +27,8 @@ import numpy as np
 from .errors import RAY_HINT, CorpusError
 from .manifest import Spec
 from .readers import Fields, Source
-from .resume import State, begin
+from .resume import begin
+from .shards import RAY_SHARDS_DIR, shard_rows
 from .validate import scan
 
 # CPUs per actor: the service's measurement on 2 cores (two runs of one thread beat one run of
@@ -46,7 +47,6 @@ class EmbedActor:
 
         self.embedder = Embedder(Path(bundle), cpus=cpus)
         self.id_field = id_field
-        self.text_field = "text"
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
@@ -93,14 +93,14 @@ def _read(ray: Any, sources: Sequence[Source], fields: Fields) -> Any:
     return ds.map_batches(rename, batch_format="pyarrow")
 
 
-def _done_rows(out: Path) -> tuple[np.ndarray, list[Path]]:
+def _done_rows(folder: Path) -> tuple[np.ndarray, list[Path]]:
     """Row numbers in the whole shards of a previous attempt; broken files are removed."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows: list[np.ndarray] = []
     files: list[Path] = []
-    for path in sorted(out.glob("*.parquet")):
+    for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
         try:
             rows.append(pq.read_table(path, columns=["row"])["row"].to_numpy())
             files.append(path)
@@ -111,7 +111,7 @@ def _done_rows(out: Path) -> tuple[np.ndarray, list[Path]]:
 
 
 def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fields: Fields,
-            spec: Spec, state: State) -> int:
+            spec: Spec) -> int:
     try:
         import ray
     except ImportError:
@@ -126,7 +126,8 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
                  TextTokenizer(args.model / manifest.tokenizer_file, manifest.max_tokens))
     total = sum(scan(sources, fields, tokenizer))
     begin(args.out, spec, args.overwrite)
-    done, _ = _done_rows(args.out)
+    shards = args.out / RAY_SHARDS_DIR
+    done, _ = _done_rows(shards)
     if len(done):
         say(args.quiet, prog, f"resuming: {len(done)} of {total} rows already written")
     if not ray.is_initialized():
@@ -135,6 +136,8 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # zip pairs rows by position
     ctx.enable_progress_bars = not args.quiet
+    if args.quiet:
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
     actor_cpus = max(1, min(args.ray_actor_cpus, cpus))
     if len(done) < total:
@@ -154,14 +157,17 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
             ds = ds.map_batches(keep, batch_format="pyarrow")
         ds = ds.map_batches(EmbedActor, batch_size=RAY_BATCH_ROWS, batch_format="pyarrow",
                             fn_constructor_args=(str(args.model), actor_cpus, fields.id),
-                            concurrency=max(1, cpus // actor_cpus), num_cpus=actor_cpus)
-        ds.write_parquet(str(args.out))
-    written, files = _done_rows(args.out)
+                            compute=ray.data.ActorPoolStrategy(
+                                min_size=1, max_size=max(1, cpus // actor_cpus)),
+                            num_cpus=actor_cpus)
+        # Ray's writer names its files per write task; at most shard_rows rows each, as local.
+        ds.write_parquet(str(shards), max_rows_per_file=spec.shard_rows)
+    written, files = _done_rows(shards)
     if len(written) != total or (len(written) and int(written[-1]) != total - 1):
         raise CorpusError(f"--out {args.out}: the shards hold {len(written)} distinct rows of "
                           f"{total}; run the command again to finish")
-    names = [f.name for f in files]
-    counted = sum(_rows(f) for f in files)
+    names = [f"{RAY_SHARDS_DIR}/{f.name}" for f in files]
+    counted = sum(shard_rows(f) for f in files)
     if counted != total:
         raise CorpusError(f"--out {args.out}: the shards hold {counted} rows for {total} "
                           "inputs (a row written twice); pass --overwrite to start again")
@@ -169,8 +175,3 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
     say(args.quiet, prog, f"wrote {total} vectors in {len(names)} shard(s) to {args.out}")
     return 0
 
-
-def _rows(path: Path) -> int:
-    from .shards import shard_rows
-
-    return shard_rows(path)

@@ -9,12 +9,13 @@ options); a restart with a different spec is refused rather than mixing two runs
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CorpusError
 from .manifest import MANIFEST_NAME, RUN_NAME, Spec, read_json, write_json_atomic
-from .shards import SHARD_RE, TMP_PREFIX, remove_temporaries
+from .shards import RAY_SHARDS_DIR, SHARD_RE, TMP_PREFIX, remove_temporaries
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class State:
 
 def _ours(out: Path) -> list[Path]:
     return [p for p in out.iterdir()
-            if SHARD_RE.match(p.name) or p.name in (RUN_NAME, MANIFEST_NAME)
+            if SHARD_RE.match(p.name) or p.name in (RUN_NAME, MANIFEST_NAME, RAY_SHARDS_DIR)
             or p.name.startswith(TMP_PREFIX)]
 
 
@@ -38,6 +39,8 @@ def inspect(out: Path, spec: Spec, overwrite: bool) -> State:
     if overwrite:
         return State(False, frozenset())
     shards = frozenset(p.name for p in out.iterdir() if SHARD_RE.match(p.name))
+    if (out / RAY_SHARDS_DIR).is_dir():
+        shards |= {p.name for p in (out / RAY_SHARDS_DIR).iterdir()}
     recorded = read_json(out / RUN_NAME)
     if recorded is None:
         if shards or (out / MANIFEST_NAME).exists():
@@ -57,7 +60,10 @@ def begin(out: Path, spec: Spec, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for path in _ours(out):
-            path.unlink()
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     remove_temporaries(out)
     (out / MANIFEST_NAME).unlink(missing_ok=True)
     write_json_atomic(out / RUN_NAME, spec.to_dict())

@@ -20,6 +20,8 @@ import numpy.typing as npt
 
 SHARD_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 TMP_PREFIX = ".tmp-"
+# Ray mode's shards: a folder of their own, since Ray's writer names its files itself.
+RAY_SHARDS_DIR = "shards"
 
 
 def shard_name(index: int) -> str:
@@ -86,14 +88,14 @@ def remove_temporaries(folder: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def shard_stats(path: Path) -> dict[str, Any]:
-    """A written shard's entry in the manifest: name, rows, tokens, truncation."""
+def shard_stats(out: Path, name: str) -> dict[str, Any]:
+    """A written shard's entry in the manifest: its path under `out`, rows, tokens, truncation."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    t = pq.read_table(path, columns=["tokens", "original_tokens", "truncated"])
+    t = pq.read_table(out / name, columns=["tokens", "original_tokens", "truncated"])
     rows = t.num_rows
-    return {"file": path.name, "rows": rows,
+    return {"file": name, "rows": rows,
             "tokens": int(pc.sum(t["tokens"]).as_py() or 0) if rows else 0,
             "truncated": int(pc.sum(pc.cast(t["truncated"], "int64")).as_py() or 0)
             if rows else 0,

@@ -1,0 +1,78 @@
+"""`edge-embed embed --ray` on a local one-node Ray (`ray.init(num_cpus=2)`): the same vectors
+as the local mode and the service, and a restart that writes only the missing rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+
+from edge_embed.corpus.cli import main
+from tests.fixtures.corpus import by_id, documents, read_output, service_vectors, write_jsonl
+from tests.fixtures.server import live_server
+
+pytestmark = pytest.mark.ray
+N = 400
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def embed(*args: str | Path | int) -> int:
+    return main([str(a) for a in args] + ["--quiet"])
+
+
+def test_ray_local_and_service_agree(tmp_path: Path, tiny_bundle: Path, local_ray: None,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    texts = documents(N, seed=5)
+    src = write_jsonl(tmp_path / "d.jsonl", texts)
+    assert embed(src, "--model", tiny_bundle, "--out", tmp_path / "local") == 0
+    assert embed(src, "--model", tiny_bundle, "--out", tmp_path / "ray", "--ray") == 0
+    local_ids, local, local_manifest = read_output(tmp_path / "local")
+    ray_ids, on_ray, ray_manifest = read_output(tmp_path / "ray")
+    assert sorted(ray_ids) == list(range(N))
+    ray_by_id = by_id(ray_ids, on_ray)
+    in_order = np.stack([ray_by_id[i] for i in local_ids])
+    assert np.array_equal(in_order, local)
+    with live_server([tiny_bundle], ["--cache-entries", "0"]) as live:
+        assert np.array_equal(service_vectors(live.base_url, "tiny", texts), local)
+    for key in ("counts", "truncation", "bundle", "inputs"):
+        if key == "counts":
+            assert ray_manifest[key]["documents"] == local_manifest[key]["documents"]
+        else:
+            assert ray_manifest[key] == local_manifest[key]
+    assert main([str(src), "--model", str(tiny_bundle), "--out", str(tmp_path / "ray"),
+                 "--ray"]) == 0
+    assert "nothing to do" in capsys.readouterr().err
+
+
+def test_ray_restart_writes_only_the_missing_rows(tmp_path: Path, tiny_bundle: Path,
+                                                  local_ray: None) -> None:
+    texts = documents(N, seed=9)
+    src = write_jsonl(tmp_path / "d.jsonl", texts)
+    out = tmp_path / "ray"
+    args = ("--model", tiny_bundle, "--out", out, "--ray", "--shard-rows", 100)
+    assert embed(src, *args) == 0
+    _, full, _ = read_output(out)
+    ids_full, _, manifest = read_output(out)
+    files = [out / s["file"] for s in manifest["shards"]]
+    assert len(files) >= 2
+    # What a killed run leaves: the manifest not yet written, one shard never written and one
+    # cut off mid-write (no Parquet footer).
+    (out / "manifest.json").unlink()
+    files[0].unlink()
+    files[1].write_bytes(files[1].read_bytes()[:100])
+    kept = {f.name: f.stat().st_mtime_ns for f in files[2:]}
+    assert embed(src, *args) == 0
+    ids, vectors, _ = read_output(out)
+    assert sorted(ids) == list(range(N))  # every row exactly once
+    assert {f.name: f.stat().st_mtime_ns for f in files[2:]} == kept
+    again = by_id(ids, vectors)
+    assert all(np.array_equal(again[i], full[k]) for k, i in enumerate(ids_full))
