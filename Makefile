@@ -128,6 +128,7 @@ bench: install model
 	$(BIN)/edge-embed bench --int8 $(MODELS)/$(MODEL)-int8 --fp32 $(MODELS)/$(MODEL)-fp32 \
 		--source $(SRC_$(MODEL)) --out $(BENCH_OUT_$(MODEL)) \
 		--memory-reference-arg=--batch-tokens=65536 --memory-reference-arg=--batch-inputs=256
+	$(BIN)/edge-embed bench bulk --model $(MODELS)/$(MODEL)-int8 --out $(BENCH_OUT_$(MODEL))
 
 # Each tuning knob's values against the current defaults (~10 min on 2 cores): the numbers the
 # serving defaults are chosen from. Writes bench/results/sweep.{json,txt}.
