@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import RAY_HINT, CorpusError
 from .manifest import Spec
-from .readers import Fields, Source
+from .readers import CSV_FIELD_LIMIT, Fields, Source
 from .resume import begin
 from .shards import RAY_SHARDS_DIR, shard_rows
 from .validate import scan
@@ -37,6 +37,9 @@ ACTOR_CPUS = 1
 # Rows per map_batches call: the window each actor sorts by length and cuts as the engine does;
 # 1024 short rows are ~32 model runs, enough for the sort to pay, small in memory.
 RAY_BATCH_ROWS = 1024
+# pyarrow's JSON reader parses in blocks that must each hold whole lines: the CSV reader's field
+# limit, so that any document the local mode reads, Ray reads too.
+JSON_BLOCK_BYTES = CSV_FIELD_LIMIT
 
 
 class EmbedActor:
@@ -65,20 +68,32 @@ class EmbedActor:
 
 
 def _read(ray: Any, sources: Sequence[Source], fields: Fields) -> Any:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+
     paths = [str(s.path) for s in sources]
     fmt = sources[0].format
     if any(s.format != fmt for s in sources):
         raise CorpusError("--ray reads every input with one Ray reader: give inputs of one "
                           "format")
     columns = [c for c in (fields.text, fields.id) if c]
+    # Every input is read whatever its suffix (the readers' default filters would skip .ndjson).
+    common: dict[str, Any] = {"file_extensions": None}
     if fmt == "jsonl":
-        ds = ray.data.read_json(paths, lines=True)
+        # pyarrow's reader, which reads JSON Lines and keeps strings as strings (with
+        # lines=True Ray reads through pandas, which turns "007" into 7); a block must hold
+        # the longest line.
+        ds = ray.data.read_json(paths, read_options=pajson.ReadOptions(
+            block_size=JSON_BLOCK_BYTES), **common)
     elif fmt == "csv":
-        ds = ray.data.read_csv(paths)
+        ds = ray.data.read_csv(paths, convert_options=pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in columns}, include_columns=columns),
+            **common)
     elif fmt == "parquet":
-        ds = ray.data.read_parquet(paths, columns=columns)
+        ds = ray.data.read_parquet(paths, columns=columns, **common)
     else:
-        ds = ray.data.read_text(paths)
+        ds = ray.data.read_text(paths, **common)
         columns = ["text"]
 
     def rename(batch: Any) -> Any:

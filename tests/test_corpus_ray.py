@@ -3,6 +3,7 @@ as the local mode and the service, and a restart that writes only the missing ro
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,3 +77,28 @@ def test_ray_restart_writes_only_the_missing_rows(tmp_path: Path, tiny_bundle: P
     assert {f.name: f.stat().st_mtime_ns for f in files[2:]} == kept
     again = by_id(ids, vectors)
     assert all(np.array_equal(again[i], full[k]) for k, i in enumerate(ids_full))
+
+
+@pytest.mark.parametrize("suffix", ["csv", "ndjson"])
+def test_ray_keeps_ids_and_texts_as_written(tmp_path: Path, tiny_bundle: Path,
+                                            local_ray: None, suffix: str) -> None:
+    texts = [*documents(30, seed=13), "007", "1.50"]  # texts a type-guessing reader changes
+    keys = [f"{i:03d}" for i in range(len(texts))]  # ids with leading zeros, likewise
+    if suffix == "csv":
+        src = tmp_path / "d.csv"
+        with src.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["doc", "text"])
+            w.writerows(zip(keys, texts, strict=True))
+    else:
+        src = write_jsonl(tmp_path / "d.ndjson", texts, keys)
+    for mode in ("local", "ray"):
+        extra = ["--ray"] if mode == "ray" else []
+        assert embed(src, "--model", tiny_bundle, "--out", tmp_path / mode, "--id-field",
+                     "doc", *extra) == 0
+    local_ids, local, _ = read_output(tmp_path / "local")
+    ray_ids, on_ray, _ = read_output(tmp_path / "ray")
+    assert local_ids == keys
+    assert sorted(ray_ids) == keys
+    ray_by_id = by_id(ray_ids, on_ray)
+    assert np.array_equal(np.stack([ray_by_id[k] for k in keys]), local)
