@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from edge_embed.service.encoder import TextTokenizer
 
-from .errors import at
+from .errors import CorpusError, at
 from .readers import Fields, Source, records, row_unit
 
 # Texts tokenized at a time when --no-truncate checks lengths up front.
@@ -38,6 +38,8 @@ def scan(sources: Sequence[Source], fields: Fields,
         if tokenizer is not None and chunk:
             _check_lengths(source, chunk, n - len(chunk), tokenizer)
         counts.append(n)
+    if not sum(counts):
+        raise CorpusError(f"{', '.join(str(s.path) for s in sources)}: no documents to embed")
     return counts
 
 

@@ -111,6 +111,9 @@ def test_unreadable_and_unknown_inputs(tmp_path: Path, tiny_bundle: Path,
     (tmp_path / "x.docx").write_text("hello\n")
     assert embed(tmp_path / "x.docx", "--model", tiny_bundle, "--out", out) == 2
     assert "unknown format '.docx'" in capsys.readouterr().err
+    (tmp_path / "empty.jsonl").write_text("")
+    assert embed(tmp_path / "empty.jsonl", "--model", tiny_bundle, "--out", out) == 2
+    assert "empty.jsonl: no documents to embed" in capsys.readouterr().err
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
     assert embed(tmp_path / "bad.parquet", "--model", tiny_bundle, "--out", out) == 2
     assert "bad.parquet: is not a readable Parquet file" in capsys.readouterr().err
