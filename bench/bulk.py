@@ -158,9 +158,15 @@ def _run(kind: str, bundle: Path, corpus: Path, window: int, out: Path) -> dict[
     result["inputs_per_s"] = result["rows"] / result["seconds"]
     if samples:
         warm = [rss for shards, rss in samples if shards >= RSS_WARM_SHARDS]
+        # The highest RSS seen while each shard was being made (index: shards written so far).
+        per_shard: dict[int, int] = {}
+        for shards, rss in samples:
+            per_shard[shards] = max(rss, per_shard.get(shards, 0))
         result["rss_mb"] = {"at_warm": round(warm[0] / 2**20, 1) if warm else None,
                             "max_after_warm": round(max(warm) / 2**20, 1) if warm else None,
                             "max": round(max(r for _, r in samples) / 2**20, 1),
+                            "per_shard": [round(per_shard[k] / 2**20, 1)
+                                          for k in sorted(per_shard)],
                             "samples": len(samples)}
     return result
 
@@ -204,9 +210,11 @@ def table(result: dict[str, Any]) -> str:
     for i, run_ in enumerate(local):
         rss = run_.get("rss_mb")
         if rss:
-            lines.append(f"  local RSS round {i + 1}: {rss['at_warm']} MB after "
-                         f"{RSS_WARM_SHARDS} shards, {rss['max_after_warm']} MB max after, "
-                         f"over {result['rows'] // result['window_rows']} shards")
+            series = rss["per_shard"]
+            marks = sorted({min(len(series) - 1, round(q * (len(series) - 1)))
+                            for q in (0.1, 0.25, 0.5, 0.75, 1.0)})
+            lines.append(f"  local RSS round {i + 1} (MB, highest while shard k was made): "
+                         + ", ".join(f"k={k}: {series[k]}" for k in marks))
     return "\n".join(lines) + "\n"
 
 
