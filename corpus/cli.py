@@ -124,9 +124,19 @@ def embed_command(args: argparse.Namespace, prog: str) -> int:
                               bar.update)
     finally:
         embedder.close()
-    write_manifest(args.out, spec, names)
-    say(args.quiet, prog, f"wrote {total} vectors in {len(names)} shard(s) to {args.out}")
+    report(args.quiet, prog, args.out, write_manifest(args.out, spec, names))
     return 0
+
+
+def report(quiet: bool, prog: str, out: Path, manifest: dict[str, Any]) -> None:
+    """The run's last words: what was written, and what was cut (as the service warns)."""
+    counts, cut = manifest["counts"], manifest["truncation"]
+    say(quiet, prog, f"wrote {counts['documents']} vectors in {counts['shards']} shard(s) to "
+        f"{out}")
+    if cut["truncated"]:
+        say(quiet, prog, f"{cut['truncated']} input(s) were cut to the model's limit of "
+            f"{cut['limit']} tokens (the longest had {cut['max_original_tokens']}); their rows "
+            "say truncated=true (pass --no-truncate to get an error instead)")
 
 
 def progress_bar(total: int, initial: int, quiet: bool, prog: str) -> Any:

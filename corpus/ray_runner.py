@@ -72,7 +72,8 @@ def _read(ray: Any, sources: Sequence[Source], fields: Fields) -> Any:
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
 
-    paths = [str(s.path) for s in sources]
+    # Absolute: Ray's workers need not share the driver's working directory.
+    paths = [str(s.path.resolve()) for s in sources]
     fmt = sources[0].format
     if any(s.format != fmt for s in sources):
         raise CorpusError("--ray reads every input with one Ray reader: give inputs of one "
@@ -134,7 +135,7 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
     from edge_embed.service.bundle import load_manifest
     from edge_embed.service.encoder import TextTokenizer
 
-    from .cli import say, write_manifest
+    from .cli import report, say, write_manifest
 
     manifest = load_manifest(args.model)
     tokenizer = (None if spec.truncate else
@@ -171,7 +172,7 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
 
             ds = ds.map_batches(keep, batch_format="pyarrow")
         ds = ds.map_batches(EmbedActor, batch_size=RAY_BATCH_ROWS, batch_format="pyarrow",
-                            fn_constructor_args=(str(args.model), actor_cpus, fields.id),
+                            fn_constructor_args=(str(args.model.resolve()), actor_cpus, fields.id),
                             compute=ray.data.ActorPoolStrategy(
                                 min_size=1, max_size=max(1, cpus // actor_cpus)),
                             num_cpus=actor_cpus)
@@ -186,7 +187,6 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
     if counted != total:
         raise CorpusError(f"--out {args.out}: the shards hold {counted} rows for {total} "
                           "inputs (a row written twice); pass --overwrite to start again")
-    write_manifest(args.out, spec, names)
-    say(args.quiet, prog, f"wrote {total} vectors in {len(names)} shard(s) to {args.out}")
+    report(args.quiet, prog, args.out, write_manifest(args.out, spec, names))
     return 0
 

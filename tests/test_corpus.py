@@ -129,7 +129,8 @@ def test_no_truncate_refuses_before_writing(tmp_path: Path, tiny_bundle: Path,
     err = capsys.readouterr().err
     assert f"{src}: line 2: has" in err and "over the model's limit of 64" in err
     assert not out.exists()
-    assert embed(src, "--model", tiny_bundle, "--out", out) == 0
+    assert main([str(src), "--model", str(tiny_bundle), "--out", str(out)]) == 0
+    assert "1 input(s) were cut to the model's limit of 64 tokens" in capsys.readouterr().err
     _, _, manifest = read_output(out)
     assert manifest["truncation"]["truncated"] == 1
 
