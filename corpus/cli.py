@@ -15,7 +15,7 @@ from edge_embed.export.tooling import run_cli
 from edge_embed.service.bundle import load_manifest
 from edge_embed.service.errors import BundleError
 
-from .errors import CorpusError, need_pyarrow
+from .errors import CorpusError, need_corpus_extra
 from .manifest import (
     MANIFEST_NAME,
     Spec,
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed embed") -> int:
 
 
 def embed_command(args: argparse.Namespace, prog: str) -> int:
-    need_pyarrow()
+    need_corpus_extra()
     if args.shard_rows < 1:
         raise CorpusError("--shard-rows must be at least 1")
     sources = [detect(path, cast(Format | None, args.format)) for path in args.inputs]

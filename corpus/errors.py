@@ -17,13 +17,14 @@ def at(path: Path | str, row: int | None, reason: str, unit: str = "row") -> Cor
     return CorpusError(f"{where}: {reason}")
 
 
-PYARROW_HINT = ("`edge-embed embed` writes Parquet with pyarrow, which the serving install leaves "
-                "out: pip install 'edge-embed[corpus]'")
+CORPUS_HINT = ("`edge-embed embed` writes Parquet with pyarrow and shows progress with tqdm, "
+               "which the serving install leaves out: pip install 'edge-embed[corpus]'")
 RAY_HINT = "`edge-embed embed --ray` needs Ray Data: pip install 'edge-embed[ray]'"
 
 
-def need_pyarrow() -> None:
+def need_corpus_extra() -> None:
     try:
         import pyarrow  # noqa: F401
+        import tqdm  # noqa: F401
     except ImportError:
-        raise CorpusError(PYARROW_HINT) from None
+        raise CorpusError(CORPUS_HINT) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +165,13 @@ def test_bit_identical_to_the_service(tmp_path: Path, tiny_bundle: Path) -> None
         served = service_vectors(live.base_url, "tiny", texts)
     assert local.dtype == served.dtype == np.float32
     assert np.array_equal(local, served)
+
+
+def test_missing_extra_says_what_to_install(tmp_path: Path, tiny_bundle: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_jsonl(tmp_path / "d.jsonl", ["hello"])
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # what an install without it sees
+    assert embed(src, "--model", tiny_bundle, "--out", tmp_path / "out") == 2
+    assert "pip install 'edge-embed[corpus]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
