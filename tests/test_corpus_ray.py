@@ -3,17 +3,24 @@ as the local mode and the service, and a restart that writes only the missing ro
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import ray
 
 from edge_embed.corpus.cli import main
 from tests.fixtures.corpus import by_id, documents, read_output, service_vectors, write_jsonl
-from tests.fixtures.server import live_server
+from tests.fixtures.server import ROOT, live_server
 
 pytestmark = pytest.mark.ray
 N = 400
@@ -102,3 +109,51 @@ def test_ray_keeps_ids_and_texts_as_written(tmp_path: Path, tiny_bundle: Path,
     assert sorted(ray_ids) == keys
     ray_by_id = by_id(ray_ids, on_ray)
     assert np.array_equal(np.stack([ray_by_id[k] for k in keys]), local)
+
+
+# A driver killed outright mid-run: enough rows that the kill lands between Ray's writes.
+KILL_ROWS = 20_000
+KILL_SHARD = 500
+POLL_S = 0.01
+KILL_DEADLINE_S = 300.0
+
+
+def whole_rows(folder: Path) -> int:
+    """Rows in the whole Parquet files of `folder` (a file still being written has no footer)."""
+    rows = 0
+    for path in folder.glob("*.parquet"):
+        with contextlib.suppress(pa.ArrowInvalid, OSError):
+            rows += pq.read_metadata(path).num_rows
+    return rows
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_ray_driver_killed_and_restarted(tmp_path: Path, tiny_bundle: Path, local_ray: None,
+                                         sig: signal.Signals) -> None:
+    """The job's driver in its own process on the test's Ray (so the cluster outlives it)."""
+    src = write_jsonl(tmp_path / "d.jsonl", documents(KILL_ROWS, seed=17))
+    out = tmp_path / "out"
+    address = ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "edge_embed.service.cli", "embed", str(src), "--model",
+           str(tiny_bundle), "--out", str(out), "--shard-rows", str(KILL_SHARD), "--quiet",
+           "--ray", address]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + KILL_DEADLINE_S
+    while whole_rows(out / "shards") < 2 * KILL_SHARD:
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        assert time.monotonic() < deadline
+        time.sleep(POLL_S)
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert not (out / "manifest.json").exists()
+    assert 0 < whole_rows(out / "shards") < KILL_ROWS  # stopped midway
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    ids, vectors, manifest = read_output(out)
+    assert sorted(ids) == list(range(KILL_ROWS))  # every row exactly once
+    assert manifest["counts"]["documents"] == KILL_ROWS
+    local = tmp_path / "local"
+    assert embed(src, "--model", tiny_bundle, "--out", local) == 0
+    _, reference, _ = read_output(local)
+    again = by_id(ids, vectors)
+    assert np.array_equal(np.stack([again[i] for i in range(KILL_ROWS)]), reference)
