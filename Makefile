@@ -135,7 +135,7 @@ test-fast: install-fast
 	$(BIN)/pytest -q --fast $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check edge_embed service export quantize bench tests
+	$(BIN)/ruff check edge_embed service export quantize bench corpus tests
 	$(BIN)/mypy
 
 # The memory run is repeated on a server without the memory bound (the per-run token budget,
@@ -147,6 +147,7 @@ bench: install model
 	$(BIN)/edge-embed bench --int8 $(MODELS)/$(MODEL)-int8 --fp32 $(MODELS)/$(MODEL)-fp32 \
 		--source $(SRC_$(MODEL)) --out $(BENCH_OUT_$(MODEL)) \
 		--memory-reference-arg=--batch-tokens=65536 --memory-reference-arg=--batch-inputs=256
+	$(BIN)/edge-embed bench bulk --model $(MODELS)/$(MODEL)-int8 --out $(BENCH_OUT_$(MODEL))
 	$(MAKE) --no-print-directory bench-openvino
 
 # OpenVINO against the CPU provider on the same bundles (bench/openvino.py): optional, it needs

@@ -25,7 +25,8 @@ RESULT_CHART = "bench.png"
 
 def parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], epilog=(
-        f"`{prog} sweep --help`: the tuning sweep, each knob's values against the defaults"))
+        f"`{prog} sweep --help`: the tuning sweep, each knob's values against the defaults; "
+        f"`{prog} bulk --help`: the corpus job against raw onnxruntime"))
     p.add_argument("--int8", type=Path, required=True, metavar="BUNDLE",
                    help="the bundle under test (the default int8 bundle)")
     p.add_argument("--fp32", type=Path, metavar="BUNDLE", help="the fp32 bundle, served too")
@@ -74,6 +75,10 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed bench") -> int:
         from .sweep import main as sweep_main  # its own options; imported only when asked for
 
         return sweep_main(argv[1:], prog=f"{prog} sweep")
+    if argv[:1] == ["bulk"]:
+        from .bulk import main as bulk_main  # the corpus job (needs the corpus extra)
+
+        return bulk_main(argv[1:], prog=f"{prog} bulk")
     args = parser(prog).parse_args(argv)
 
     def body() -> int:

@@ -16,6 +16,7 @@ SUBCOMMANDS = {
                  "quantize a bundle (int8 for CPU, fp16 for GPU) and measure it"),
     "serve": ("edge_embed.service.serve", "serve bundles behind the OpenAI embeddings API"),
     "bench": ("edge_embed.bench.cli", "benchmark the service against baselines"),
+    "embed": ("edge_embed.corpus.cli", "embed a whole corpus to Parquet, locally or on Ray"),
 }
 USAGE = "usage: edge-embed {" + ",".join(SUBCOMMANDS) + "} [options]\n\n" + "\n".join(
     f"  {name:<9} {help_}" for name, (_, help_) in SUBCOMMANDS.items()

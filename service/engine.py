@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +35,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .admission import RUN_COST_TOKENS, RUNNING_SHARE_LEFT, Meter, judge
+from .batching import cut_sorted, padded_width
 from .encoder import BundleModel
 from .errors import ApiError, ClientGone, InternalError, Overloaded, Unavailable
 from .feeds import I64
@@ -350,40 +350,14 @@ class ModelEngine:
         return window
 
     def _form_batches(self, window: list[tuple[Job, int]]) -> list[list[tuple[Job, int]]]:
-        """Sort by length, then cut into the batches of least total cost.
-
-        A batch costs RUN_COST_TOKENS plus its padded tokens (longest x count); batches stay
-        within the token and input budgets. Over a sorted window the cheapest cut is found
-        exactly (best[j]: cheapest cost of the first j rows) in O(rows x batch_inputs).
-        """
+        """Sort by length, then cut into the batches of least total cost (service/batching.py)."""
         items = sorted(window, key=lambda item: len(item[0].rows[item[1]]))
         lengths = [len(job.rows[row]) for job, row in items]
-        n = len(items)
-        best = [0.0] + [math.inf] * n
-        start = [0] * (n + 1)  # where the last batch of the best cut of the first j rows starts
-        for j in range(1, n + 1):
-            longest = lengths[j - 1]
-            for i in range(j - 1, max(-1, j - 1 - self.batching.max_inputs), -1):
-                count = j - i
-                width = self._padded(longest, count)
-                if count > 1 and width * count > self.batching.max_tokens:
-                    break
-                cost = best[i] + RUN_COST_TOKENS + width * count
-                if cost < best[j]:
-                    best[j], start[j] = cost, i
-        batches: list[list[tuple[Job, int]]] = []
-        j = n
-        while j > 0:
-            batches.append(items[start[j]:j])
-            j = start[j]
-        batches.reverse()
-        return batches
+        return [items[i:j] for i, j in cut_sorted(lengths, self.batching,
+                                                  self.model.manifest.max_tokens)]
 
     def _padded(self, width: int, count: int) -> int:
-        if count <= 1:
-            return width  # a lone input has no batch-mates to pad for
-        m = max(1, self.batching.pad_multiple)
-        return min(-(-width // m) * m, max(width, self.model.manifest.max_tokens))
+        return padded_width(width, count, self.batching, self.model.manifest.max_tokens)
 
     def _check_gone(self, job: Job) -> None:
         if job.dropped is None and not job.future.done() and job.is_gone():

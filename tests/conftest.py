@@ -46,7 +46,7 @@ EXPORT_BUILDERS = frozenset({
     "build_quantized", "build_tiny_int8", "build_tiny_qwen3", "build_tiny_mistral", "build_twin",
 })
 # The markers whose tests the fast loop leaves out.
-FAST_EXCLUDES = ("export", "slow")
+FAST_EXCLUDES = ("export", "slow", "ray")
 # What the fast loop must never have imported (the torch-free part of the export stack, such as
 # edge_embed.export.tooling, is fine).
 HEAVY_MODULES = ("torch", "transformers", "optimum", "sentence_transformers", "onnx")

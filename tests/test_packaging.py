@@ -21,7 +21,7 @@ import edge_embed
 from tests.fixtures.server import ROOT
 
 # The folders that live at the top of the repository and are importable only as edge_embed.*.
-SUBPACKAGES = ("service", "export", "quantize", "bench")
+SUBPACKAGES = ("service", "export", "quantize", "bench", "corpus")
 BUILD_TIMEOUT_S = 300
 
 
@@ -90,3 +90,14 @@ def test_no_module_imports_a_folder_by_its_bare_name() -> None:
                            text=True, check=True).stdout.split()
     bare = [hit for f in files for hit in _bare_imports(ROOT / f)]
     assert files and not bare, bare
+
+
+def test_serving_never_imports_the_corpus_extras() -> None:
+    """pyarrow, tqdm and ray are extras (`corpus`, `ray`): the server and the CLI's dispatch
+    must start without them."""
+    probe = ("import sys, edge_embed.service.serve, edge_embed.service.app, "
+             "edge_embed.service.cli; "
+             "print(sorted(m for m in ('pyarrow', 'ray', 'tqdm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,1 @@
+"""`edge-embed embed`: a whole corpus to Parquet shards, in-process or on a Ray cluster."""

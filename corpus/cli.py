@@ -1,0 +1,156 @@
+"""`edge-embed embed INPUT… --model BUNDLE --out DIR`: a corpus to Parquet shards + manifest.
+
+In-process by default (the service's engine code on every usable CPU); `--ray [ADDRESS]` runs
+the same job on Ray Data. Resumable: run the same command again after an interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, cast
+
+from edge_embed.export.tooling import run_cli
+from edge_embed.service.bundle import load_manifest
+from edge_embed.service.errors import BundleError
+
+from .errors import CorpusError, need_corpus_extra
+from .manifest import (
+    MANIFEST_NAME,
+    Spec,
+    bundle_identity,
+    input_identity,
+    summary,
+    write_json_atomic,
+)
+from .readers import FORMATS, Fields, Format, detect
+from .resume import begin, inspect
+from .shards import shard_name, shard_stats
+from .validate import scan
+
+# Rows per shard: a few MB of vectors at 384 dimensions (10 K x 384 x 4 B = 15 MB), so that an
+# interrupted run loses little, memory stays one shard's worth, and a million-row corpus is
+# about a hundred files. Every shard is sorted by length and cut as the engine cuts, so a
+# larger shard only sorts a little better.
+SHARD_ROWS = 10_000
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                   help="JSON Lines, CSV, Parquet or plain text (a document per line); the "
+                        "format is taken from the suffix unless --format is given")
+    p.add_argument("--model", required=True, type=Path, metavar="BUNDLE",
+                   help="the bundle folder to embed with")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR",
+                   help="the output folder (shards, run.json, manifest.json)")
+    p.add_argument("--format", choices=FORMATS, help="read every input as this format")
+    p.add_argument("--text-field", default="text",
+                   help="the field or column holding the text (default: text)")
+    p.add_argument("--id-field", help="the field or column holding each document's id "
+                   "(default: the 0-based row number across the inputs, in the order given)")
+    p.add_argument("--no-truncate", action="store_true",
+                   help="refuse texts over the model's token limit instead of cutting them "
+                        "(checked for every row before anything is written)")
+    p.add_argument("--shard-rows", type=int, default=SHARD_ROWS,
+                   help=f"rows per output shard (default: {SHARD_ROWS})")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace this job's files in --out from a different run")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray Data: a cluster's address, or none to start a local Ray")
+    p.add_argument("--ray-actor-cpus", type=int, default=1, metavar="N",
+                   help="CPUs (and onnxruntime threads) per Ray actor (default: 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    return p
+
+
+def say(quiet: bool, prog: str, message: str) -> None:
+    if not quiet:
+        print(f"{prog}: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None, prog: str = "edge-embed embed") -> int:
+    args = parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
+    return run_cli(prog, lambda: embed_command(args, prog))
+
+
+def embed_command(args: argparse.Namespace, prog: str) -> int:
+    need_corpus_extra()
+    if args.shard_rows < 1:
+        raise CorpusError("--shard-rows must be at least 1")
+    sources = [detect(path, cast(Format | None, args.format)) for path in args.inputs]
+    for s in sources:
+        if not s.path.is_file():
+            raise CorpusError(f"{s.path}: no such file")
+    try:
+        manifest = load_manifest(args.model)
+    except BundleError as exc:
+        raise CorpusError(f"--model: {exc}") from None
+    fields = Fields(args.text_field, args.id_field)
+    mode = "local" if args.ray is None else "ray"
+    try:
+        inputs = input_identity(sources)
+    except OSError as exc:
+        raise CorpusError(f"{exc.filename}: cannot be read ({exc.strerror})") from None
+    spec = Spec(bundle_identity(args.model, manifest), inputs, fields,
+                truncate=not args.no_truncate, shard_rows=args.shard_rows, mode=mode)
+    state = inspect(args.out, spec, args.overwrite)
+    if state.finished:
+        say(args.quiet, prog, f"nothing to do: {args.out} already holds this run's complete "
+            f"output ({args.out / MANIFEST_NAME})")
+        return 0
+    if mode == "ray":
+        from .ray_runner import run_ray
+
+        return run_ray(args, prog, sources, fields, spec)
+    from .embedder import Embedder
+
+    embedder = Embedder(args.model)
+    try:
+        counts = scan(sources, fields, None if spec.truncate else embedder.model.tokenizer)
+        total = sum(counts)
+        begin(args.out, spec, args.overwrite)
+        done = frozenset() if args.overwrite else state.shards
+        from .local import run_local
+
+        initial = sum(min(args.shard_rows, total - i * args.shard_rows)
+                      for i in range(-(-total // args.shard_rows))
+                      if shard_name(i) in done)
+        if done:
+            say(args.quiet, prog, f"resuming: {len(done)} shard(s), {initial} rows already done")
+        with progress_bar(total, initial, args.quiet, prog) as bar:
+            names = run_local(sources, fields, args.out, embedder, args.shard_rows, total, done,
+                              bar.update)
+    finally:
+        embedder.close()
+    report(args.quiet, prog, args.out, write_manifest(args.out, spec, names))
+    return 0
+
+
+def report(quiet: bool, prog: str, out: Path, manifest: dict[str, Any]) -> None:
+    """The run's last words: what was written, and what was cut (as the service warns)."""
+    counts, cut = manifest["counts"], manifest["truncation"]
+    say(quiet, prog, f"wrote {counts['documents']} vectors in {counts['shards']} shard(s) to "
+        f"{out}")
+    if cut["truncated"]:
+        say(quiet, prog, f"{cut['truncated']} input(s) were cut to the model's limit of "
+            f"{cut['limit']} tokens (the longest had {cut['max_original_tokens']}); their rows "
+            "say truncated=true (pass --no-truncate to get an error instead)")
+
+
+def progress_bar(total: int, initial: int, quiet: bool, prog: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="inputs", desc=f"{prog}", disable=quiet,
+                file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+
+def write_manifest(out: Path, spec: Spec, names: list[str]) -> dict[str, Any]:
+    shards = [shard_stats(out, name) for name in names]
+    data = summary(spec, shards, rows=sum(s["rows"] for s in shards),
+                   tokens=sum(s["tokens"] for s in shards),
+                   truncated=sum(s["truncated"] for s in shards),
+                   max_original=max((s["max_original_tokens"] for s in shards), default=0))
+    write_json_atomic(out / MANIFEST_NAME, data)
+    return data

@@ -1,0 +1,159 @@
+"""`edge-embed embed --ray` on a local one-node Ray (`ray.init(num_cpus=2)`): the same vectors
+as the local mode and the service, and a restart that writes only the missing rows."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from edge_embed.corpus.cli import main
+from tests.fixtures.corpus import by_id, documents, read_output, service_vectors, write_jsonl
+from tests.fixtures.server import ROOT, live_server
+
+pytestmark = pytest.mark.ray
+N = 400
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def embed(*args: str | Path | int) -> int:
+    return main([str(a) for a in args] + ["--quiet"])
+
+
+def test_ray_local_and_service_agree(tmp_path: Path, tiny_bundle: Path, local_ray: None,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    texts = documents(N, seed=5)
+    src = write_jsonl(tmp_path / "d.jsonl", texts)
+    assert embed(src, "--model", tiny_bundle, "--out", tmp_path / "local") == 0
+    assert embed(src, "--model", tiny_bundle, "--out", tmp_path / "ray", "--ray") == 0
+    local_ids, local, local_manifest = read_output(tmp_path / "local")
+    ray_ids, on_ray, ray_manifest = read_output(tmp_path / "ray")
+    assert sorted(ray_ids) == list(range(N))
+    ray_by_id = by_id(ray_ids, on_ray)
+    in_order = np.stack([ray_by_id[i] for i in local_ids])
+    assert np.array_equal(in_order, local)
+    with live_server([tiny_bundle], ["--cache-entries", "0"]) as live:
+        assert np.array_equal(service_vectors(live.base_url, "tiny", texts), local)
+    for key in ("counts", "truncation", "bundle", "inputs"):
+        if key == "counts":
+            assert ray_manifest[key]["documents"] == local_manifest[key]["documents"]
+        else:
+            assert ray_manifest[key] == local_manifest[key]
+    assert main([str(src), "--model", str(tiny_bundle), "--out", str(tmp_path / "ray"),
+                 "--ray"]) == 0
+    assert "nothing to do" in capsys.readouterr().err
+
+
+def test_ray_restart_writes_only_the_missing_rows(tmp_path: Path, tiny_bundle: Path,
+                                                  local_ray: None) -> None:
+    texts = documents(N, seed=9)
+    src = write_jsonl(tmp_path / "d.jsonl", texts)
+    out = tmp_path / "ray"
+    args = ("--model", tiny_bundle, "--out", out, "--ray", "--shard-rows", 100)
+    assert embed(src, *args) == 0
+    _, full, _ = read_output(out)
+    ids_full, _, manifest = read_output(out)
+    files = [out / s["file"] for s in manifest["shards"]]
+    assert len(files) >= 2
+    # What a killed run leaves: the manifest not yet written, one shard never written and one
+    # cut off mid-write (no Parquet footer).
+    (out / "manifest.json").unlink()
+    files[0].unlink()
+    files[1].write_bytes(files[1].read_bytes()[:100])
+    kept = {f.name: f.stat().st_mtime_ns for f in files[2:]}
+    assert embed(src, *args) == 0
+    ids, vectors, _ = read_output(out)
+    assert sorted(ids) == list(range(N))  # every row exactly once
+    assert {f.name: f.stat().st_mtime_ns for f in files[2:]} == kept
+    again = by_id(ids, vectors)
+    assert all(np.array_equal(again[i], full[k]) for k, i in enumerate(ids_full))
+
+
+@pytest.mark.parametrize("suffix", ["csv", "ndjson"])
+def test_ray_keeps_ids_and_texts_as_written(tmp_path: Path, tiny_bundle: Path,
+                                            local_ray: None, suffix: str) -> None:
+    texts = [*documents(30, seed=13), "007", "1.50"]  # texts a type-guessing reader changes
+    keys = [f"{i:03d}" for i in range(len(texts))]  # ids with leading zeros, likewise
+    if suffix == "csv":
+        src = tmp_path / "d.csv"
+        with src.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["doc", "text"])
+            w.writerows(zip(keys, texts, strict=True))
+    else:
+        src = write_jsonl(tmp_path / "d.ndjson", texts, keys)
+    for mode in ("local", "ray"):
+        extra = ["--ray"] if mode == "ray" else []
+        assert embed(src, "--model", tiny_bundle, "--out", tmp_path / mode, "--id-field",
+                     "doc", *extra) == 0
+    local_ids, local, _ = read_output(tmp_path / "local")
+    ray_ids, on_ray, _ = read_output(tmp_path / "ray")
+    assert local_ids == keys
+    assert sorted(ray_ids) == keys
+    ray_by_id = by_id(ray_ids, on_ray)
+    assert np.array_equal(np.stack([ray_by_id[k] for k in keys]), local)
+
+
+# A driver killed outright mid-run: enough rows that the kill lands between Ray's writes.
+KILL_ROWS = 20_000
+KILL_SHARD = 500
+POLL_S = 0.01
+KILL_DEADLINE_S = 300.0
+
+
+def whole_rows(folder: Path) -> int:
+    """Rows in the whole Parquet files of `folder` (a file still being written has no footer)."""
+    rows = 0
+    for path in folder.glob("*.parquet"):
+        with contextlib.suppress(pa.ArrowInvalid, OSError):
+            rows += pq.read_metadata(path).num_rows
+    return rows
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_ray_driver_killed_and_restarted(tmp_path: Path, tiny_bundle: Path, local_ray: None,
+                                         sig: signal.Signals) -> None:
+    """The job's driver in its own process on the test's Ray (so the cluster outlives it)."""
+    src = write_jsonl(tmp_path / "d.jsonl", documents(KILL_ROWS, seed=17))
+    out = tmp_path / "out"
+    address = ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "edge_embed.service.cli", "embed", str(src), "--model",
+           str(tiny_bundle), "--out", str(out), "--shard-rows", str(KILL_SHARD), "--quiet",
+           "--ray", address]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + KILL_DEADLINE_S
+    while whole_rows(out / "shards") < 2 * KILL_SHARD:
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        assert time.monotonic() < deadline
+        time.sleep(POLL_S)
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert not (out / "manifest.json").exists()
+    assert 0 < whole_rows(out / "shards") < KILL_ROWS  # stopped midway
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    ids, vectors, manifest = read_output(out)
+    assert sorted(ids) == list(range(KILL_ROWS))  # every row exactly once
+    assert manifest["counts"]["documents"] == KILL_ROWS
+    local = tmp_path / "local"
+    assert embed(src, "--model", tiny_bundle, "--out", local) == 0
+    _, reference, _ = read_output(local)
+    again = by_id(ids, vectors)
+    assert np.array_equal(np.stack([again[i] for i in range(KILL_ROWS)]), reference)
