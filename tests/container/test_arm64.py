@@ -1,7 +1,8 @@
 """The arm64 runtime image under qemu user emulation (`make test-arm64`; marked `arm64`): it
 serves the fp32 and int8 MiniLM bundles (mounted), and its vectors agree with x86's: fp32 with
 the host's to cosine 0.9999 or better, int8 with its own fp32 at least as well as the bundle's
-recorded quality says, and int8 the same for a text alone and inside a batch.
+recorded quality says, and int8 the same for a text alone and inside a batch; and the service's
+own start-up check (each bundle's canaries embedded with the arm64 kernels) passed its gate.
 
 Inputs stay short: under emulation a few short texts take seconds and a batch padded to 256
 tokens takes minutes. Nothing here measures speed (emulation says nothing about it).
@@ -9,7 +10,9 @@ tokens takes minutes. Nothing here measures speed (emulation says nothing about 
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,3 +124,14 @@ def test_int8_is_batch_invariant(arm64: engine.Container, arm_int8: np.ndarray) 
     cos = cosines(alone, arm_int8[:3])
     print(f"\nint8 on arm64, alone vs in a batch: min cosine {cos.min():.6f}")
     assert cos.min() >= quality.batch_invariance_min
+
+
+def test_start_up_canaries_pass_on_arm64(arm64: engine.Container) -> None:
+    """The service judged both bundles on ARM's kernels itself and served them (not loudly)."""
+    with urllib.request.urlopen(arm64.url + "/v1/models", timeout=REQUEST_TIMEOUT_S) as response:
+        models = {m["id"]: m for m in json.load(response)["data"]}
+    for bundle in (FP32, INT8):
+        canary = models[engine.manifest_id(bundles() / bundle)]["canary"]
+        print(f"\n{bundle} canaries on arm64: {canary}")
+        assert canary["status"] == "pass", canary
+        assert canary["agreement"] >= canary["gate"]
