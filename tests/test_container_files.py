@@ -84,3 +84,12 @@ def test_build_context_carries_what_the_dockerfile_copies() -> None:
     assert copied, "no COPY found"
     for source in copied:
         assert any(source == a or source.startswith(a + "/") for a in allowed), source
+
+
+def test_the_wheel_built_in_the_image_has_every_subpackage() -> None:
+    """edge_embed/ links the top-level folders in; a folder the build does not copy would be a
+    dangling link there, and the wheel would silently lack that subpackage."""
+    copied = {args.split()[0] for op, args in _stage("build") if op == "COPY"}
+    for link in sorted((ROOT / "edge_embed").iterdir()):
+        if link.is_symlink():
+            assert link.resolve().name in copied, f"the build stage does not copy {link.name}/"
