@@ -143,6 +143,18 @@ def running(image_name: str, port: int, env: Mapping[str, str] | None = None,
         Container(name, port).remove()
 
 
+def copy_out(image_name: str, path: str, dest: Path) -> Path:
+    """`path` from the image's file system, copied to `dest` (which must not exist yet) through a
+    container created from it and never started."""
+    name = f"edge-embed-copy-{uuid.uuid4().hex[:8]}"
+    command("create", "--name", name, image_name)
+    try:
+        command("cp", f"{name}:{path}", str(dest))
+    finally:
+        command("rm", "--force", name, check=False)
+    return dest
+
+
 def manifest_id(bundle: Path) -> str:
     data = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
     model_id: str = data["id"]

@@ -1,11 +1,14 @@
 """The images `make image` builds, run as a user would run them (`make image-test`; needs podman
 or docker, hence marked `container` and left out of `make test`).
 
-Both images: edge-embed:<version> with the int8 MiniLM bundle mounted at /models, and
-edge-embed:<version>-minilm with it inside. Each must be ready soon after its start, serve the
-official openai client the vectors the host's own service gives for the same bundle, run as uid
+Both images: edge-embed:<version> with the host's int8 MiniLM bundle (`make model`) mounted at
+/models, and edge-embed:<version>-minilm with the one its build made inside. Each must be ready
+soon after its start, serve the official openai client the vectors the host's own service gives
+for the very bundle the container serves (the -minilm one copied out of the image), run as uid
 1000 on a read-only root with nothing writable, report healthy through the image's HEALTHCHECK
-on the port it was given, and drain and exit 0 on SIGTERM.
+on the port it was given, and drain and exit 0 on SIGTERM. The bundle built in the image must be
+the host's `make model` output byte for byte, bundle.json apart from its "build" field (when and
+how long: the recipe is byte-reproducible otherwise, `make model-repro`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import numpy as np
 import pytest
 
 from edge_embed.bench.server import Server, free_port
+from edge_embed.quantize.repro import bundle_differences
+from edge_embed.service.bundle import MANIFEST_NAME
+from edge_embed.service.canary import CANARY_FILE
 from edge_embed.service.settings import DRAIN_TIMEOUT_S
 from tests.container import engine
 from tests.container.sizes import MAX_ABOVE_BASE_BYTES
@@ -55,6 +61,7 @@ class Started:
     ready_s: float  # from the container's process start to the first 200 from /ready
     cpu_s: float  # CPU time the server used until then
     model: str
+    bundle: Path  # the bundle the container serves, on the host (the -minilm one copied out)
 
 
 def models() -> Path:
@@ -64,27 +71,33 @@ def models() -> Path:
     return Path(value)
 
 
-def start(variant: str) -> Iterator[Started]:
-    bundle = models() / BUNDLE
+@pytest.fixture(scope="module")
+def image_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundle the -minilm image's build made, copied out of the image."""
+    return engine.copy_out(engine.image() + "-minilm", IN_IMAGE,
+                           tmp_path_factory.mktemp("image") / BUNDLE)
+
+
+def start(variant: str, image_bundle: Path) -> Iterator[Started]:
     if variant == "mounted":
+        bundle = models() / BUNDLE
         name, env, mounts = engine.image(), {"EDGE_EMBED_MODEL": IN_IMAGE}, [(bundle, IN_IMAGE)]
     else:
+        bundle = image_bundle
         name, env, mounts = engine.image() + "-minilm", {}, []
     with engine.running(name, free_port(), env, mounts) as container:
         ready_at = container.wait_ready(READY_TIMEOUT_S)
         yield Started(container, ready_at - container.started_at(), container.cpu_seconds(),
-                      engine.manifest_id(bundle))
+                      engine.manifest_id(bundle), bundle)
 
 
 @pytest.fixture(scope="module", params=["mounted", "minilm"])
-def started(request: pytest.FixtureRequest) -> Iterator[Started]:
-    yield from start(request.param)
+def started(request: pytest.FixtureRequest, image_bundle: Path) -> Iterator[Started]:
+    yield from start(request.param, image_bundle)
 
 
-@pytest.fixture(scope="module")
-def host_vectors() -> np.ndarray:
+def host_vectors(bundle: Path) -> np.ndarray:
     """What the host's own service (this checkout, the host's venv) gives for TEXTS."""
-    bundle = models() / BUNDLE
     with live_server([bundle]) as live:
         return embed(live.base_url, engine.manifest_id(bundle))
 
@@ -103,13 +116,22 @@ def host_ready_s() -> float:
         return server.wait_ready(READY_TIMEOUT_S, engine.READY_POLL_S)
 
 
+def test_the_image_bundle_is_the_hosts_make_model_output(image_bundle: Path) -> None:
+    host = models() / BUNDLE
+    names = {p.name for p in image_bundle.iterdir()}
+    # The files that carry no time: compared by sha256 (bundle_differences), where bundle.json's
+    # "build" field (created, seconds) is the one thing allowed to differ.
+    assert {MANIFEST_NAME, "model.onnx", "tokenizer.json", CANARY_FILE} <= names, names
+    assert bundle_differences(image_bundle, host) == []
+
+
 @pytest.mark.parametrize("variant", ["mounted", "minilm"])
-def test_ready_within_two_seconds_of_start(variant: str) -> None:
+def test_ready_within_two_seconds_of_start(variant: str, image_bundle: Path) -> None:
     host: list[float] = []
     runs: list[Started] = []
     for _ in range(READY_STARTS):  # interleaved, so that both see the same neighbours
         host.append(host_ready_s())
-        runs += list(start(variant))
+        runs += list(start(variant, image_bundle))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     report = (f"{variant}: ready {', '.join(f'{r.ready_s:.2f}' for r in runs)} s after the "
               f"container's start, using {', '.join(f'{r.cpu_s:.2f}' for r in runs)} CPU-s; a "
@@ -118,11 +140,10 @@ def test_ready_within_two_seconds_of_start(variant: str) -> None:
     assert 0 < min(r.ready_s for r in runs) <= READY_LIMIT_S, report
 
 
-def test_openai_client_gets_the_hosts_vectors(started: Started,
-                                              host_vectors: np.ndarray) -> None:
-    vectors = embed(started.container.url, started.model)
-    assert vectors.shape == host_vectors.shape == (len(TEXTS), 384)
-    np.testing.assert_array_equal(vectors, host_vectors)
+def test_openai_client_gets_the_hosts_vectors(started: Started) -> None:
+    vectors, host = embed(started.container.url, started.model), host_vectors(started.bundle)
+    assert vectors.shape == host.shape == (len(TEXTS), 384)
+    np.testing.assert_array_equal(vectors, host)
 
 
 def test_runs_as_uid_1000_on_a_read_only_root(started: Started) -> None:
@@ -148,8 +169,8 @@ def test_healthcheck_turns_healthy_on_the_configured_port(started: Started) -> N
 
 
 @pytest.mark.parametrize("variant", ["mounted", "minilm"])
-def test_sigterm_drains_and_exits_zero(variant: str) -> None:
-    for s in start(variant):
+def test_sigterm_drains_and_exits_zero(variant: str, image_bundle: Path) -> None:
+    for s in start(variant, image_bundle):
         c = s.container
         assert embed(c.url, s.model).shape == (len(TEXTS), 384)
         c.signal("TERM")
@@ -160,10 +181,12 @@ def test_sigterm_drains_and_exits_zero(variant: str) -> None:
         assert code == 0, c.logs()
         assert took < DRAIN_TIMEOUT_S, f"stopped after {took:.1f} s"
 
-def test_runtime_layers_stay_small_and_the_model_image_adds_only_its_bundle() -> None:
+def test_runtime_layers_stay_small_and_the_model_image_adds_only_its_bundle(
+        image_bundle: Path) -> None:
+    """The bundle's build stage leaves nothing of the export stack in the -minilm image."""
     base, runtime = engine.image_size(BASE), engine.image_size(engine.image())
     with_bundle = engine.image_size(engine.image() + "-minilm")
-    bundle = sum(f.stat().st_size for f in (models() / BUNDLE).iterdir())
+    bundle = sum(f.stat().st_size for f in image_bundle.iterdir())
     print(f"\n{engine.image()}: {(runtime - base) / 1e6:.1f} MB above {BASE}; -minilm: "
           f"{(with_bundle - runtime) / 1e6:.1f} MB more (the bundle: {bundle / 1e6:.1f} MB)")
     assert 0 < runtime - base <= MAX_ABOVE_BASE_BYTES
