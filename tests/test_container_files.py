@@ -79,7 +79,7 @@ def test_server_is_pid_1_and_health_is_checked_without_curl() -> None:
 def test_build_context_carries_what_the_dockerfile_copies() -> None:
     allowed = [line[1:] for line in (ROOT / ".dockerignore").read_text(encoding="utf-8")
                .splitlines() if line.startswith("!")]
-    copied = [args.split()[0].split("/$")[0] for stage in ("build", "minilm")
+    copied = [args.split()[0].split("/$")[0] for stage in ("build", "bundle", "minilm")
               for op, args in _stage(stage) if op == "COPY" and not args.startswith("--from")]
     assert copied, "no COPY found"
     for source in copied:
@@ -93,3 +93,13 @@ def test_the_wheel_built_in_the_image_has_every_subpackage() -> None:
     for link in sorted((ROOT / "edge_embed").iterdir()):
         if link.is_symlink():
             assert link.resolve().name in copied, f"the build stage does not copy {link.name}/"
+
+
+def test_the_model_image_gets_its_bundle_from_the_build_not_the_host() -> None:
+    """The -minilm bundle is made in the bundle stage by the Makefile's own `make model` recipe,
+    and the minilm stage copies nothing from the build context (no host-built bundle)."""
+    copies = [args for op, args in _stage("minilm") if op == "COPY"]
+    assert copies and all(args.startswith("--from=bundle ") for args in copies), copies
+    runs = " ".join(args for op, args in _stage("bundle") if op == "RUN")
+    assert re.search(r"\bmake -C /src model\b", runs), runs
+    assert "!models" not in (ROOT / ".dockerignore").read_text(encoding="utf-8")
