@@ -10,26 +10,17 @@ when the fp32 graph changes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from edge_embed.service.bundle import load_manifest
+from edge_embed.service.files import sha256
 
 PEER_SUFFIX = "-peer-int8"
 # bundle.json field naming the fp32 graph (sha256) the cached peer graph was quantized from.
 SOURCE_FIELD = "peer_of"
-_CHUNK = 1 << 20
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def peer_folder(fp32: Path, cache: Path | None = None) -> Path:
@@ -42,7 +33,7 @@ def peer_bundle(fp32: Path, cache: Path | None = None) -> Path:
     """The peer bundle of the fp32 bundle `fp32`: cached, or quantized now (seconds)."""
     manifest = load_manifest(fp32)
     source = fp32 / manifest.model_file
-    source_sha = _sha256(source)
+    source_sha = sha256(source)
     out = peer_folder(fp32, cache)
     meta = out / "bundle.json"
     if meta.is_file():
@@ -67,7 +58,7 @@ def peer_bundle(fp32: Path, cache: Path | None = None) -> Path:
                                       "params": {"per_channel": True, "weight_type": "QInt8"}}})
         files = data.get("files")
         if isinstance(files, dict) and manifest.model_file in files:
-            files[manifest.model_file] = {"sha256": _sha256(model),
+            files[manifest.model_file] = {"sha256": sha256(model),
                                           "size": model.stat().st_size}
         (staged / "bundle.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         if out.exists():

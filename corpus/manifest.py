@@ -9,7 +9,6 @@ truncation summary and the shard list. Its presence means the output is complete
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_embed.service.bundle import Manifest
+from edge_embed.service.files import sha256
 
 from .readers import Fields, Source
 
@@ -26,25 +26,13 @@ FORMAT = "edge-embed.corpus"
 FORMAT_VERSION = 1
 RUN_NAME = "run.json"
 MANIFEST_NAME = "manifest.json"
-# Files are hashed in 1 MiB reads: large enough for full disk speed, small in memory.
-HASH_CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def bundle_identity(folder: Path, manifest: Manifest) -> dict[str, Any]:
     """The bundle's id and its files' sha256 (from its manifest; hashed here if it lists none)."""
     files = {name: {"size": e.size, "sha256": e.sha256} for name, e in manifest.files.items()}
     if not files:
         for name in (manifest.model_file, manifest.tokenizer_file):
             path = folder / name
-            files[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+            files[name] = {"size": path.stat().st_size, "sha256": sha256(path)}
     return {"id": manifest.id, "precision": manifest.precision,
             "dimensions": manifest.dimensions, "max_tokens": manifest.max_tokens,
             "normalize": manifest.normalize, "files": files}
@@ -52,7 +40,7 @@ def bundle_identity(folder: Path, manifest: Manifest) -> dict[str, Any]:
 
 def input_identity(sources: Sequence[Source]) -> list[dict[str, Any]]:
     return [{"path": str(s.path), "format": s.format, "size": s.path.stat().st_size,
-             "sha256": sha256_file(s.path)} for s in sources]
+             "sha256": sha256(s.path)} for s in sources]
 
 
 @dataclass(frozen=True)
