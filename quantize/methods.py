@@ -19,8 +19,11 @@ from typing import Any
 
 import onnx
 
-from .graph import weight_matmuls
-from .pertoken import A_ZERO_POINT, QMAX, quantize_pertoken
+from .gather import quantize_gathers
+from .graph import F32, weight_matmuls
+from .pertoken import A_ZERO_POINT, A_ZERO_POINT_7BIT, QMAX_7BIT, quantize_pertoken
+from .recipe import Recipe
+from .saturation import saturation_free, widest_weight
 
 METHODS = ("pertoken", "blockwise", "dynamic")
 # `--method auto` (the default) tries these in order and keeps the first that passes every gate:
@@ -60,14 +63,35 @@ class Quantized:
     quantized_nodes: int = 0
 
 
-def pertoken(model: onnx.ModelProto, exclude: list[str]) -> Quantized:
-    result = quantize_pertoken(model, exclude)
-    return Quantized(result.model, {
-        "weights": "int8, symmetric, one scale per output column",
-        "activations": "uint8, symmetric around 128, one scale per row (token) from its max |x|",
+def pertoken(model: onnx.ModelProto, exclude: list[str], recipe: Recipe | None = None,
+             smooth: dict[str, F32] | None = None) -> Quantized:
+    """Per-token int8 with `recipe`'s levers; `smooth`: the factors smooth.factors computed."""
+    recipe = recipe or Recipe(smooth_alpha=None, int8_embeddings=False)
+    result = quantize_pertoken(model, exclude, smooth=smooth, weight_qmax=recipe.weight_qmax,
+                               activation_bits=recipe.activation_bits,
+                               weight_clip=recipe.weight_clip)
+    out = result.model
+    tables: tuple[str, ...] = ()
+    if recipe.int8_embeddings:
+        gathered = quantize_gathers(out)
+        out, tables = gathered.model, gathered.tables
+    seven = recipe.activation_bits == 7
+    return Quantized(out, {
+        "weights": f"int{recipe.weight_bits}, symmetric, one scale per output column",
+        "activations": (f"uint{recipe.activation_bits}, symmetric around "
+                        f"{A_ZERO_POINT_7BIT if seven else A_ZERO_POINT}, one scale per row "
+                        "(token) from its max |x|"),
         "kernel": "com.microsoft.MatMulIntegerToFloat",
-        "qmax": QMAX, "activation_zero_point": A_ZERO_POINT,
+        "qmax": recipe.weight_qmax,
+        "activation_qmax": QMAX_7BIT if seven else 127.0,
+        "activation_zero_point": A_ZERO_POINT_7BIT if seven else A_ZERO_POINT,
         "shared_quantizers": result.shared_inputs,
+        "recipe": recipe.to_json(),
+        "smoothed_inputs": len(smooth or {}),
+        "int8_tables": list(tables),
+        "widest_weight": widest_weight(out),
+        # no u8 x s8 pair sum can leave int16: every CPU's kernel computes the same sums
+        "saturation_free": saturation_free(out) or seven,
     }, len(result.quantized))
 
 
@@ -124,9 +148,10 @@ def float16(model: onnx.ModelProto) -> Quantized:
                      0)
 
 
-def apply(method: str, model: onnx.ModelProto, exclude: list[str]) -> Quantized:
+def apply(method: str, model: onnx.ModelProto, exclude: list[str],
+          recipe: Recipe | None = None, smooth: dict[str, F32] | None = None) -> Quantized:
     if method == "pertoken":
-        return pertoken(model, exclude)
+        return pertoken(model, exclude, recipe, smooth)
     if method == "blockwise":
         return blockwise(model, exclude)
     if method == "dynamic":

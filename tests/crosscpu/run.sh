@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The same int8 bundle on three CPUs: this machine, an AVX2-only x86 (qemu-x86_64 -cpu Haswell:
+# no AVX-512, no VNNI, so onnxruntime takes its vpmaddubsw kernels) and arm64 (an emulated root
+# from arm64_root.sh). Embeds a few short texts on each and fails unless every pair of machines
+# agrees to crosscpu.MIN_AGREEMENT. Usage: run.sh BUNDLE ARM64_ROOT OUTDIR
+set -euo pipefail
+bundle=$(realpath "${1:?usage: run.sh BUNDLE ARM64_ROOT OUTDIR}")
+root=${2:?arm64 root}
+out=$(realpath -m "${3:?output folder}")
+here=$(cd "$(dirname "$0")/../.." && pwd)
+py=$here/.venv/bin/python
+mkdir -p "$out"
+name=$(basename "$bundle")
+"$py" -m edge_embed.quantize.crosscpu embed "$bundle" "$out/$name.native.npy"
+# Haswell: AVX2 and FMA, no AVX-512 (TCG warns about a few flags it lacks; harmless here)
+qemu-x86_64-static -cpu Haswell "$py" -m edge_embed.quantize.crosscpu embed "$bundle" \
+  "$out/$name.avx2.npy" 2> >(grep -v "TCG doesn't support" >&2)
+# the checkout and the bundle, read-only inside the arm64 root
+for d in mnt/repo mnt/bundle mnt/out; do mkdir -p "$root/$d"; done
+mount --bind -o ro "$here" "$root/mnt/repo"
+mount --bind -o ro "$bundle" "$root/mnt/bundle"
+mount --bind "$out" "$root/mnt/out"
+mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
+trap 'umount "$root/mnt/repo" "$root/mnt/bundle" "$root/mnt/out"' EXIT
+chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin PYTHONPATH=/mnt/repo /opt/rt/bin/python -m \
+  edge_embed.quantize.crosscpu embed /mnt/bundle "/mnt/out/$name.arm64.npy"
+"$py" -m edge_embed.quantize.crosscpu compare "$out/$name.native.npy" "$out/$name.avx2.npy" \
+  "$out/$name.arm64.npy"
+"$py" -m edge_embed.quantize.crosscpu compare "$out/$name.avx2.npy" "$out/$name.arm64.npy"
