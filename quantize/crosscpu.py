@@ -6,17 +6,22 @@
 `embed` needs only the serving runtime (onnxruntime, tokenizers, numpy), so that it runs inside
 a bare arm64 root under emulation, and it embeds short texts only: emulated, a batch padded to
 256 tokens takes many minutes. `compare` prints the worst cosine between the first file and
-each other one, and exits 1 where it falls below --min.
+each other one, and exits 1 where it falls below --min; with --record BUNDLE it also writes
+the figures into that bundle's manifest (`quantization.cross_cpu`).
+
+Each file is named BUNDLE.MACHINE.npy (run.sh names them so); MACHINE is what is recorded.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from edge_embed.service.bundle import load_manifest
 from edge_embed.service.encoder import BundleModel
 
 # Short texts of the kinds int8 finds hardest (one word, a phrase, a sentence, digits): the
@@ -62,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compare")
     c.add_argument("files", type=Path, nargs="+")
     c.add_argument("--min", type=float, default=MIN_AGREEMENT)
+    c.add_argument("--record", type=Path, metavar="BUNDLE",
+                   help="write the figures into BUNDLE's bundle.json (quantization.cross_cpu)")
     args = p.parse_args(argv)
     if args.cmd == "embed":
         embed(args.bundle, args.out)
@@ -71,13 +78,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crosscpu compare: needs two or more vector files; missing: {', '.join(missing)}",
               file=sys.stderr)
         return 2
-    base = np.load(args.files[0])
-    worst = 1.0
-    for other in args.files[1:]:
-        cos = worst_cosine(base, np.load(other))
-        worst = min(worst, cos)
-        print(f"{args.files[0].name} vs {other.name}: min cosine {cos:.7f}")
+    vectors = {f: np.load(f) for f in args.files}
+    pairs: dict[str, float] = {}
+    for i, first in enumerate(args.files):
+        for other in args.files[i + 1:]:
+            cos = worst_cosine(vectors[first], vectors[other])
+            pairs[f"{machine(first)} vs {machine(other)}"] = round(cos, 7)
+            print(f"{first.name} vs {other.name}: min cosine {cos:.7f}")
+    worst = min(pairs.values())
+    if args.record is not None:
+        record(args.record, pairs, args.min)
     return 0 if worst >= args.min else 1
+
+
+def machine(path: Path) -> str:
+    """MACHINE of BUNDLE.MACHINE.npy."""
+    return path.name.removesuffix(".npy").rsplit(".", 1)[-1]
+
+
+def record(bundle: Path, pairs: dict[str, float], gate: float) -> None:
+    manifest = load_manifest(bundle)
+    quantization = dict(manifest.quantization or {})
+    quantization["cross_cpu"] = {"texts": len(TEXTS), "min_cosine": pairs,
+                                 "worst": min(pairs.values()), "required": gate}
+    dataclasses.replace(manifest, quantization=quantization).write(bundle)
 
 
 if __name__ == "__main__":

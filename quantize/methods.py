@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -66,7 +67,9 @@ class Quantized:
 def pertoken(model: onnx.ModelProto, exclude: list[str], recipe: Recipe | None = None,
              smooth: dict[str, F32] | None = None) -> Quantized:
     """Per-token int8 with `recipe`'s levers; `smooth`: the factors smooth.factors computed."""
-    recipe = recipe or Recipe(smooth_alpha=None, int8_embeddings=False)
+    recipe = recipe or Recipe()
+    if not smooth:  # the factors are what smooths; the recipe records what was done
+        recipe = dataclasses.replace(recipe, smooth_alpha=None)
     result = quantize_pertoken(model, exclude, smooth=smooth, weight_qmax=recipe.weight_qmax,
                                activation_bits=recipe.activation_bits,
                                weight_clip=recipe.weight_clip)

@@ -94,10 +94,10 @@ def test_cls_bundle_passes_by_rank_agreement(tiny_cls_bundle: Path, tmp_path: Pa
     assert q["method"] == "pertoken"
 
 
-def broken_pertoken(real: Callable[[str, onnx.ModelProto, list[str]], Quantized]
-                    ) -> Callable[[str, onnx.ModelProto, list[str]], Quantized]:
-    def apply(method: str, model: onnx.ModelProto, exclude: list[str]) -> Quantized:
-        result = real(method, model, exclude)
+def broken_pertoken(real: Callable[..., Quantized]) -> Callable[..., Quantized]:
+    def apply(method: str, model: onnx.ModelProto, exclude: list[str],
+              *recipe: object) -> Quantized:
+        result = real(method, model, exclude, *recipe)
         if method == "pertoken":
             for init in result.model.graph.initializer:
                 if init.name == EMBEDDINGS:
