@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{first.name} vs {other.name}: min cosine {cos:.7f}")
     worst = min(pairs.values())
     if args.record is not None:
-        record(args.record, pairs, args.min)
+        record(args.record, pairs)
     return 0 if worst >= args.min else 1
 
 
@@ -96,11 +96,11 @@ def machine(path: Path) -> str:
     return path.name.removesuffix(".npy").rsplit(".", 1)[-1]
 
 
-def record(bundle: Path, pairs: dict[str, float], gate: float) -> None:
+def record(bundle: Path, pairs: dict[str, float]) -> None:
     manifest = load_manifest(bundle)
     quantization = dict(manifest.quantization or {})
     quantization["cross_cpu"] = {"texts": len(TEXTS), "min_cosine": pairs,
-                                 "worst": min(pairs.values()), "required": gate}
+                                 "worst": min(pairs.values())}
     dataclasses.replace(manifest, quantization=quantization).write(bundle)
 
 

@@ -19,6 +19,8 @@ mkdir -p "$root/wheels"
   --platform manylinux2014_aarch64 --python-version 3.11 --implementation cp \
   -d "$root/wheels" $pins
 mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
+# unmounted again on the way out: a `rm -rf` of the root must not walk into /proc
+trap 'umount "$root/proc"' EXIT
 # no /sys inside: onnxruntime's cpuinfo would read the host's x86 topology there and crash
 chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin /bin/sh -c "test -x /opt/rt/bin/python || python3 -m venv /opt/rt; \
   /opt/rt/bin/pip install -q --no-index --find-links /wheels $(echo $pins)"

@@ -23,7 +23,8 @@ mount --bind -o ro "$here" "$root/mnt/repo"
 mount --bind -o ro "$bundle" "$root/mnt/bundle"
 mount --bind "$out" "$root/mnt/out"
 mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
-trap 'umount "$root/mnt/repo" "$root/mnt/bundle" "$root/mnt/out"' EXIT
+# unmounted on the way out: a `rm -rf` of the root must not walk into the checkout or /proc
+trap 'umount "$root/mnt/repo" "$root/mnt/bundle" "$root/mnt/out" "$root/proc"' EXIT
 # onnxruntime's cpuinfo finds no /sys in the root and says so: expected, not an error
 chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin PYTHONPATH=/mnt/repo /opt/rt/bin/python -m \
   edge_embed.quantize.crosscpu embed /mnt/bundle "/mnt/out/$name.arm64.npy" 2> >(grep -v cpuinfo >&2)
