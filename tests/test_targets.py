@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from edge_embed.quantize.machine import target_of
+from edge_embed.quantize.recipe import Recipe
 from edge_embed.quantize.targets import (
     OPENVINO_ADVICE,
     VARIANT_FOR,
@@ -61,6 +62,17 @@ def test_each_target_picks_a_registered_variant() -> None:
         assert chosen.variant == variant in VARIANTS and not chosen.detected
     assert resolve("auto", detected="avx2").variant == VARIANT_FOR["avx2"]
     assert resolve("auto", detected="avx2").detected
+
+
+def test_saturation_free_recipe_keeps_avx2_on_u8s8() -> None:
+    assert resolve("avx2", saturation_free=True).variant == "u8s8"
+    assert resolve("avx2", saturation_free=False).variant == "u8u8"
+    assert resolve("auto", detected="avx2", saturation_free=True).variant == "u8s8"
+    for target in ("avx512-vnni", "arm64"):  # no saturating kernel there: the same choice
+        assert resolve(target, saturation_free=True).variant == VARIANT_FOR[target]
+    assert Recipe().saturation_free  # the default: 7-bit weights
+    assert Recipe(weight_bits=8, activation_bits=7).saturation_free
+    assert not Recipe(weight_bits=8, activation_bits=8).saturation_free
 
 
 def test_unknown_or_undetectable_target_is_refused() -> None:
