@@ -12,7 +12,8 @@ docs/int8-variants.md):
   overflow it (MiniLM's canaries under emulated AVX2: min cosine 0.9961 against the same graph
   on VNNI, where u8u8 gives 0.9999). With |w| <= 63 (or activations <= 127) a pair stays
   below 32767 (saturation.py), the u8s8 sums are exact and its vectors are the VNNI ones
-  (measured identical under emulated AVX2 for the 7-bit MiniLM bundle), at twice the products
+  (the 7-bit MiniLM bundle's canaries under emulated AVX2: min cosine 0.99999 against VNNI,
+  the float operators' rounding alone), at twice the products
   per instruction of the U8U8 kernel, which widens to 16 bits first. So u8u8 is kept only for
   recipes that can saturate (8-bit weights and 8-bit activations).
 - arm64: s8s8. `sdot` (or `smmla` with i8mm) takes both operands signed, the symmetric form of
@@ -91,11 +92,18 @@ def resolve(requested: str, detected: str | None = None, variant: str | None = N
     return Target(requested, choice[requested], detected=False)
 
 
-def mismatch(bundle_target: str | None, here: str | None) -> str | None:
-    """The warning for a bundle built for another CPU family than this one, else None."""
+def mismatch(bundle_target: str | None, here: str | None, variant: str | None = None,
+             saturation_free: bool = False) -> str | None:
+    """The warning for a bundle built for another CPU family than this one, else None.
+    `variant` and `saturation_free`: what the bundle's manifest records; a bundle whose variant
+    is the one this CPU's target would pick for the same recipe (a saturation-free u8s8 bundle
+    built for avx2, served on VNNI) is the graph a rebuild would write: no warning."""
     if bundle_target is None or here is None or bundle_target == here:
         return None
-    return (f"bundle built for {bundle_target} ({VARIANT_FOR.get(bundle_target, '?')} int8 "
-            f"kernels) runs on a {here} CPU, whose fastest variant is "
-            f"{VARIANT_FOR.get(here, '?')}: rebuild it with `edge-embed quantize --target {here}` "
-            "(or --target auto on this machine)")
+    choice = SATURATION_FREE_VARIANT_FOR if saturation_free else VARIANT_FOR
+    if variant is not None and variant == choice.get(here):
+        return None
+    built = variant or VARIANT_FOR.get(bundle_target, "?")
+    return (f"bundle built for {bundle_target} ({built} int8 kernels) runs on a {here} CPU, "
+            f"whose variant for this recipe is {choice.get(here, '?')}: rebuild it with "
+            f"`edge-embed quantize --target {here}` (or --target auto on this machine)")

@@ -112,6 +112,13 @@ def test_mismatch_names_both_and_the_fix() -> None:
     assert mismatch("avx2", "avx2") is None
     assert mismatch(None, "avx2") is None  # a bundle from before targets: nothing to compare
     assert mismatch("arm64", None) is None  # a CPU whose family we cannot tell
+    # a saturation-free u8s8 bundle built for avx2 is the graph VNNI's target builds: no warning
+    assert mismatch("avx2", "avx512-vnni", "u8s8", saturation_free=True) is None
+    assert mismatch("avx512-vnni", "avx2", "u8s8", saturation_free=True) is None
+    # an 8-bit u8s8 bundle saturates on AVX2, and a u8u8 one is slower on VNNI: warned
+    warned = mismatch("avx512-vnni", "avx2", "u8s8", saturation_free=False)
+    assert warned is not None and "u8u8" in warned
+    assert mismatch("avx2", "avx512-vnni", "u8u8", saturation_free=False) is not None
 
 
 def test_bundle_warnings() -> None:
