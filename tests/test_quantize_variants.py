@@ -60,6 +60,23 @@ def test_variant_is_correct_and_batch_invariant_here(name: str, tiny_bundle: Pat
     assert q["batch_invariance_max_abs_diff"] <= INVARIANT_DIFF
 
 
+@pytest.mark.parametrize("name", ["s8s8", "u8u8-rowmul"])
+def test_variant_composes_with_7bit_activations(name: str, tiny_bundle: Path,
+                                                tmp_path: Path) -> None:
+    # 7-bit rows move the zero point (64 for u8, -64 for s8): a wrong one lands far below
+    out = build_tiny_int8(tiny_bundle, tmp_path / name, [
+        "--variant", name, "--exclude", "none", "--weight-bits", "8", "--activation-bits", "7"])
+    q = load_manifest(out).quantization
+    assert q is not None and q["params"]["variant"]["name"] == name
+    assert q["params"]["activation_zero_point"] == (-64 if VARIANTS[name].activations == "s8"
+                                                    else 64)
+    assert q["params"]["saturation_free"] is True
+    ref = BundleModel(tiny_bundle).embed(TEXTS)
+    got = BundleModel(out).embed(TEXTS)
+    assert np.all((ref * got).sum(axis=1) >= AGREEMENT)
+    assert alone_vs_batched(out) <= INVARIANT_DIFF
+
+
 # The default recipe (7-bit weights) is saturation-free: AVX2 keeps its u8s8 kernel; with 8-bit
 # weights and activations it needs u8u8, the kernel that cannot saturate.
 @pytest.mark.parametrize(("target", "bits", "variant"), [
