@@ -26,8 +26,8 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 
 .PHONY: install install-fast install-runtime install-gpu install-openvino model model-repro \
-	tiny-bundles serve test test-fast test-mpnet test-openvino test-emulated lint bench \
-	bench-openvino bench-sweep soak load clean
+	tiny-bundles serve test test-fast test-mpnet test-openvino test-emulated test-cross-cpu lint \
+	bench bench-openvino bench-sweep soak load clean
 
 install: $(VENV)/.installed
 
@@ -128,6 +128,15 @@ test-openvino: install-openvino model
 # needs qemu-user (Debian: apt-get install qemu-user). Numerics only: emulated speed means nothing.
 test-emulated: install
 	$(BIN)/pytest -q -m qemu $(PYTEST_ARGS)
+
+# The same int8 vectors on other CPUs: this machine, an emulated AVX2-only x86 and an emulated
+# arm64 root (tests/crosscpu/; needs root and apt; the root is built once, ~6 min, then a run
+# takes under a minute). RECORD=1 writes the figures into the bundle's manifest.
+ARM64_ROOT ?= build/arm64-root
+RECORD ?= 0
+test-cross-cpu: model
+	tests/crosscpu/arm64_root.sh $(ARM64_ROOT)
+	RECORD=$(RECORD) tests/crosscpu/run.sh $(MODELS)/$(MODEL)-int8 $(ARM64_ROOT) build/cross-cpu
 
 # The inner loop (under a minute): no torch, no export, no MiniLM, no benchmark runs; the tiny
 # bundles are the committed ones. `make test` stays the whole suite.

@@ -41,9 +41,11 @@ from .evalset import EvalSet, load_eval_set
 from .evaluate import Evaluation, Reference, evaluate, figures, reference
 from .fusion import fuse
 from .gates import RANK_CRITERION, Gates, Verdict, judge, quality_failures
-from .graph import weight_matmuls
+from .graph import F32, weight_matmuls
 from .machine import measured_on
 from .methods import AUTO, AUTO_ORDER, Quantized, apply, float16
+from .recipe import Recipe
+from .smooth import smoothing
 from .targets import TargetError, resolve
 from .variants import DEFAULT
 
@@ -74,6 +76,7 @@ class QuantizeOptions:
     external_data: bool = False  # weights in model.onnx_data even below protobuf's 2 GB
     target: str = "auto"  # the CPU family the int8 graph is built for (quantize/targets.py)
     variant: str | None = None  # an int8 variant instead of the target's (for measurements)
+    recipe: Recipe = field(default_factory=Recipe)  # the per-token levers
 
 
 class GateFailed(Exception):
@@ -149,7 +152,8 @@ def read_source(folder: Path) -> tuple[Manifest, onnx.ModelProto]:
 
 def _exclusions(opts: QuantizeOptions, method: str, model: onnx.ModelProto,
                 manifest: Manifest, fused: bool, texts: list[str], variant: str,
-                reporter: Reporter) -> tuple[list[str], dict[str, Any] | None]:
+                reporter: Reporter,
+                smooth: dict[str, F32] | None) -> tuple[list[str], dict[str, Any] | None]:
     if opts.exclude == "none" or opts.precision != "int8":
         return [], None
     if opts.exclude != "auto":
@@ -166,7 +170,8 @@ def _exclusions(opts: QuantizeOptions, method: str, model: onnx.ModelProto,
 
     quantization = {"fused": fused}
     level = graph_level(dataclasses.replace(manifest, quantization=quantization), "auto")
-    search = choose_fp32_matmuls(model, manifest, opts.bundle, texts, level, reporter, variant)
+    search = choose_fp32_matmuls(model, manifest, opts.bundle, texts, level, reporter, variant,
+                                 opts.recipe, smooth)
     return search.excluded, search.summary()
 
 
@@ -184,14 +189,21 @@ def _attempt(method: str, opts: QuantizeOptions, model: onnx.ModelProto, source:
              variant: str, *, last: bool) -> Attempt:
     """Build `method`'s bundle in `tmp` (replacing any earlier attempt's) and measure it."""
     started = time.monotonic()
+    smooth = None
+    if method == "pertoken" and opts.recipe.smooth_alpha is not None:
+        reporter.step(f"calibrating smoothing (alpha {opts.recipe.smooth_alpha}) on "
+                      f"{eval_set.name}")
+        smooth = smoothing(model, opts.bundle / source.tokenizer_file, source.max_tokens,
+                           eval_set.texts, opts.recipe.smooth_alpha)
     excluded, search = _exclusions(opts, method, model, source, fused, eval_set.texts,
-                                   variant, reporter)
+                                   variant, reporter, smooth)
     reporter.step(f"quantizing: {opts.precision}"
                   + (f", {method}" if opts.precision == "int8" else "")
                   + (f", {len(excluded)} matmul(s) kept in fp32" if excluded else ""))
     # each method gets its own copy: onnxruntime's blockwise quantizer edits its input in place
     copy = onnx.ModelProto.FromString(model.SerializeToString())
-    result = (apply(method, copy, excluded, variant) if opts.precision == "int8"
+    result = (apply(method, copy, excluded, variant, opts.recipe, smooth)
+              if opts.precision == "int8"
               else float16(copy))
     for old in tmp.glob("model.onnx*"):
         old.unlink()
@@ -220,6 +232,10 @@ def _attempt(method: str, opts: QuantizeOptions, model: onnx.ModelProto, source:
     return Attempt(method, result, excluded, search, ev, verdict, time.monotonic() - started)
 
 
+def int8_tables(opts: QuantizeOptions) -> bool:
+    return opts.precision == "int8" and opts.recipe.int8_embeddings
+
+
 def _why(opts: QuantizeOptions, attempts: list[Attempt]) -> str:
     chosen = attempts[-1]
     if opts.precision != "int8" or opts.method != AUTO:
@@ -234,8 +250,10 @@ def run(opts: QuantizeOptions) -> int:
     reporter = Reporter(opts.quiet, prog="edge-embed quantize")
     started = time.monotonic()
     try:
-        target = (resolve(opts.target, variant=opts.variant) if opts.precision == "int8"
-                  else None)
+        # the recipe's ranges decide whether AVX2 may use its u8s8 kernel (quantize/targets.py)
+        target = (resolve(opts.target, variant=opts.variant,
+                          saturation_free=opts.recipe.saturation_free)
+                  if opts.precision == "int8" else None)
     except TargetError as exc:
         raise ToolError(str(exc)) from None
     source, model = read_source(opts.bundle)
@@ -251,7 +269,9 @@ def run(opts: QuantizeOptions) -> int:
             # No SkipLayerNormalization: measured on MiniLM (2 cores, onnxruntime 1.31), its CPU
             # kernel took ~2.2 ms per node where LayerNormalization + Add took ~0.25 ms; with it
             # per-token int8 ran 1.55x fp32, without it 1.8x (quantize.speedtest).
-            fusion = fuse(model, skip_layer_norm=False)
+            # The int8 word-embedding table needs the lookups as plain Gathers.
+            fusion = fuse(model, skip_layer_norm=False,
+                          embed_layer_norm=not int8_tables(opts))
             model, fused, fusion_ops = fusion.model, fusion.fused, fusion.ops
         candidates = len(weight_matmuls(model))
         shutil.copy2(opts.bundle / source.tokenizer_file, tmp / source.tokenizer_file)

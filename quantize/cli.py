@@ -16,6 +16,7 @@ from edge_embed.service.bundle import Precision
 
 from .gates import Gates
 from .methods import AUTO, METHODS
+from .recipe import BITS, Recipe
 from .targets import AUTO as AUTO_TARGET
 from .targets import TARGETS
 from .variants import VARIANTS
@@ -28,6 +29,16 @@ def _unit(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _alpha(text: str) -> float | None:
+    if text == "none":
+        return None
+    value = _unit(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive) or 'none', "
+                                         f"got {value}")
     return value
 
 
@@ -58,6 +69,25 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--exclude", default="auto", metavar="auto|none|NAMES",
                    help="matmuls to keep in fp32: auto (measured on the evaluation set, "
                    "default), none, or comma-separated MatMul node names")
+    recipe = Recipe()
+    p.add_argument("--smooth", type=_alpha, default=recipe.smooth_alpha, metavar="ALPHA|none",
+                   help="per-token int8: SmoothQuant factors calibrated on the evaluation set, "
+                   f"alpha the share of each channel's range moved into the weights (default "
+                   f"{recipe.smooth_alpha}; none: no smoothing)")
+    p.add_argument("--weight-bits", type=int, choices=BITS, default=recipe.weight_bits,
+                   help="per-token int8 weight range: 8, or 7 (|w| <= 63: no 16-bit pair sum "
+                   f"can saturate on AVX2, so every CPU gives the same vectors; default "
+                   f"{recipe.weight_bits})")
+    p.add_argument("--activation-bits", type=int, choices=BITS,
+                   default=recipe.activation_bits, help="per-token activation range: 8, or 7 "
+                   f"(the other saturation-free choice; default {recipe.activation_bits})")
+    p.add_argument("--weight-clip", action=argparse.BooleanOptionalAction,
+                   default=recipe.weight_clip, help="per-token int8: each weight column's "
+                   "range chosen for least squared error instead of its max |w|")
+    p.add_argument("--embeddings", choices=("int8", "fp32"),
+                   default="int8" if recipe.int8_embeddings else "fp32",
+                   help="the word-embedding table: int8 with a scale per row (a quarter of "
+                   "its size) or fp32")
     p.add_argument("--no-fuse", action="store_true", help="quantize the graph as exported, "
                    "without onnxruntime's transformer fusions")
     p.add_argument("--eval-set", type=Path, help="a JSONL evaluation set (default: the one "
@@ -90,7 +120,10 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed quantize") -> in
                         min=args.gate_min, rank=args.gate_rank),
             exclude=args.exclude, fuse=not args.no_fuse, eval_set=args.eval_set,
             force=args.force, keep_failed=args.keep_failed, quiet=args.quiet,
-            external_data=args.external_data, target=args.target, variant=args.variant)
+            external_data=args.external_data, target=args.target, variant=args.variant,
+            recipe=Recipe(smooth_alpha=args.smooth, weight_bits=args.weight_bits,
+                          activation_bits=args.activation_bits, weight_clip=args.weight_clip,
+                          int8_embeddings=args.embeddings == "int8"))
         try:
             return run(opts)
         except GateFailed as exc:

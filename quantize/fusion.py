@@ -38,8 +38,11 @@ class FusionResult:
 
 
 def fuse(model: onnx.ModelProto, model_type: str = "bert", *, attention: bool = True,
-         skip_layer_norm: bool = True) -> FusionResult:
-    """The optimizer's fusions; on any failure, the model unchanged and fused=False."""
+         skip_layer_norm: bool = True, embed_layer_norm: bool = True) -> FusionResult:
+    """The optimizer's fusions; on any failure, the model unchanged and fused=False.
+
+    `embed_layer_norm=False` keeps the embedding lookups as plain `Gather`s, which the int8
+    word-embedding table (gather.py) needs: the fused node reads a float table."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -48,6 +51,7 @@ def fuse(model: onnx.ModelProto, model_type: str = "bert", *, attention: bool = 
     options.enable_attention = attention
     options.enable_skip_layer_norm = skip_layer_norm
     options.enable_bias_skip_layer_norm = skip_layer_norm
+    options.enable_embed_layer_norm = embed_layer_norm
     # The optimizer logs every pattern it looks for; a user needs only our summary.
     quiet = logging.getLogger("onnxruntime.transformers")
     level = quiet.level

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -19,8 +20,11 @@ from typing import Any
 
 import onnx
 
-from .graph import weight_matmuls
-from .pertoken import quantize_pertoken
+from .gather import quantize_gathers
+from .graph import F32, weight_matmuls
+from .pertoken import A_ZERO_POINT, A_ZERO_POINT_7BIT, QMAX_7BIT, S8_OFFSET, quantize_pertoken
+from .recipe import Recipe
+from .saturation import saturation_free, widest_weight
 from .variants import DEFAULT, get
 
 METHODS = ("pertoken", "blockwise", "dynamic")
@@ -61,15 +65,44 @@ class Quantized:
     quantized_nodes: int = 0
 
 
-def pertoken(model: onnx.ModelProto, exclude: list[str], variant: str = DEFAULT) -> Quantized:
+def pertoken(model: onnx.ModelProto, exclude: list[str], variant: str = DEFAULT,
+             recipe: Recipe | None = None, smooth: dict[str, F32] | None = None) -> Quantized:
+    """Per-token int8 built as `variant` says (the kernel's integer types, where the row scale
+    goes) with `recipe`'s levers (ranges, smoothing, the int8 table); `smooth`: the factors
+    smooth.factors computed."""
     v = get(variant)
-    result = quantize_pertoken(model, exclude, variant=v)
-    return Quantized(result.model, {
-        "weights": f"{v.weights}, symmetric, one scale per output column",
-        "activations": f"{v.activations}, one scale per row (token) from its max |x|",
+    recipe = recipe or Recipe()
+    if not smooth:  # the factors are what smooths; the recipe records what was done
+        recipe = dataclasses.replace(recipe, smooth_alpha=None)
+    result = quantize_pertoken(model, exclude, variant=v, smooth=smooth,
+                               weight_qmax=recipe.weight_qmax,
+                               activation_bits=recipe.activation_bits,
+                               weight_clip=recipe.weight_clip)
+    out = result.model
+    tables: tuple[str, ...] = ()
+    if recipe.int8_embeddings:
+        gathered = quantize_gathers(out)
+        out, tables = gathered.model, gathered.tables
+    seven = recipe.activation_bits == 7
+    zero_point = ((A_ZERO_POINT_7BIT if seven else A_ZERO_POINT)
+                  - (S8_OFFSET if v.activations == "s8" else 0))
+    return Quantized(out, {
+        "weights": (f"int{recipe.weight_bits} values as {v.weights}, symmetric, one scale per "
+                    "output column"),
+        "activations": (f"{recipe.activation_bits}-bit rows as {v.activations}, symmetric "
+                        f"around {zero_point}, one scale per row (token) from its max |x|"),
         "kernel": "com.microsoft.MatMulIntegerToFloat",
         "variant": v.params(),
+        "qmax": recipe.weight_qmax,
+        "activation_qmax": QMAX_7BIT if seven else 127.0,
+        "activation_zero_point": zero_point,
         "shared_quantizers": result.shared_inputs,
+        "recipe": recipe.to_json(),
+        "smoothed_inputs": len(smooth or {}),
+        "int8_tables": list(tables),
+        "widest_weight": widest_weight(out),
+        # no u8 x s8 pair sum can leave int16: every CPU's kernel computes the same sums
+        "saturation_free": recipe.saturation_free or saturation_free(out),
     }, len(result.quantized))
 
 
@@ -127,9 +160,10 @@ def float16(model: onnx.ModelProto) -> Quantized:
 
 
 def apply(method: str, model: onnx.ModelProto, exclude: list[str],
-          variant: str = DEFAULT) -> Quantized:
+          variant: str = DEFAULT, recipe: Recipe | None = None,
+          smooth: dict[str, F32] | None = None) -> Quantized:
     if method == "pertoken":
-        return pertoken(model, exclude, variant)
+        return pertoken(model, exclude, variant, recipe, smooth)
     if method == "blockwise":
         return blockwise(model, exclude)
     if method == "dynamic":

@@ -21,7 +21,7 @@ activations x s8 weights, row scale given to the kernel); quantize/variants.py l
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -48,18 +48,25 @@ I8 = npt.NDArray[np.int8]
 QMAX = 127.0
 # Activation zero point for uint8 rows: MLAS's fast VNNI kernels multiply u8 by s8.
 A_ZERO_POINT = 128
+# Weight ranges tried per column by `quantize_weight(clip=True)`, as shares of its max |w|: down
+# to 0.7 (below that the clipped outliers' error outweighs the finer step on every matrix tried).
+CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
 # Floor for a row's scale: an all-zero row must not divide by zero (1e-8 is far below any real
 # activation's max/127 and far above float32's smallest normal number).
 MIN_SCALE = 1e-8
 SWITCH_PREFIX = "edge_embed_fp32__"
 # Unsigned range for shifted (one-sided) activations.
 UQMAX = 255.0
-# s8 activations: symmetric around 0; one-sided ones use the whole range from -128 (the same 256
-# codes as u8 from 0, moved down by 128).
-S8_ZERO_POINT = 0
-S8_ONE_SIDED_ZERO_POINT = -128
+# s8 activations: the u8 codes moved down by 128, zero point too (8-bit: symmetric around 0,
+# one-sided from -128), so that both kinds stand for the same real values.
+S8_OFFSET = 128
 # u8 weights: the s8 values moved up by 128, so that the kernel sees unsigned bytes.
 W_U8_ZERO_POINT = 128
+# 7-bit activations, the other way to keep u8 x s8 pair sums inside int16 (see saturation.py):
+# rows in [1, 127] around 64 (shifted ones in [0, 127]), so 127 * 127 * 2 = 32258 < 32767.
+QMAX_7BIT = 63.0
+A_ZERO_POINT_7BIT = 64
+UQMAX_7BIT = 127.0
 # Operators whose output never falls below -GELU_SHIFT: GELU's minimum is -0.16997 (at
 # x = -0.7518), the tanh approximation's -0.1700; a hair of margin on top.
 ONE_SIDED_OPS = {"Gelu": 0.1701, "BiasGelu": 0.1701, "FastGelu": 0.1701, "Relu": 0.0}
@@ -74,10 +81,21 @@ class PerTokenResult:
     switches: dict[str, str] = field(default_factory=dict)  # node name -> bool input name
 
 
-def quantize_weight(w: F32, qmax: float = QMAX) -> tuple[I8, F32]:
-    """Per-output-column symmetric int8: W ≈ Wq * scale[column], |Wq| <= qmax."""
+def quantize_weight(w: F32, qmax: float = QMAX, clip: bool = False) -> tuple[I8, F32]:
+    """Per-output-column symmetric int8: W ≈ Wq * scale[column], |Wq| <= qmax.
+
+    With `clip`, each column's range is the one of CLIP_RATIOS x its max |w| that gives the
+    least squared error: a column's single largest weight no longer sets the step for all."""
     amax = np.abs(w).max(axis=0)
-    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    ratios = CLIP_RATIOS if clip else (1.0,)
+    best_err = np.full(w.shape[1], np.inf)
+    scale = np.ones(w.shape[1], dtype=np.float32)
+    for ratio in ratios:
+        trial = np.where(amax > 0, ratio * amax / qmax, 1.0).astype(np.float32)
+        err = ((np.clip(np.rint(w / trial), -qmax, qmax) * trial - w) ** 2).sum(axis=0)
+        better = err < best_err
+        scale = np.where(better, trial, scale)
+        best_err = np.where(better, err, best_err)
     wq = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
     return wq, scale
 
@@ -91,6 +109,8 @@ class _Builder:
         self.model = model
         self.opset = default_opset(model)
         self.nodes: list[onnx.NodeProto] = []
+        # symmetric qmax, its zero point, and the unsigned qmax of shifted rows
+        self.ranges = (QMAX, A_ZERO_POINT, UQMAX)
         self.inits: list[onnx.TensorProto] = []
         self._count = 0
 
@@ -117,7 +137,7 @@ class _Builder:
         return self.node("ReduceMax", [x], "rowmax", axes=[1], keepdims=1)
 
     def quantize_rows(self, x: str, k: int, shift: float | None = None,
-                      kind: str = "u8") -> tuple[str, str, str]:
+                      kind: str = "u8", smooth: F32 | None = None) -> tuple[str, str, str]:
         """Integer rows of `x` (same shape as x; uint8 or int8 as `kind` says), their scales
         (x's shape with last dim 1), and the zero point to give the matmul.
 
@@ -125,20 +145,28 @@ class _Builder:
         quantized as x + shift over the whole unsigned range [0, 255] instead of a symmetric
         [-127, 127] half of which such an activation never uses: twice the resolution. The
         matmul then computes (x + shift) W; the caller subtracts shift * colsum(W).
+        With `smooth` (per-channel factors s), the rows quantized are x / s (the caller
+        multiplies the weight's rows by s).
         """
         shape = self.node("Shape", [x], "shape")
         lead = self.node("Slice", [shape, self.const("zero", np.array([0], dtype=np.int64)),
                                    self.const("minus1", np.array([-1], dtype=np.int64))], "lead")
         flat = self.node("Reshape", [x, self.const("rows", np.array([-1, k], dtype=np.int64))],
                          "flat")
-        if shift is None:
-            amax = self.row_max(self.node("Abs", [flat], "abs"))
-            qmax, zp_int = QMAX, (S8_ZERO_POINT if kind == "s8" else A_ZERO_POINT)
-        else:
+        if shift is not None:
             flat = self.node("Add", [flat, self.const("shift", np.array(shift, np.float32))],
                              "shifted")
+        if smooth is not None:
+            flat = self.node("Mul", [flat, self.const("inv_smooth", (1.0 / smooth).astype(
+                np.float32))], "smoothed")
+        if shift is None:
+            amax = self.row_max(self.node("Abs", [flat], "abs"))
+            qmax, zp_int = self.ranges[0], self.ranges[1]
+        else:
             amax = self.row_max(flat)
-            qmax, zp_int = UQMAX, (S8_ONE_SIDED_ZERO_POINT if kind == "s8" else 0)
+            qmax, zp_int = self.ranges[2], 0
+        if kind == "s8":
+            zp_int -= S8_OFFSET
         scaled = self.node("Mul", [amax, self.const("inv_qmax",
                                                     np.array(1.0 / qmax, dtype=np.float32))],
                            "scale_raw")
@@ -175,14 +203,20 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
                       switches: bool = False, shapes_info: bool = True,
-                      one_sided: bool = True, variant: Variant | str = DEFAULT) -> PerTokenResult:
+                      one_sided: bool = True, variant: Variant | str = DEFAULT,
+                      smooth: Mapping[str, F32] | None = None, weight_qmax: float = QMAX,
+                      activation_bits: int = 8, weight_clip: bool = False) -> PerTokenResult:
     """A copy of `model` with every weight MatMul not in `exclude` in per-token int8, built as
-    `variant` (quantize/variants.py) says.
+    `variant` (quantize/variants.py: the integer types, where the row scale goes) says.
 
     With `switches`, each quantized MatMul also keeps its fp32 twin and a bool graph input
     chooses between them: one session then measures any subset of nodes left in fp32, which is
     what the sensitivity search needs (building a session per subset would cost minutes).
+    `smooth` maps an activation tensor to its per-channel smoothing factors (smooth.py);
+    `weight_qmax` below 127 narrows the weights (63: 7 bits, see saturation.py);
+    `activation_bits=7` narrows the activation rows instead.
     """
+    smooth = smooth or {}
     # Shapes of the fp32 graph's tensors, inferred while every operator is still a standard one
     # (ONNX cannot infer through com.microsoft ops): onnxruntime's own fusions (SkipLayerNorm,
     # BiasGelu) check ranks and refuse tensors of unknown shape.
@@ -198,6 +232,10 @@ def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
     chosen = [c for c in candidates if c.name not in excluded]
     by_node = {c.name: c for c in chosen}
     b = _Builder(model)
+    if activation_bits == 7:
+        b.ranges = (QMAX_7BIT, A_ZERO_POINT_7BIT, UQMAX_7BIT)
+    elif activation_bits != 8:
+        raise ValueError(f"activation_bits must be 7 or 8, not {activation_bits}")
     has_opset(model, MS_DOMAIN, 1)
     rows: dict[str, tuple[str, str, str]] = {}
     shifts: dict[str, float | None] = {}
@@ -220,14 +258,19 @@ def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
         if mm.activation not in rows:
             start = len(b.nodes)
             shift = ONE_SIDED_OPS.get(producers.get(mm.activation, "")) if one_sided else None
-            rows[mm.activation] = b.quantize_rows(mm.activation, mm.k, shift, v.activations)
+            rows[mm.activation] = b.quantize_rows(mm.activation, mm.k, shift, v.activations,
+                                                  smooth.get(mm.activation))
             shifts[mm.activation] = shift
             if shapes_info:
                 _describe(model, shapes.get(mm.activation), *rows[mm.activation][:2],
                           v.activations)
             new_nodes.extend(b.nodes[start:])
         q, row_scale, zp = rows[mm.activation]
-        wq, w_scale = quantize_weight(weight_array(model, mm.weight), v.weight_qmax)
+        factors = smooth.get(mm.activation)
+        weight = weight_array(model, mm.weight)
+        if factors is not None:
+            weight = weight * factors[:, None]
+        wq, w_scale = quantize_weight(weight, weight_qmax, weight_clip)
         shift = shifts[mm.activation]
         if v.weights == "u8":
             wq_name = b.const("w_uint8", (wq.astype(np.int16) + W_U8_ZERO_POINT).astype(np.uint8))
@@ -238,7 +281,11 @@ def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
         bias: F32 | None = None
         if shift:
             # (x + shift) W - shift * colsum(W), with W as the kernel sees it (dequantized)
-            colsum = (wq.astype(np.float64).sum(axis=0) * w_scale).astype(np.float32)
+            # (with smoothing the kernel sees (x + shift) / s and diag(s) W: divide s back out)
+            rows_deq = wq.astype(np.float64) * w_scale
+            if factors is not None:
+                rows_deq = rows_deq / factors[:, None]
+            colsum = rows_deq.sum(axis=0).astype(np.float32)
             bias = (-shift * colsum).astype(np.float32)
         if switches:
             node.output[0] = b.name("fp32_out")  # names are unique across the branches too

@@ -38,6 +38,7 @@ from edge_embed.service.pooling import F32, finish, pool_output
 
 from .graph import weight_matmuls
 from .pertoken import quantize_pertoken
+from .recipe import Recipe
 from .variants import DEFAULT
 
 # Stop when the worst cosine on the probe inputs reaches this: the aim is min >= 0.98
@@ -153,9 +154,14 @@ class Search:
 
 class _Switchboard:
     def __init__(self, model: onnx.ModelProto, manifest: Manifest, tokenizer: TextTokenizer,
-                 graph_level: ort.GraphOptimizationLevel, variant: str = DEFAULT) -> None:
-        # the search measures the graph quantize will write: the target's variant
-        result = quantize_pertoken(model, switches=True, variant=variant)
+                 graph_level: ort.GraphOptimizationLevel, variant: str = DEFAULT,
+                 recipe: Recipe | None = None, smooth: dict[str, F32] | None = None) -> None:
+        # the search measures the graph quantize will write: the target's variant, the recipe
+        recipe = recipe or Recipe()
+        result = quantize_pertoken(model, switches=True, variant=variant, smooth=smooth,
+                                   weight_qmax=recipe.weight_qmax,
+                                   activation_bits=recipe.activation_bits,
+                                   weight_clip=recipe.weight_clip)
         self.switches = result.switches
         so = ort.SessionOptions()
         so.graph_optimization_level = graph_level
@@ -185,7 +191,12 @@ class _Switchboard:
 
 def choose_fp32_matmuls(model: onnx.ModelProto, manifest: Manifest, bundle: Path,
                         texts: Sequence[str], graph_level: ort.GraphOptimizationLevel,
-                        reporter: Reporter, variant: str = DEFAULT) -> Search:
+                        reporter: Reporter, variant: str = DEFAULT,
+                        recipe: Recipe | None = None,
+                        smooth: dict[str, F32] | None = None) -> Search:
+    """The matmuls to keep in fp32, measured on the graph `variant`, `recipe` and `smooth`
+    build (the word-embedding table stays float here: it changes every input alike and is
+    measured in the evaluation that follows)."""
     tokenizer = TextTokenizer(bundle / manifest.tokenizer_file, manifest.max_tokens)
     rows = [t.ids[:SCAN_MAX_TOKENS] if len(t.ids) > SCAN_MAX_TOKENS else t.ids
             for t in tokenizer.encode(list(texts))]
@@ -193,7 +204,7 @@ def choose_fp32_matmuls(model: onnx.ModelProto, manifest: Manifest, bundle: Path
     names = [m.name for m in matmuls]
     smallest = min(m.k * m.n for m in matmuls)
     size = {m.name: m.k * m.n / smallest for m in matmuls}
-    board = _Switchboard(model, manifest, tokenizer, graph_level, variant)
+    board = _Switchboard(model, manifest, tokenizer, graph_level, variant, recipe, smooth)
     everything = set(board.switches)
     reporter.step(f"measuring {len(names)} matmuls' effect on the worst inputs")
     reference = board.embed(rows, everything)

@@ -28,8 +28,10 @@ with VNNI, `rowmul` was no faster (docs/int8-variants.md).
 Not a variant: `DynamicQuantizeMatMul` quantizes its float input with one scale for the whole
 tensor (the whole padded batch), which is what makes `quantize_dynamic` batch-dependent.
 
-Other int8 recipes (narrower weight ranges, other activation treatments) add a `Variant` with
-`register`; `quantize_pertoken` reads only the fields below.
+A variant is only the kernel's types and the row scale's place. The value ranges (7-bit weights
+or activations, per-column clipping) and smoothing are the recipe's levers (quantize/recipe.py;
+saturation.py owns which ranges cannot saturate) and compose with any variant; a new kernel
+arrangement adds a `Variant` with `register`. `quantize_pertoken` reads only the fields below.
 """
 
 from __future__ import annotations
@@ -47,8 +49,6 @@ class Variant:
     activations: IntType  # u8: symmetric around 128 (or one-sided from 0); s8: around 0
     weights: IntType  # s8: symmetric around 0; u8: the same values + 128, zero point 128
     row_scale: RowScale = "kernel"
-    # Symmetric weight range: 127 uses every s8 code but -128 (so +w and -w mirror each other).
-    weight_qmax: float = 127.0
     summary: str = ""
 
     def params(self) -> dict[str, object]:

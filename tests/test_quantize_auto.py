@@ -22,7 +22,6 @@ from edge_embed.quantize.cli import main
 from edge_embed.quantize.gates import NN_CRITERION, RANK_CRITERION, Gates, neighbour_criterion
 from edge_embed.quantize.geometry import expected_nn_agreement, measure
 from edge_embed.quantize.methods import Quantized, apply
-from edge_embed.quantize.variants import DEFAULT
 from edge_embed.service.bundle import load_manifest
 from tests.fixtures.quantized import build_quantized
 
@@ -95,11 +94,10 @@ def test_cls_bundle_passes_by_rank_agreement(tiny_cls_bundle: Path, tmp_path: Pa
     assert q["method"] == "pertoken"
 
 
-def broken_pertoken(real: Callable[[str, onnx.ModelProto, list[str], str], Quantized]
-                    ) -> Callable[[str, onnx.ModelProto, list[str], str], Quantized]:
+def broken_pertoken(real: Callable[..., Quantized]) -> Callable[..., Quantized]:
     def apply(method: str, model: onnx.ModelProto, exclude: list[str],
-              variant: str = DEFAULT) -> Quantized:
-        result = real(method, model, exclude, variant)
+              *variant_and_recipe: object) -> Quantized:
+        result = real(method, model, exclude, *variant_and_recipe)
         if method == "pertoken":
             for init in result.model.graph.initializer:
                 if init.name == EMBEDDINGS:

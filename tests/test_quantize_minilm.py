@@ -23,6 +23,11 @@ GATE_MEAN = 0.99
 GATE_NN = 0.97
 AIM_MIN = 0.98
 BATCH = 17
+# The int8 bundle's size budget: the word-embedding table in int8 (a quarter of its 47 MB) and
+# every weight in int8 give 24 MB; 30 MB leaves room for a few matmuls the search keeps in fp32.
+MAX_INT8_MB = 30
+# 7-bit weights: 255 * 63 * 2 fits int16, so AVX2's pair sums cannot saturate.
+SATURATION_FREE_WIDEST = 63
 
 
 def test_int8_passes_default_gates(minilm_int8_bundle: Path) -> None:
@@ -38,6 +43,17 @@ def test_int8_passes_default_gates(minilm_int8_bundle: Path) -> None:
     assert quality.batch_invariance_min is not None
     assert quality.batch_invariance_min >= INVARIANCE_GATE
     assert manifest.max_tokens == 256 and manifest.pooling == "mean" and manifest.normalize
+
+
+def test_int8_is_small_and_saturation_free(minilm_int8_bundle: Path) -> None:
+    manifest = load_manifest(minilm_int8_bundle)
+    assert (minilm_int8_bundle / manifest.model_file).stat().st_size <= MAX_INT8_MB * 1_000_000
+    assert manifest.quantization is not None
+    params = manifest.quantization["params"]
+    assert params["saturation_free"] is True
+    assert params["widest_weight"] <= SATURATION_FREE_WIDEST
+    assert params["int8_tables"] == ["embeddings.word_embeddings.weight"]
+    assert params["smoothed_inputs"] > 0
 
 
 def test_int8_batch_invariant(minilm_int8_bundle: Path) -> None:

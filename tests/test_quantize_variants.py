@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 from edge_embed.quantize.machine import measured_on, this_target
-from edge_embed.quantize.targets import OPENVINO_ADVICE, VARIANT_FOR
+from edge_embed.quantize.targets import OPENVINO_ADVICE, SATURATION_FREE_VARIANT_FOR, VARIANT_FOR
 from edge_embed.quantize.variants import VARIANTS
 from edge_embed.service.bundle import load_manifest
 from edge_embed.service.encoder import BundleModel
@@ -60,15 +60,38 @@ def test_variant_is_correct_and_batch_invariant_here(name: str, tiny_bundle: Pat
     assert q["batch_invariance_max_abs_diff"] <= INVARIANT_DIFF
 
 
-@pytest.mark.parametrize("target", sorted(VARIANT_FOR))
-def test_target_picks_and_records_its_variant(target: str, tiny_bundle: Path,
-                                              tmp_path: Path) -> None:
-    out = build_tiny_int8(tiny_bundle, tmp_path / target,
-                          ["--target", target, "--exclude", "none"])
+@pytest.mark.parametrize("name", ["s8s8", "u8u8-rowmul"])
+def test_variant_composes_with_7bit_activations(name: str, tiny_bundle: Path,
+                                                tmp_path: Path) -> None:
+    # 7-bit rows move the zero point (64 for u8, -64 for s8): a wrong one lands far below
+    out = build_tiny_int8(tiny_bundle, tmp_path / name, [
+        "--variant", name, "--exclude", "none", "--weight-bits", "8", "--activation-bits", "7"])
+    q = load_manifest(out).quantization
+    assert q is not None and q["params"]["variant"]["name"] == name
+    assert q["params"]["activation_zero_point"] == (-64 if VARIANTS[name].activations == "s8"
+                                                    else 64)
+    assert q["params"]["saturation_free"] is True
+    ref = BundleModel(tiny_bundle).embed(TEXTS)
+    got = BundleModel(out).embed(TEXTS)
+    assert np.all((ref * got).sum(axis=1) >= AGREEMENT)
+    assert alone_vs_batched(out) <= INVARIANT_DIFF
+
+
+# The default recipe (7-bit weights) is saturation-free: AVX2 keeps its u8s8 kernel; with 8-bit
+# weights and activations it needs u8u8, the kernel that cannot saturate.
+@pytest.mark.parametrize(("target", "bits", "variant"), [
+    *[(t, 7, SATURATION_FREE_VARIANT_FOR[t]) for t in sorted(VARIANT_FOR)],
+    ("avx2", 8, "u8u8")])
+def test_target_picks_and_records_its_variant(target: str, bits: int, variant: str,
+                                              tiny_bundle: Path, tmp_path: Path) -> None:
+    out = build_tiny_int8(tiny_bundle, tmp_path / target, [
+        "--target", target, "--exclude", "none", "--weight-bits", str(bits)])
     q = load_manifest(out).quantization
     assert q is not None
     assert q["target"]["name"] == target and q["target"]["detected"] is False
-    assert q["target"]["variant"]["name"] == VARIANT_FOR[target]
+    assert q["target"]["variant"]["name"] == variant == q["params"]["variant"]["name"]
+    assert q["params"]["recipe"]["weight_bits"] == bits
+    assert q["params"]["saturation_free"] is (bits == 7)
     assert q["target"]["variant_chosen_by"] == "target"
     assert alone_vs_batched(out) <= INVARIANT_DIFF
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from edge_embed.quantize.machine import target_of
+from edge_embed.quantize.recipe import Recipe
 from edge_embed.quantize.targets import (
     OPENVINO_ADVICE,
     VARIANT_FOR,
@@ -63,6 +64,17 @@ def test_each_target_picks_a_registered_variant() -> None:
     assert resolve("auto", detected="avx2").detected
 
 
+def test_saturation_free_recipe_keeps_avx2_on_u8s8() -> None:
+    assert resolve("avx2", saturation_free=True).variant == "u8s8"
+    assert resolve("avx2", saturation_free=False).variant == "u8u8"
+    assert resolve("auto", detected="avx2", saturation_free=True).variant == "u8s8"
+    for target in ("avx512-vnni", "arm64"):  # no saturating kernel there: the same choice
+        assert resolve(target, saturation_free=True).variant == VARIANT_FOR[target]
+    assert Recipe().saturation_free  # the default: 7-bit weights
+    assert Recipe(weight_bits=8, activation_bits=7).saturation_free
+    assert not Recipe(weight_bits=8, activation_bits=8).saturation_free
+
+
 def test_unknown_or_undetectable_target_is_refused() -> None:
     with pytest.raises(TargetError, match="unknown target 'sse2'"):
         resolve("sse2")
@@ -100,6 +112,13 @@ def test_mismatch_names_both_and_the_fix() -> None:
     assert mismatch("avx2", "avx2") is None
     assert mismatch(None, "avx2") is None  # a bundle from before targets: nothing to compare
     assert mismatch("arm64", None) is None  # a CPU whose family we cannot tell
+    # a saturation-free u8s8 bundle built for avx2 is the graph VNNI's target builds: no warning
+    assert mismatch("avx2", "avx512-vnni", "u8s8", saturation_free=True) is None
+    assert mismatch("avx512-vnni", "avx2", "u8s8", saturation_free=True) is None
+    # an 8-bit u8s8 bundle saturates on AVX2, and a u8u8 one is slower on VNNI: warned
+    warned = mismatch("avx512-vnni", "avx2", "u8s8", saturation_free=False)
+    assert warned is not None and "u8u8" in warned
+    assert mismatch("avx2", "avx512-vnni", "u8u8", saturation_free=False) is not None
 
 
 def test_bundle_warnings() -> None:

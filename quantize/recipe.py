@@ -1,0 +1,62 @@
+"""The per-token int8 recipe: the levers on top of per-token scales, each its own option.
+
+- smoothing (smooth.py): per-channel factors from the evaluation set's activations, alpha;
+- weight bits: 8, or 7 for arithmetic that cannot saturate on any CPU (saturation.py);
+- activation bits: 8, or 7 (the other saturation-free choice);
+- the word-embedding table in int8 with a scale per row (gather.py).
+
+The defaults are the measured best (see docs/quantization.md for the table they come from).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .pertoken import QMAX, UQMAX, UQMAX_7BIT
+from .saturation import SATURATION_FREE_QMAX, pair_sums_fit
+
+# The default recipe, measured on all-minilm-l6-v2 against its fp32 bundle (evaluation set, 520
+# inputs, every matmul int8; figures min / mean cosine):
+#   no lever 0.974 / 0.9969; smoothing alpha 0.3 / 0.4 / 0.5 / 0.6 / 0.7 / 0.8: 0.975 / 0.990 /
+#   0.993 / 0.994 / 0.991 / 0.977 (mean 0.9967 ... 0.9990, best at 0.6);
+#   7-bit weights alone 0.975 / 0.9955; 7-bit weights + alpha 0.5 0.983 / 0.9979, with the
+#   least-squares column ranges 0.988 / 0.9979 (alpha 0.4: 0.985, 0.6: 0.987 and NN 0.969).
+# 8-bit weights are better on a VNNI CPU, but on an AVX2-only one their 16-bit pair sums
+# saturate, and smoothing makes that worse (it moves the activations' range into the weights):
+# the alpha 0.6 8-bit bundle's vectors on an emulated AVX2 CPU agreed with its own VNNI vectors
+# only to cosine 0.986, where the 7-bit bundle's were identical. So the default is 7-bit weights
+# with smoothing at 0.5 and the least-squares ranges: one set of vectors on every x86.
+DEFAULT_ALPHA = 0.5
+BITS = (7, 8)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    smooth_alpha: float | None = DEFAULT_ALPHA  # None: no smoothing
+    weight_bits: int = 7
+    activation_bits: int = 8
+    weight_clip: bool = True  # each weight column's range by least squared error
+    int8_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.weight_bits not in BITS or self.activation_bits not in BITS:
+            raise ValueError("weight and activation bits must be 7 or 8")
+        if self.smooth_alpha is not None and not 0.0 < self.smooth_alpha < 1.0:
+            raise ValueError(f"smoothing alpha must be in (0, 1), not {self.smooth_alpha}")
+
+    @property
+    def weight_qmax(self) -> float:
+        return SATURATION_FREE_QMAX if self.weight_bits == 7 else QMAX
+
+    @property
+    def saturation_free(self) -> bool:
+        """No u8 x s8 pair sum can saturate on AVX2 (7-bit weights or 7-bit activations), so
+        the u8s8 kernel is exact there too."""
+        widest_row = UQMAX_7BIT if self.activation_bits == 7 else UQMAX
+        return pair_sums_fit(self.weight_qmax, widest_row)
+
+    def to_json(self) -> dict[str, object]:
+        return {"smooth_alpha": self.smooth_alpha, "weight_bits": self.weight_bits,
+                "activation_bits": self.activation_bits, "weight_clip": self.weight_clip,
+                "int8_embeddings": self.int8_embeddings,
+                "saturation_free": self.saturation_free}

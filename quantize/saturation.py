@@ -1,0 +1,66 @@
+"""Int8 arithmetic that cannot saturate on any CPU kernel, so every CPU computes the same sums.
+
+An int8 dot product is exact in 32-bit integers, but not every kernel gets there the same way.
+x86 without VNNI (AVX2, AVX-512 BW) multiplies uint8 activations by int8 weights with
+`vpmaddubsw`, which adds each pair of neighbouring products into a signed 16-bit lane with
+saturation: 255 * 127 * 2 = 64770 overflows 32767, so such a pair is clipped, and the result
+differs from VNNI's (`vpdpbusd`, 32-bit sums) and ARM's (widening multiplies). The same int8
+bundle then gives different vectors on different CPUs (measured: cosine 0.988 between an
+AVX2-only x86 and arm64 on MiniLM).
+
+With weights limited to |w| <= 63 (7 bits), a pair is at most 255 * 63 * 2 = 32130 < 32767:
+no 16-bit sum can overflow, every kernel's int32 accumulator is the exact dot product, and only
+the float operators around the matmuls (which round alike to a few ulps) differ between CPUs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .graph import MS_DOMAIN, initializers
+
+# The widest weight that keeps a u8 x s8 pair sum inside int16 for any uint8 activation.
+UINT8_MAX = 255
+INT16_MAX = 32767
+# 32767 // (2 * 255) = 64; 63 keeps the range symmetric (+w and -w round to mirror images, as
+# the 8-bit weights leave out -128).
+SATURATION_FREE_QMAX = 63.0
+# Each integer matmul's weight zero-point input (onnxruntime's contrib operator schemas).
+B_ZERO_POINT_INPUT = {"MatMulIntegerToFloat": 5, "MatMulInteger": 3, "DynamicQuantizeMatMul": 4}
+INT8_MATMULS = tuple(B_ZERO_POINT_INPUT)
+
+
+def widest_weight(model: onnx.ModelProto) -> int | None:
+    """Largest |w| over the int8 weights of every integer matmul; None without any."""
+    inits = initializers(model)
+    widest: int | None = None
+    for node in model.graph.node:
+        if node.op_type not in INT8_MATMULS or node.domain not in ("", MS_DOMAIN):
+            continue
+        weight = inits.get(node.input[1])
+        if weight is None:
+            continue
+        w = np.asarray(numpy_helper.to_array(weight)).astype(np.int16)
+        if weight.data_type == onnx.TensorProto.UINT8:  # u8 weights: centred on their zero point
+            zp_index = B_ZERO_POINT_INPUT[node.op_type]
+            zp = inits.get(node.input[zp_index]) if len(node.input) > zp_index else None
+            if zp is None:
+                continue
+            w = w - np.asarray(numpy_helper.to_array(zp)).astype(np.int16)
+        elif weight.data_type != onnx.TensorProto.INT8:
+            continue
+        widest = max(widest or 0, int(np.abs(w).max()))
+    return widest
+
+
+def pair_sums_fit(weight_max: float, activation_max: float = UINT8_MAX) -> bool:
+    """True where a u8 x s8 pair of products (AVX2's `vpmaddubsw` lane) cannot leave int16."""
+    return 2 * activation_max * weight_max <= INT16_MAX
+
+
+def saturation_free(model: onnx.ModelProto) -> bool:
+    """True where no u8 x s8 pair sum of any integer matmul can leave int16."""
+    widest = widest_weight(model)
+    return widest is not None and pair_sums_fit(widest)
