@@ -68,20 +68,28 @@ class Tracing:
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"
             parent = propagator.extract(dict(request.headers))
+            # One reading of both clocks per request: the phases are perf_counter readings, and
+            # converting each with its own reading would let a child start a few ns before its
+            # parent or end after it. The server span is timed on the same base.
+            clock = _Clock()
             with tracer.start_as_current_span(
                     f"{request.method} {route}", context=parent, kind=SpanKind.SERVER,
+                    start_time=clock.wall0, end_on_exit=False,
                     attributes={"http.request.method": request.method, "http.route": route,
                                 "url.path": request.path}) as span:
-                response = await handler(request)
-                span.set_attribute("http.response.status_code", response.status)
-                if response.status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
-                rlog = request.get(LOG_KEY)
-                if rlog is not None:
-                    _annotate(span, rlog)
-                    for phase in rlog.phases:
-                        _child(tracer, span, phase, rlog.model)
-                return response
+                try:
+                    response = await handler(request)
+                    span.set_attribute("http.response.status_code", response.status)
+                    if response.status >= 500:
+                        span.set_status(Status(StatusCode.ERROR))
+                    rlog = request.get(LOG_KEY)
+                    if rlog is not None:
+                        _annotate(span, rlog)
+                        for phase in rlog.phases:
+                            _child(tracer, span, phase, rlog.model, clock)
+                    return response
+                finally:
+                    span.end(end_time=clock.wall(time.perf_counter_ns()))
 
         return tracing_middleware
 
@@ -101,11 +109,21 @@ def _annotate(span: trace.Span, rlog: RequestLog) -> None:
         span.set_attribute("error.type", rlog.error)
 
 
-def _child(tracer: trace.Tracer, parent: trace.Span, phase: Phase, model: str | None) -> None:
-    # the phases are perf_counter seconds; spans take wall-clock nanoseconds
-    offset = time.time_ns() - time.perf_counter_ns()
+class _Clock:
+    """Wall-clock nanoseconds (what spans take) from perf_counter readings (what phases hold)."""
+
+    def __init__(self) -> None:
+        self.wall0 = time.time_ns()
+        self.perf0 = time.perf_counter_ns()
+
+    def wall(self, perf_ns: int) -> int:
+        return self.wall0 + perf_ns - self.perf0
+
+
+def _child(tracer: trace.Tracer, parent: trace.Span, phase: Phase, model: str | None,
+           clock: _Clock) -> None:
     attributes = {**phase.attributes, "edge_embed.model": model or ""}
     child = tracer.start_span(phase.name, context=trace.set_span_in_context(parent),
                               kind=SpanKind.INTERNAL, attributes=attributes,
-                              start_time=int(phase.start * 1e9) + offset)
-    child.end(end_time=int(phase.end * 1e9) + offset)
+                              start_time=clock.wall(round(phase.start * 1e9)))
+    child.end(end_time=clock.wall(round(phase.end * 1e9)))
