@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[export,model,bench,otel,dev]'
+	$(BIN)/pip install -q -e '.[export,model,bench,dev]'
 	touch $@
 
 # The fast test loop's venv: the runtime and the dev tools, no torch. A venv that already has
@@ -48,7 +48,7 @@ install-fast:
 $(VENV)/.installed-fast: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[otel,dev]'
+	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 # The serving runtime alone (no export stack): what an edge box or sidecar image carries.
