@@ -28,10 +28,12 @@ from tests.reliability_server import (
 )
 
 # The slow server runs one input per model run, so a request's model time is its inputs times
-# the fixed cost of a run (~0.2-0.5 ms for the tiny bundle): BIG_INPUTS of them take seconds,
-# far past SHORT_TIMEOUT_S, while tokenizing them (short texts) takes a fraction of it.
-SHORT_TIMEOUT_S = 0.5
-BIG_INPUTS = 8192
+# the fixed cost of a run (~0.2-0.5 ms for the tiny bundle): BIG_INPUTS of them take 6-16 s,
+# far past SHORT_TIMEOUT_S, while tokenizing them (short texts, ~5 us each) takes ~0.2 s. The
+# deadline must outlast the tokenizing with room on a loaded machine: at 0.5 s, a CI box busy
+# with other work timed the request out before its inputs were ever queued.
+SHORT_TIMEOUT_S = 2.0
+BIG_INPUTS = 32_768
 BIG_WORDS = 6
 # Requests sent while the big one runs: the work ahead of them ends long after their deadline.
 BEHIND = 8
@@ -63,7 +65,8 @@ def _args(timeout: float) -> list[str]:
 @pytest.fixture(scope="module")
 def short_server(tiny_bundle: Path) -> Iterator[Live]:
     with live_server([tiny_bundle], [*_args(SHORT_TIMEOUT_S), "--batch-inputs", "1",
-                                     "--max-inputs", str(BIG_INPUTS)]) as live:
+                                     "--max-inputs", str(BIG_INPUTS),
+                                     "--max-request-tokens", str(QUEUE_TOKENS)]) as live:
         yield live
 
 
