@@ -78,6 +78,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
                    help="per-token int8 weight range: 8, or 7 (|w| <= 63: no 16-bit pair sum "
                    f"can saturate on AVX2, so every CPU gives the same vectors; default "
                    f"{recipe.weight_bits})")
+    p.add_argument("--weight-pairs", action=argparse.BooleanOptionalAction,
+                   default=recipe.weight_pairs, help="per-token int8 with --weight-bits 8: "
+                   "bound each pair of K positions that AVX2 adds in 16 bits (same-sign "
+                   "|w1| + |w2| <= 128) instead of every weight, so 8-bit weights cannot "
+                   "saturate either")
     p.add_argument("--activation-bits", type=int, choices=BITS,
                    default=recipe.activation_bits, help="per-token activation range: 8, or 7 "
                    f"(the other saturation-free choice; default {recipe.activation_bits})")
@@ -123,7 +128,9 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed quantize") -> in
             external_data=args.external_data, target=args.target, variant=args.variant,
             recipe=Recipe(smooth_alpha=args.smooth, weight_bits=args.weight_bits,
                           activation_bits=args.activation_bits, weight_clip=args.weight_clip,
-                          int8_embeddings=args.embeddings == "int8"))
+                          int8_embeddings=args.embeddings == "int8",
+                          # 7-bit weights meet the pair bound already: the option is moot there
+                          weight_pairs=args.weight_pairs and args.weight_bits == 8))
         try:
             return run(opts)
         except GateFailed as exc:

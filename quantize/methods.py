@@ -77,7 +77,8 @@ def pertoken(model: onnx.ModelProto, exclude: list[str], variant: str = DEFAULT,
     result = quantize_pertoken(model, exclude, variant=v, smooth=smooth,
                                weight_qmax=recipe.weight_qmax,
                                activation_bits=recipe.activation_bits,
-                               weight_clip=recipe.weight_clip)
+                               weight_clip=recipe.weight_clip,
+                               weight_pairs=recipe.weight_pairs)
     out = result.model
     tables: tuple[str, ...] = ()
     if recipe.int8_embeddings:
@@ -88,7 +89,9 @@ def pertoken(model: onnx.ModelProto, exclude: list[str], variant: str = DEFAULT,
                   - (S8_OFFSET if v.activations == "s8" else 0))
     return Quantized(out, {
         "weights": (f"int{recipe.weight_bits} values as {v.weights}, symmetric, one scale per "
-                    "output column"),
+                    "output column"
+                    + (", each AVX2 lane pair's same-sign magnitudes <= 128"
+                       if recipe.weight_pairs else "")),
         "activations": (f"{recipe.activation_bits}-bit rows as {v.activations}, symmetric "
                         f"around {zero_point}, one scale per row (token) from its max |x|"),
         "kernel": "com.microsoft.MatMulIntegerToFloat",

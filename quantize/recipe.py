@@ -1,7 +1,8 @@
 """The per-token int8 recipe: the levers on top of per-token scales, each its own option.
 
 - smoothing (smooth.py): per-channel factors from the evaluation set's activations, alpha;
-- weight bits: 8, or 7 for arithmetic that cannot saturate on any CPU (saturation.py);
+- weight bits: 8, or 7 for arithmetic that cannot saturate on any CPU (saturation.py), or 8
+  with the pairs that AVX2 adds in 16 bits kept inside int16 (pairs.py);
 - activation bits: 8, or 7 (the other saturation-free choice);
 - the word-embedding table in int8 with a scale per row (gather.py).
 
@@ -37,12 +38,15 @@ class Recipe:
     activation_bits: int = 8
     weight_clip: bool = True  # each weight column's range by least squared error
     int8_embeddings: bool = True
+    weight_pairs: bool = False  # 8-bit weights whose AVX2 lane pairs cannot saturate
 
     def __post_init__(self) -> None:
         if self.weight_bits not in BITS or self.activation_bits not in BITS:
             raise ValueError("weight and activation bits must be 7 or 8")
         if self.smooth_alpha is not None and not 0.0 < self.smooth_alpha < 1.0:
             raise ValueError(f"smoothing alpha must be in (0, 1), not {self.smooth_alpha}")
+        if self.weight_pairs and self.weight_bits != 8:
+            raise ValueError("the pair bound applies to 8-bit weights (7-bit ones meet it)")
 
     @property
     def weight_qmax(self) -> float:
@@ -50,13 +54,13 @@ class Recipe:
 
     @property
     def saturation_free(self) -> bool:
-        """No u8 x s8 pair sum can saturate on AVX2 (7-bit weights or 7-bit activations), so
-        the u8s8 kernel is exact there too."""
+        """No u8 x s8 pair sum can saturate on AVX2 (7-bit weights, 7-bit activations, or
+        8-bit weights bounded by pairs), so the u8s8 kernel is exact there too."""
         widest_row = UQMAX_7BIT if self.activation_bits == 7 else UQMAX
-        return pair_sums_fit(self.weight_qmax, widest_row)
+        return self.weight_pairs or pair_sums_fit(self.weight_qmax, widest_row)
 
     def to_json(self) -> dict[str, object]:
         return {"smooth_alpha": self.smooth_alpha, "weight_bits": self.weight_bits,
                 "activation_bits": self.activation_bits, "weight_clip": self.weight_clip,
-                "int8_embeddings": self.int8_embeddings,
+                "int8_embeddings": self.int8_embeddings, "weight_pairs": self.weight_pairs,
                 "saturation_free": self.saturation_free}
