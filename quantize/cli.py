@@ -16,7 +16,7 @@ from edge_embed.service.bundle import Precision
 
 from .gates import Gates
 from .methods import AUTO, METHODS
-from .recipe import BITS, Recipe
+from .recipe import BITS, KEPT_AS, Recipe
 from .targets import AUTO as AUTO_TARGET
 from .targets import TARGETS
 from .variants import VARIANTS
@@ -83,6 +83,10 @@ def parser(prog: str) -> argparse.ArgumentParser:
                    "bound each pair of K positions that AVX2 adds in 16 bits (same-sign "
                    "|w1| + |w2| <= 128) instead of every weight, so 8-bit weights cannot "
                    "saturate either")
+    p.add_argument("--kept-as", choices=KEPT_AS, default=recipe.kept_as,
+                   help="per-token int8: how the matmuls --exclude keeps out of it run: fp32, or "
+                   "blocks (MatMulNBits 8-bit blocks of 32, batch-invariant; default "
+                   f"{recipe.kept_as})")
     p.add_argument("--activation-bits", type=int, choices=BITS,
                    default=recipe.activation_bits, help="per-token activation range: 8, or 7 "
                    f"(the other saturation-free choice; default {recipe.activation_bits})")
@@ -130,7 +134,8 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed quantize") -> in
                           activation_bits=args.activation_bits, weight_clip=args.weight_clip,
                           int8_embeddings=args.embeddings == "int8",
                           # 7-bit weights meet the pair bound already: the option is moot there
-                          weight_pairs=args.weight_pairs and args.weight_bits == 8))
+                          weight_pairs=args.weight_pairs and args.weight_bits == 8,
+                          kept_as=args.kept_as))
         try:
             return run(opts)
         except GateFailed as exc:

@@ -29,6 +29,7 @@ from .saturation import SATURATION_FREE_QMAX, pair_sums_fit
 # with smoothing at 0.5 and the least-squares ranges: one set of vectors on every x86.
 DEFAULT_ALPHA = 0.5
 BITS = (7, 8)
+KEPT_AS = ("fp32", "blocks")
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,17 @@ class Recipe:
     weight_clip: bool = True  # each weight column's range by least squared error
     int8_embeddings: bool = True
     weight_pairs: bool = False  # 8-bit weights whose AVX2 lane pairs cannot saturate
+    # the matmuls kept out of per-token int8 (--exclude): fp32, or MatMulNBits 8-bit blocks of
+    # 32 (an activation scale per block of K in each row: batch-invariant, near-lossless)
+    kept_as: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.weight_bits not in BITS or self.activation_bits not in BITS:
             raise ValueError("weight and activation bits must be 7 or 8")
         if self.smooth_alpha is not None and not 0.0 < self.smooth_alpha < 1.0:
             raise ValueError(f"smoothing alpha must be in (0, 1), not {self.smooth_alpha}")
+        if self.kept_as not in KEPT_AS:
+            raise ValueError(f"kept matmuls run as {' or '.join(KEPT_AS)}, not {self.kept_as}")
         if self.weight_pairs and self.weight_bits != 8:
             raise ValueError("the pair bound applies to 8-bit weights (7-bit ones meet it)")
 
@@ -63,4 +69,5 @@ class Recipe:
         return {"smooth_alpha": self.smooth_alpha, "weight_bits": self.weight_bits,
                 "activation_bits": self.activation_bits, "weight_clip": self.weight_clip,
                 "int8_embeddings": self.int8_embeddings, "weight_pairs": self.weight_pairs,
+                "kept_as": self.kept_as,
                 "saturation_free": self.saturation_free}

@@ -256,6 +256,25 @@ def test_pair_option_is_moot_with_seven_bits(tiny_bundle: Path, tmp_path: Path) 
     assert params["recipe"]["weight_pairs"] is False and params["widest_weight"] <= 63
 
 
+def test_kept_matmuls_as_blocks(tiny_bundle: Path, tmp_path: Path) -> None:
+    from tests.fixtures.quantized import build_tiny_int8
+
+    fp32 = onnx.load(str(tiny_bundle / load_manifest(tiny_bundle).model_file))
+    kept = sorted(m.name for m in weight_matmuls(fp32))[0]
+    out = build_tiny_int8(tiny_bundle, tmp_path / "blocks", ["--exclude", kept, "--kept-as",
+                                                              "blocks", "--no-fuse"])
+    manifest = load_manifest(out)
+    q = manifest.quantization or {}
+    assert q["excluded"] == [kept] and q["params"]["blockwise_matmuls"] == 1
+    assert q["params"]["saturation_free"] is False  # MatMulNBits' kernels are not covered
+    ops = [n.op_type for n in onnx.load(str(out / manifest.model_file)).graph.node]
+    assert ops.count("MatMulNBits") == 1
+    assert ops.count("MatMulIntegerToFloat") == len(weight_matmuls(fp32)) - 1
+    assert manifest.quality is not None and manifest.quality.cosine_min >= 0.999
+    invariance = manifest.quality.batch_invariance_min
+    assert invariance is not None and invariance >= 0.9999
+
+
 @pytest.mark.parametrize("value", ["0", "1", "1.5", "x"])
 def test_bad_alpha_is_a_usage_error(tiny_bundle: Path, tmp_path: Path, value: str,
                                     capsys: pytest.CaptureFixture[str]) -> None:
