@@ -75,9 +75,9 @@ def parser(prog: str) -> argparse.ArgumentParser:
                    f"alpha the share of each channel's range moved into the weights (default "
                    f"{recipe.smooth_alpha}; none: no smoothing)")
     p.add_argument("--weight-bits", type=int, choices=BITS, default=recipe.weight_bits,
-                   help="per-token int8 weight range: 8, or 7 (|w| <= 63: no 16-bit pair sum "
-                   f"can saturate on AVX2, so every CPU gives the same vectors; default "
-                   f"{recipe.weight_bits})")
+                   help="per-token int8 weight range: 8 (bounded by pairs, see --weight-pairs), "
+                   "or 7 (|w| <= 63: no 16-bit pair sum can saturate on AVX2, so every CPU "
+                   f"gives the same vectors; default {recipe.weight_bits})")
     p.add_argument("--weight-pairs", action=argparse.BooleanOptionalAction,
                    default=recipe.weight_pairs, help="per-token int8 with --weight-bits 8: "
                    "bound each pair of K positions that AVX2 adds in 16 bits (same-sign "
@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed quantize") -> in
             recipe=Recipe(smooth_alpha=args.smooth, weight_bits=args.weight_bits,
                           activation_bits=args.activation_bits, weight_clip=args.weight_clip,
                           int8_embeddings=args.embeddings == "int8",
-                          # 7-bit weights meet the pair bound already: the option is moot there
-                          weight_pairs=args.weight_pairs and args.weight_bits == 8,
+                          weight_pairs=args.weight_pairs,
                           kept_as=args.kept_as))
         try:
             return run(opts)

@@ -78,7 +78,7 @@ def pertoken(model: onnx.ModelProto, exclude: list[str], variant: str = DEFAULT,
                                weight_qmax=recipe.weight_qmax,
                                activation_bits=recipe.activation_bits,
                                weight_clip=recipe.weight_clip,
-                               weight_pairs=recipe.weight_pairs)
+                               weight_pairs=recipe.pair_bound)
     out = result.model
     blocks = 0
     if recipe.kept_as == "blocks" and result.excluded:
@@ -97,7 +97,7 @@ def pertoken(model: onnx.ModelProto, exclude: list[str], variant: str = DEFAULT,
         "weights": (f"int{recipe.weight_bits} values as {v.weights}, symmetric, one scale per "
                     "output column"
                     + (", each AVX2 lane pair's same-sign magnitudes <= 128"
-                       if recipe.weight_pairs else "")),
+                       if recipe.pair_bound else "")),
         "activations": (f"{recipe.activation_bits}-bit rows as {v.activations}, symmetric "
                         f"around {zero_point}, one scale per row (token) from its max |x|"),
         "kernel": "com.microsoft.MatMulIntegerToFloat",

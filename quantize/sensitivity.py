@@ -162,7 +162,7 @@ class _Switchboard:
                                    weight_qmax=recipe.weight_qmax,
                                    activation_bits=recipe.activation_bits,
                                    weight_clip=recipe.weight_clip,
-                                   weight_pairs=recipe.weight_pairs)
+                                   weight_pairs=recipe.pair_bound)
         self.switches = result.switches
         so = ort.SessionOptions()
         so.graph_optimization_level = graph_level

@@ -212,16 +212,20 @@ def test_default_manifest_records_the_recipe(tiny_int8_bundle: Path) -> None:
     q = load_manifest(tiny_int8_bundle).quantization
     assert q is not None
     params = q["params"]
-    assert params["recipe"]["weight_bits"] == 7 and params["saturation_free"] is True
+    assert params["recipe"]["weight_bits"] == 8 and params["recipe"]["weight_pairs"] is True
+    assert params["saturation_free"] is True
     assert params["recipe"]["smooth_alpha"] is not None and params["smoothed_inputs"] > 0
-    assert params["widest_weight"] <= SATURATION_FREE_QMAX
+    model = onnx.load(str(tiny_int8_bundle / "model.onnx"))
+    weights = list(int8_weights(model))
+    assert weights and all(worst_lane(w) <= np.iinfo(np.int16).max for w in weights)
 
 
-def test_eight_bit_option_is_not_saturation_free(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_plain_eight_bit_option_is_not_saturation_free(tiny_bundle: Path, tmp_path: Path) -> None:
     from tests.fixtures.quantized import build_tiny_int8
 
     out = build_tiny_int8(tiny_bundle, tmp_path / "w8", ["--weight-bits", "8", "--smooth",
-                                                          "none", "--exclude", "none"])
+                                                          "none", "--exclude", "none",
+                                                          "--no-weight-pairs"])
     params = (load_manifest(out).quantization or {})["params"]
     assert params["saturation_free"] is False and params["recipe"]["smooth_alpha"] is None
 
