@@ -16,7 +16,7 @@ from edge_embed.service.bundle import Precision
 
 from .gates import Gates
 from .methods import AUTO, METHODS
-from .recipe import BITS, Recipe
+from .recipe import BITS, KEPT_AS, Recipe
 from .targets import AUTO as AUTO_TARGET
 from .targets import TARGETS
 from .variants import VARIANTS
@@ -75,9 +75,18 @@ def parser(prog: str) -> argparse.ArgumentParser:
                    f"alpha the share of each channel's range moved into the weights (default "
                    f"{recipe.smooth_alpha}; none: no smoothing)")
     p.add_argument("--weight-bits", type=int, choices=BITS, default=recipe.weight_bits,
-                   help="per-token int8 weight range: 8, or 7 (|w| <= 63: no 16-bit pair sum "
-                   f"can saturate on AVX2, so every CPU gives the same vectors; default "
-                   f"{recipe.weight_bits})")
+                   help="per-token int8 weight range: 8 (bounded by pairs, see --weight-pairs), "
+                   "or 7 (|w| <= 63: no 16-bit pair sum can saturate on AVX2, so every CPU "
+                   f"gives the same vectors; default {recipe.weight_bits})")
+    p.add_argument("--weight-pairs", action=argparse.BooleanOptionalAction,
+                   default=recipe.weight_pairs, help="per-token int8 with --weight-bits 8: "
+                   "bound each pair of K positions that AVX2 adds in 16 bits (same-sign "
+                   "|w1| + |w2| <= 128) instead of every weight, so 8-bit weights cannot "
+                   "saturate either")
+    p.add_argument("--kept-as", choices=KEPT_AS, default=recipe.kept_as,
+                   help="per-token int8: how the matmuls --exclude keeps out of it run: fp32, or "
+                   "blocks (MatMulNBits 8-bit blocks of 32, batch-invariant; default "
+                   f"{recipe.kept_as})")
     p.add_argument("--activation-bits", type=int, choices=BITS,
                    default=recipe.activation_bits, help="per-token activation range: 8, or 7 "
                    f"(the other saturation-free choice; default {recipe.activation_bits})")
@@ -123,7 +132,9 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed quantize") -> in
             external_data=args.external_data, target=args.target, variant=args.variant,
             recipe=Recipe(smooth_alpha=args.smooth, weight_bits=args.weight_bits,
                           activation_bits=args.activation_bits, weight_clip=args.weight_clip,
-                          int8_embeddings=args.embeddings == "int8"))
+                          int8_embeddings=args.embeddings == "int8",
+                          weight_pairs=args.weight_pairs,
+                          kept_as=args.kept_as))
         try:
             return run(opts)
         except GateFailed as exc:

@@ -77,8 +77,15 @@ def pertoken(model: onnx.ModelProto, exclude: list[str], variant: str = DEFAULT,
     result = quantize_pertoken(model, exclude, variant=v, smooth=smooth,
                                weight_qmax=recipe.weight_qmax,
                                activation_bits=recipe.activation_bits,
-                               weight_clip=recipe.weight_clip)
+                               weight_clip=recipe.weight_clip,
+                               weight_pairs=recipe.pair_bound)
     out = result.model
+    blocks = 0
+    if recipe.kept_as == "blocks" and result.excluded:
+        # the matmuls kept out of per-token int8 are the graph's only float MatMuls left: the
+        # blockwise quantizer, run over the whole graph, turns exactly those into 8-bit blocks
+        blocked = blockwise(out, [])
+        out, blocks = blocked.model, blocked.quantized_nodes
     tables: tuple[str, ...] = ()
     if recipe.int8_embeddings:
         gathered = quantize_gathers(out)
@@ -88,7 +95,9 @@ def pertoken(model: onnx.ModelProto, exclude: list[str], variant: str = DEFAULT,
                   - (S8_OFFSET if v.activations == "s8" else 0))
     return Quantized(out, {
         "weights": (f"int{recipe.weight_bits} values as {v.weights}, symmetric, one scale per "
-                    "output column"),
+                    "output column"
+                    + (", each AVX2 lane pair's same-sign magnitudes <= 128"
+                       if recipe.pair_bound else "")),
         "activations": (f"{recipe.activation_bits}-bit rows as {v.activations}, symmetric "
                         f"around {zero_point}, one scale per row (token) from its max |x|"),
         "kernel": "com.microsoft.MatMulIntegerToFloat",
@@ -97,12 +106,15 @@ def pertoken(model: onnx.ModelProto, exclude: list[str], variant: str = DEFAULT,
         "activation_qmax": QMAX_7BIT if seven else 127.0,
         "activation_zero_point": zero_point,
         "shared_quantizers": result.shared_inputs,
+        # matmuls kept out of per-token int8 that run as MatMulNBits 8-bit blocks of 32
+        "blockwise_matmuls": blocks,
         "recipe": recipe.to_json(),
         "smoothed_inputs": len(smooth or {}),
         "int8_tables": list(tables),
         "widest_weight": widest_weight(out),
-        # no u8 x s8 pair sum can leave int16: every CPU's kernel computes the same sums
-        "saturation_free": recipe.saturation_free or saturation_free(out),
+        # no u8 x s8 pair sum can leave int16: every CPU's kernel computes the same sums (not
+        # claimed with MatMulNBits blocks: their int8 kernels were not checked for it)
+        "saturation_free": (recipe.saturation_free or saturation_free(out)) and not blocks,
     }, len(result.quantized))
 
 

@@ -41,6 +41,7 @@ from .graph import (
     weight_array,
     weight_matmuls,
 )
+from .pairs import quantize_pairs
 from .variants import DEFAULT, Variant, get
 
 I8 = npt.NDArray[np.int8]
@@ -205,7 +206,8 @@ def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
                       switches: bool = False, shapes_info: bool = True,
                       one_sided: bool = True, variant: Variant | str = DEFAULT,
                       smooth: Mapping[str, F32] | None = None, weight_qmax: float = QMAX,
-                      activation_bits: int = 8, weight_clip: bool = False) -> PerTokenResult:
+                      activation_bits: int = 8, weight_clip: bool = False,
+                      weight_pairs: bool = False) -> PerTokenResult:
     """A copy of `model` with every weight MatMul not in `exclude` in per-token int8, built as
     `variant` (quantize/variants.py: the integer types, where the row scale goes) says.
 
@@ -214,7 +216,8 @@ def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
     what the sensitivity search needs (building a session per subset would cost minutes).
     `smooth` maps an activation tensor to its per-channel smoothing factors (smooth.py);
     `weight_qmax` below 127 narrows the weights (63: 7 bits, see saturation.py);
-    `activation_bits=7` narrows the activation rows instead.
+    `activation_bits=7` narrows the activation rows instead; `weight_pairs` keeps 8-bit
+    weights whose AVX2 lane pairs cannot saturate (pairs.py) in place of `weight_qmax`.
     """
     smooth = smooth or {}
     # Shapes of the fp32 graph's tensors, inferred while every operator is still a standard one
@@ -270,7 +273,8 @@ def quantize_pertoken(model: onnx.ModelProto, exclude: Iterable[str] = (),
         weight = weight_array(model, mm.weight)
         if factors is not None:
             weight = weight * factors[:, None]
-        wq, w_scale = quantize_weight(weight, weight_qmax, weight_clip)
+        wq, w_scale = (quantize_pairs(weight, weight_clip) if weight_pairs
+                       else quantize_weight(weight, weight_qmax, weight_clip))
         shift = shifts[mm.activation]
         if v.weights == "u8":
             wq_name = b.const("w_uint8", (wq.astype(np.int16) + W_U8_ZERO_POINT).astype(np.uint8))

@@ -11,19 +11,22 @@ AVX2-only x86 and arm64 on MiniLM).
 With weights limited to |w| <= 63 (7 bits), a pair is at most 255 * 63 * 2 = 32130 < 32767:
 no 16-bit sum can overflow, every kernel's int32 accumulator is the exact dot product, and only
 the float operators around the matmuls (which round alike to a few ulps) differ between CPUs.
+8-bit weights can be exact too where each pair of K positions that one lane adds keeps its
+same-sign magnitudes to 128 (pairs.py); `saturation_free` checks exactly that on a graph.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
+import numpy.typing as npt
 import onnx
 from onnx import numpy_helper
 
 from .graph import MS_DOMAIN, initializers
+from .pairs import INT16_MAX, UINT8_MAX, pairs_fit
 
-# The widest weight that keeps a u8 x s8 pair sum inside int16 for any uint8 activation.
-UINT8_MAX = 255
-INT16_MAX = 32767
 # 32767 // (2 * 255) = 64; 63 keeps the range symmetric (+w and -w round to mirror images, as
 # the 8-bit weights leave out -128).
 SATURATION_FREE_QMAX = 63.0
@@ -32,10 +35,9 @@ B_ZERO_POINT_INPUT = {"MatMulIntegerToFloat": 5, "MatMulInteger": 3, "DynamicQua
 INT8_MATMULS = tuple(B_ZERO_POINT_INPUT)
 
 
-def widest_weight(model: onnx.ModelProto) -> int | None:
-    """Largest |w| over the int8 weights of every integer matmul; None without any."""
+def int8_weights(model: onnx.ModelProto) -> Iterator[npt.NDArray[np.int16]]:
+    """The signed weight values [K, N] of every integer matmul (u8 ones less their zero point)."""
     inits = initializers(model)
-    widest: int | None = None
     for node in model.graph.node:
         if node.op_type not in INT8_MATMULS or node.domain not in ("", MS_DOMAIN):
             continue
@@ -51,8 +53,13 @@ def widest_weight(model: onnx.ModelProto) -> int | None:
             w = w - np.asarray(numpy_helper.to_array(zp)).astype(np.int16)
         elif weight.data_type != onnx.TensorProto.INT8:
             continue
-        widest = max(widest or 0, int(np.abs(w).max()))
-    return widest
+        yield w
+
+
+def widest_weight(model: onnx.ModelProto) -> int | None:
+    """Largest |w| over the int8 weights of every integer matmul; None without any."""
+    widths = [int(np.abs(w).max()) for w in int8_weights(model) if w.size]
+    return max(widths) if widths else None
 
 
 def pair_sums_fit(weight_max: float, activation_max: float = UINT8_MAX) -> bool:
@@ -61,6 +68,7 @@ def pair_sums_fit(weight_max: float, activation_max: float = UINT8_MAX) -> bool:
 
 
 def saturation_free(model: onnx.ModelProto) -> bool:
-    """True where no u8 x s8 pair sum of any integer matmul can leave int16."""
-    widest = widest_weight(model)
-    return widest is not None and pair_sums_fit(widest)
+    """True where no u8 x s8 pair sum of any integer matmul can leave int16: every weight
+    matrix's lane pairs checked (pairs.py), which 7-bit weights meet by construction."""
+    weights = list(int8_weights(model))
+    return bool(weights) and all(pairs_fit(w) for w in weights)

@@ -161,7 +161,8 @@ class _Switchboard:
         result = quantize_pertoken(model, switches=True, variant=variant, smooth=smooth,
                                    weight_qmax=recipe.weight_qmax,
                                    activation_bits=recipe.activation_bits,
-                                   weight_clip=recipe.weight_clip)
+                                   weight_clip=recipe.weight_clip,
+                                   weight_pairs=recipe.pair_bound)
         self.switches = result.switches
         so = ort.SessionOptions()
         so.graph_optimization_level = graph_level

@@ -6,16 +6,17 @@ docs/int8-variants.md):
 - avx512-vnni (also AVX-VNNI): u8s8. `vpdpbusd` multiplies u8 by s8 and sums in 32 bits; u8u8
   is sent to the same dispatch and measured 0.6-0.8x u8s8, and s8 activations fall to
   onnxruntime's portable C loop (measured 5-8x slower).
-- avx2 (no VNNI): u8s8 for a saturation-free recipe (7-bit weights or 7-bit activations, the
-  default), else u8u8. The u8s8 kernel's `vpmaddubsw` sums each pair of u8*s8 products into a
-  saturating 16-bit lane: with 8-bit weights and our u8 activations around 128, large weights
-  overflow it (MiniLM's canaries under emulated AVX2: min cosine 0.9961 against the same graph
-  on VNNI, where u8u8 gives 0.9999). With |w| <= 63 (or activations <= 127) a pair stays
-  below 32767 (saturation.py), the u8s8 sums are exact and its vectors are the VNNI ones
-  (the 7-bit MiniLM bundle's canaries under emulated AVX2: min cosine 0.99999 against VNNI,
-  the float operators' rounding alone), at twice the products
-  per instruction of the U8U8 kernel, which widens to 16 bits first. So u8u8 is kept only for
-  recipes that can saturate (8-bit weights and 8-bit activations).
+- avx2 (no VNNI): u8s8 for a saturation-free recipe (the default's 8-bit weights bounded per lane
+  pair, 7-bit weights, or 7-bit activations), else u8u8. The u8s8 kernel's `vpmaddubsw` sums each
+  pair of u8*s8 products into a saturating 16-bit lane: with plain 8-bit weights and our u8
+  activations around 128, large weights overflow it (MiniLM's canaries under emulated AVX2: min
+  cosine 0.9961 against the same graph on VNNI, where u8u8 gives 0.9999). With |w| <= 63 (or
+  activations <= 127) a pair stays below 32767 (saturation.py), and so does each lane pair whose
+  same-sign weights add up to at most 128 (pairs.py): the u8s8 sums are exact and its vectors are
+  the VNNI ones (the 7-bit and the pair-bounded MiniLM bundles' canaries under emulated AVX2: min
+  cosine 0.99999 against VNNI, the float operators' rounding alone), at twice the products per
+  instruction of the U8U8 kernel, which widens to 16 bits first. So u8u8 is kept only for recipes
+  that can saturate (plain 8-bit weights and 8-bit activations).
 - arm64: s8s8. `sdot` (or `smmla` with i8mm) takes both operands signed, the symmetric form of
   our quantization with no zero-point correction; u8 inputs reach `udot` after a flip of B
   while packing, the same speed class. All sum in 32 bits: no saturation on any arm64 path.

@@ -28,10 +28,11 @@ with VNNI, `rowmul` was no faster (docs/int8-variants.md).
 Not a variant: `DynamicQuantizeMatMul` quantizes its float input with one scale for the whole
 tensor (the whole padded batch), which is what makes `quantize_dynamic` batch-dependent.
 
-A variant is only the kernel's types and the row scale's place. The value ranges (7-bit weights
-or activations, per-column clipping) and smoothing are the recipe's levers (quantize/recipe.py;
-saturation.py owns which ranges cannot saturate) and compose with any variant; a new kernel
-arrangement adds a `Variant` with `register`. `quantize_pertoken` reads only the fields below.
+A variant is only the kernel's types and the row scale's place. The value ranges (7-bit or
+pair-bounded weights, 7-bit activations, per-column clipping) and smoothing are the recipe's levers
+(quantize/recipe.py; saturation.py owns which ranges cannot saturate) and compose with any variant;
+a new kernel arrangement adds a `Variant` with `register`. `quantize_pertoken` reads only the fields
+below.
 """
 
 from __future__ import annotations

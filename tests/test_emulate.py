@@ -28,13 +28,17 @@ def test_native_probe_matches_this_cpu() -> None:
     assert saturation_probe() == (this_target() == "avx2")
 
 
-# The default recipe's 7-bit weights (u8s8 for both targets: its pair sums cannot saturate) and
-# AVX2's 8-bit bundle (u8u8): each computes on the emulated AVX2 CPU what it computes here.
-@pytest.mark.parametrize(("target", "bits"), [("avx2", 7), ("avx512-vnni", 7), ("avx2", 8)])
-def test_bundle_under_avx2_emulation(target: str, bits: int, tiny_bundle: Path,
+# The default recipe's pair-bounded 8-bit weights and 7-bit weights (u8s8 for both targets: their
+# pair sums cannot saturate) and AVX2's plain 8-bit bundle (u8u8): each computes on the emulated
+# AVX2 CPU what it computes here.
+@pytest.mark.parametrize(("target", "bits"), [("avx2", "8"), ("avx512-vnni", "8"),
+                                              ("avx512-vnni", "7"), ("avx2", "8-plain")])
+def test_bundle_under_avx2_emulation(target: str, bits: str, tiny_bundle: Path,
                                      tmp_path: Path) -> None:
+    recipe = (["--weight-bits", "8", "--no-weight-pairs"] if bits == "8-plain"
+              else ["--weight-bits", bits])
     bundle = build_tiny_int8(tiny_bundle, tmp_path / f"{target}-{bits}",
-                             ["--target", target, "--exclude", "none", "--weight-bits", str(bits)])
+                             ["--target", target, "--exclude", "none", *recipe])
     result = report(bundle)
     assert result["emulated_saturates"] is True, "the emulated CPU did not take the AVX2 kernels"
     assert result["emulated_passes_gate"] is True, result

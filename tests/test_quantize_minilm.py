@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from edge_embed.quantize.cli import main
 from edge_embed.quantize.evalset import load_eval_set
+from edge_embed.quantize.saturation import int8_weights
 from edge_embed.service.bundle import load_manifest
 from edge_embed.service.encoder import BundleModel
 
@@ -26,8 +28,9 @@ BATCH = 17
 # The int8 bundle's size budget: the word-embedding table in int8 (a quarter of its 47 MB) and
 # every weight in int8 give 24 MB; 30 MB leaves room for a few matmuls the search keeps in fp32.
 MAX_INT8_MB = 30
-# 7-bit weights: 255 * 63 * 2 fits int16, so AVX2's pair sums cannot saturate.
-SATURATION_FREE_WIDEST = 63
+# AVX2's vpmaddubsw lane: two u8 x s8 products summed in int16.
+LANE_MAX = 32767
+UINT8_MAX = 255
 
 
 def test_int8_passes_default_gates(minilm_int8_bundle: Path) -> None:
@@ -51,7 +54,13 @@ def test_int8_is_small_and_saturation_free(minilm_int8_bundle: Path) -> None:
     assert manifest.quantization is not None
     params = manifest.quantization["params"]
     assert params["saturation_free"] is True
-    assert params["widest_weight"] <= SATURATION_FREE_WIDEST
+    # checked on the weights themselves: the lanes (K positions 2j, 2j+1) of every column
+    model = onnx.load(str(minilm_int8_bundle / manifest.model_file))
+    for w in int8_weights(model):
+        lanes = w[: w.shape[0] // 2 * 2].astype(np.int64).reshape(-1, 2, w.shape[1])
+        up = UINT8_MAX * np.maximum(lanes, 0).sum(axis=1)
+        down = UINT8_MAX * np.minimum(lanes, 0).sum(axis=1)
+        assert up.max() <= LANE_MAX and down.min() >= -LANE_MAX - 1
     assert params["int8_tables"] == ["embeddings.word_embeddings.weight"]
     assert params["smoothed_inputs"] > 0
 

@@ -77,21 +77,27 @@ def test_variant_composes_with_7bit_activations(name: str, tiny_bundle: Path,
     assert alone_vs_batched(out) <= INVARIANT_DIFF
 
 
-# The default recipe (7-bit weights) is saturation-free: AVX2 keeps its u8s8 kernel; with 8-bit
-# weights and activations it needs u8u8, the kernel that cannot saturate.
-@pytest.mark.parametrize(("target", "bits", "variant"), [
-    *[(t, 7, SATURATION_FREE_VARIANT_FOR[t]) for t in sorted(VARIANT_FOR)],
-    ("avx2", 8, "u8u8")])
-def test_target_picks_and_records_its_variant(target: str, bits: int, variant: str,
-                                              tiny_bundle: Path, tmp_path: Path) -> None:
+# The default recipe (8-bit weights bounded by AVX2's lane pairs) and 7-bit weights are
+# saturation-free: AVX2 keeps its u8s8 kernel; with plain 8-bit weights and activations it needs
+# u8u8, the kernel that cannot saturate.
+PLAIN_8 = ("--weight-bits", "8", "--no-weight-pairs")
+
+
+@pytest.mark.parametrize(("target", "recipe", "variant"), [
+    *[(t, (), SATURATION_FREE_VARIANT_FOR[t]) for t in sorted(VARIANT_FOR)],
+    ("avx2", ("--weight-bits", "7"), "u8s8"),
+    ("avx2", PLAIN_8, "u8u8")])
+def test_target_picks_and_records_its_variant(target: str, recipe: tuple[str, ...],
+                                              variant: str, tiny_bundle: Path,
+                                              tmp_path: Path) -> None:
     out = build_tiny_int8(tiny_bundle, tmp_path / target, [
-        "--target", target, "--exclude", "none", "--weight-bits", str(bits)])
+        "--target", target, "--exclude", "none", *recipe])
     q = load_manifest(out).quantization
     assert q is not None
     assert q["target"]["name"] == target and q["target"]["detected"] is False
     assert q["target"]["variant"]["name"] == variant == q["params"]["variant"]["name"]
-    assert q["params"]["recipe"]["weight_bits"] == bits
-    assert q["params"]["saturation_free"] is (bits == 7)
+    assert q["params"]["recipe"]["weight_bits"] == (7 if "7" in recipe else 8)
+    assert q["params"]["saturation_free"] is (recipe != PLAIN_8)
     assert q["target"]["variant_chosen_by"] == "target"
     assert alone_vs_batched(out) <= INVARIANT_DIFF
 

@@ -70,9 +70,10 @@ def test_saturation_free_recipe_keeps_avx2_on_u8s8() -> None:
     assert resolve("auto", detected="avx2", saturation_free=True).variant == "u8s8"
     for target in ("avx512-vnni", "arm64"):  # no saturating kernel there: the same choice
         assert resolve(target, saturation_free=True).variant == VARIANT_FOR[target]
-    assert Recipe().saturation_free  # the default: 7-bit weights
+    assert Recipe().saturation_free  # the default: 8-bit weights bounded by pairs
+    assert Recipe(weight_bits=7, weight_pairs=False).saturation_free
     assert Recipe(weight_bits=8, activation_bits=7).saturation_free
-    assert not Recipe(weight_bits=8, activation_bits=8).saturation_free
+    assert not Recipe(weight_bits=8, activation_bits=8, weight_pairs=False).saturation_free
 
 
 def test_unknown_or_undetectable_target_is_refused() -> None:
