@@ -95,7 +95,7 @@ def _read(ray: Any, sources: Sequence[Source], fields: Fields, files: FileRows) 
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
 
-    # Ray's own readers, built directly so that they can be wrapped (ray is pinned below 2.64).
+    # Ray's own readers, built directly so that they can be wrapped (hence the pinned ray).
     from ray.data._internal.datasource.csv_datasource import CSVDatasource
     from ray.data._internal.datasource.json_datasource import ArrowJSONDatasource
     from ray.data._internal.datasource.parquet_datasource import ParquetDatasource
