@@ -99,14 +99,10 @@ def _job(bundle: Path, corpus: Path, window: int, out: Path, ray_mode: bool) -> 
     args = [str(corpus), "--model", str(bundle), "--out", str(out), "--shard-rows",
             str(window), "--quiet"]
     if ray_mode:
-        import logging
-
-        import ray
-
+        from edge_embed.corpus.ray_runner import start_local_ray
         from edge_embed.service.cpus import usable_cpus
 
-        ray.init(num_cpus=usable_cpus(), include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR)
+        start_local_ray(usable_cpus())
         args.append("--ray")
     start = time.perf_counter()
     code = embed_main(args)

@@ -2,22 +2,25 @@
 Ray's Parquet writer, the same manifest.
 
 Exactly once, and resumable, without a coordinator: every row carries its global row number
-(the reader's dataset zipped with `range(rows)`, which pairs rows by position), and every
-shard Ray writes carries the row numbers it holds. A restart first drops any file that is not
-a whole Parquet file (Ray's writer does not rename into place; a killed writer leaves a file
-without its footer, which no reader opens), reads the `row` column of the rest, and filters
-those rows out before they reach an actor. The run ends by checking that the shards hold every
-row exactly once.
+from the read on (corpus/ray_reading.py: Ray's reader, each row numbered by its file's first
+row and its place in the file), and every shard Ray writes carries the row numbers it holds. A
+restart first drops any file that is not a whole Parquet file (Ray's writer does not rename into
+place; a killed writer leaves a file without its footer, which no reader opens), reads the `row`
+column of the rest, and filters those rows out before they reach an actor. The run ends by
+checking that the shards hold every row exactly once.
 
 Each actor takes ACTOR_CPUS CPUs and runs onnxruntime on that many threads (the service's
-thread plan for that many CPUs); the pool has as many actors as the cluster's CPUs allow, so it
-grows with the cluster.
+thread plan for that many CPUs); the pool starts with as many actors as the cluster's CPUs
+allow, so it grows with the cluster. Reading, filtering and writing ask for no CPU of their own
+(IO_TASK_CPUS): they are about 1 % of the job's CPU time, and a task that waits for a whole
+CPU while the actors hold them all waits for ever.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ import numpy as np
 
 from .errors import RAY_HINT, CorpusError
 from .manifest import Spec
+from .ray_reading import ID, ROW, TEXT, FileRows, NumberingError, numbered_datasource
 from .readers import CSV_FIELD_LIMIT, Fields, Source
 from .resume import begin
 from .shards import RAY_SHARDS_DIR, shard_rows
@@ -34,9 +38,27 @@ from .validate import scan
 # CPUs per actor: the service's measurement on 2 cores (two runs of one thread beat one run of
 # two threads by 1.1-1.5x) says one CPU each; --ray-actor-cpus changes it for wider machines.
 ACTOR_CPUS = 1
-# Rows per map_batches call: the window each actor sorts by length and cuts as the engine does;
-# 1024 short rows are ~32 model runs, enough for the sort to pay, small in memory.
+# Rows per map_batches call at most: the window each actor sorts by length and cuts as the
+# engine does; 1024 short rows are ~32 model runs, enough for the sort to pay, small in memory.
 RAY_BATCH_ROWS = 1024
+# Ray Data's block size for this job (its default is 128 MiB). A block is one actor call, so a
+# file must become many blocks for every actor to get a share (measured: a 20,000-row file read
+# as 4 blocks kept one of two actors busy, 0.57x local); Ray's readers cut blocks by bytes, and
+# bytes of text are about the work (tokens), so blocks of ~256 KiB of text hold ~1000 mixed-length
+# rows, or fewer long ones, each a few hundred ms of one actor's time.
+RAY_BLOCK_BYTES = 256 * 1024
+# CPUs Ray reserves for each read, resume-filter and write task: none. Measured on 2 cores over
+# 20,000 texts, they used 0.5 of 48 CPU-seconds; with a CPU each they could only run while an
+# actor's CPU was free, and a pool that holds every CPU (the fastest layout) never frees one.
+IO_TASK_CPUS = 0
+# Idle Ray workers kept beyond the CPU count when the job starts its own Ray. Ray's default
+# keeps as many as there are CPUs; Ray Data's three helper actors and one embed actor per CPU
+# already exceed that, so Ray ended each write task's worker after a second idle and started a
+# new Python process (about 1 CPU-second) for the next one: measured on 2 cores, 10 restarts
+# and 10 of 72 CPU-seconds. The read, filter and write workers fit in this many.
+RAY_SPARE_WORKERS = 8
+# Links followed down an exception's causes (Ray wraps a task's error two or three deep).
+MAX_CAUSES = 16
 # pyarrow's JSON reader parses in blocks that must each hold whole lines: the CSV reader's field
 # limit, so that any document the local mode reads, Ray reads too.
 JSON_BLOCK_BYTES = CSV_FIELD_LIMIT
@@ -56,9 +78,9 @@ class EmbedActor:
 
         from .shards import ShardRows, table
 
-        texts = batch.column("__text").to_pylist()
-        rows = batch.column("__row").to_numpy()
-        ids: list[int] | list[str] = ([str(v) for v in batch.column("__id").to_pylist()]
+        texts = batch.column(TEXT).to_pylist()
+        rows = batch.column(ROW).to_numpy()
+        ids: list[int] | list[str] = ([str(v) for v in batch.column(ID).to_pylist()]
                                       if self.id_field else [int(r) for r in rows])
         result = self.embedder.embed(texts)
         shard = ShardRows(ids, result.vectors, result.tokens, result.original_tokens)
@@ -67,46 +89,47 @@ class EmbedActor:
         return out.append_column("row", pa.array(rows, type=pa.int64()))
 
 
-def _read(ray: Any, sources: Sequence[Source], fields: Fields) -> Any:
+def _read(ray: Any, sources: Sequence[Source], fields: Fields, files: FileRows) -> Any:
+    """Ray's reader for the inputs' format, rows numbered, columns TEXT, ROW (and ID)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
 
+    # Ray's own readers, built directly so that they can be wrapped (hence the pinned ray).
+    from ray.data._internal.datasource.csv_datasource import CSVDatasource
+    from ray.data._internal.datasource.json_datasource import ArrowJSONDatasource
+    from ray.data._internal.datasource.parquet_datasource import ParquetDatasource
+    from ray.data._internal.datasource.text_datasource import TextDatasource
+
     # Absolute: Ray's workers need not share the driver's working directory.
     paths = [str(s.path.resolve()) for s in sources]
     fmt = sources[0].format
-    if any(s.format != fmt for s in sources):
-        raise CorpusError("--ray reads every input with one Ray reader: give inputs of one "
-                          "format")
     columns = [c for c in (fields.text, fields.id) if c]
-    # Every input is read whatever its suffix (the readers' default filters would skip .ndjson).
-    common: dict[str, Any] = {"file_extensions": None}
+    # Every input is read whatever its suffix (the readers' default filters would skip .ndjson);
+    # each row says its file, which its number needs; no folder name becomes a column.
+    common: dict[str, Any] = {"file_extensions": None, "include_paths": True,
+                              "partitioning": None}
+    text = fields.text
+    inner: Any
     if fmt == "jsonl":
-        # pyarrow's reader, which reads JSON Lines and keeps strings as strings (with
-        # lines=True Ray reads through pandas, which turns "007" into 7); a block must hold
-        # the longest line.
-        ds = ray.data.read_json(paths, read_options=pajson.ReadOptions(
-            block_size=JSON_BLOCK_BYTES), **common)
+        # pyarrow's reader, which reads JSON Lines and keeps strings as strings (Ray's pandas
+        # reader turns "007" into 7); a block must hold the longest line.
+        inner = ArrowJSONDatasource(paths, arrow_json_args={
+            "read_options": pajson.ReadOptions(block_size=JSON_BLOCK_BYTES)}, **common)
     elif fmt == "csv":
-        ds = ray.data.read_csv(paths, convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in columns}, include_columns=columns),
+        inner = CSVDatasource(paths, arrow_csv_args={"convert_options": pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in columns}, include_columns=columns)},
             **common)
     elif fmt == "parquet":
-        ds = ray.data.read_parquet(paths, columns=columns, **common)
+        inner = ParquetDatasource(paths, columns=columns, **common)
     else:
-        ds = ray.data.read_text(paths, **common)
-        columns = ["text"]
-
-    def rename(batch: Any) -> Any:
-        import pyarrow as pa
-
-        text = batch.column(columns[0]).cast(pa.string())
-        cols = {"__text": text}
-        if fields.id:
-            cols["__id"] = batch.column(fields.id)
-        return pa.table(cols)
-
-    return ds.map_batches(rename, batch_format="pyarrow")
+        inner = TextDatasource(paths, drop_empty_lines=False, **common)
+        text = TextDatasource._COLUMN_NAME
+    # One read task per file at most: Ray reads a file in one task whatever the number, and
+    # more would only split blocks that are already an actor call's size.
+    return ray.data.read_datasource(
+        numbered_datasource(inner, files, text, fields.id),
+        override_num_blocks=len(paths), num_cpus=IO_TASK_CPUS)
 
 
 def _done_rows(folder: Path) -> tuple[np.ndarray, list[Path]]:
@@ -126,6 +149,31 @@ def _done_rows(folder: Path) -> tuple[np.ndarray, list[Path]]:
     return done, files
 
 
+def start_local_ray(cpus: int | None = None) -> None:
+    """A one-node Ray in this process for the job (`--ray` with no address, and the bench)."""
+    import ray
+
+    from edge_embed.service.cpus import usable_cpus
+
+    ray.init(num_cpus=cpus, log_to_driver=False, logging_level=logging.ERROR,
+             include_dashboard=False, _system_config={
+                 "num_workers_soft_limit": (cpus or usable_cpus()) + RAY_SPARE_WORKERS})
+
+
+def _numbering_error(exc: BaseException) -> NumberingError | None:
+    """The NumberingError behind what Ray raised in the driver, if that is what it is: the
+    innermost one, since Ray's wrappers of it print as the whole remote traceback."""
+    found: NumberingError | None = None
+    seen: BaseException | None = exc
+    for _ in range(MAX_CAUSES):
+        if seen is None:
+            break
+        if isinstance(seen, NumberingError):
+            found = seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return found
+
+
 def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fields: Fields,
             spec: Spec) -> int:
     try:
@@ -140,26 +188,36 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
     manifest = load_manifest(args.model)
     tokenizer = (None if spec.truncate else
                  TextTokenizer(args.model / manifest.tokenizer_file, manifest.max_tokens))
-    total = sum(scan(sources, fields, tokenizer))
+    if any(s.format != sources[0].format for s in sources):
+        raise CorpusError("--ray reads every input with one Ray reader: give inputs of one "
+                          "format")
+    counts = scan(sources, fields, tokenizer)
+    numbering = FileRows.of([s.path for s in sources], counts)
+    total = sum(counts)
     begin(args.out, spec, args.overwrite)
     shards = args.out / RAY_SHARDS_DIR
     done, _ = _done_rows(shards)
     if len(done):
         say(args.quiet, prog, f"resuming: {len(done)} of {total} rows already written")
     if not ray.is_initialized():
-        ray.init(address=args.ray or None, log_to_driver=False, logging_level=logging.ERROR,
-                 include_dashboard=False)
+        if args.ray:
+            ray.init(address=args.ray, log_to_driver=False, logging_level=logging.ERROR)
+        else:
+            start_local_ray()
+    # Ray Data plans from the read tasks (one per file) before their blocks exist, and warns that
+    # the pool would get one input; the blocks a file is read into keep every actor busy.
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors",
+                            category=UserWarning)
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # zip pairs rows by position
     ctx.enable_progress_bars = not args.quiet
+    ctx.target_max_block_size = RAY_BLOCK_BYTES
     if args.quiet:
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
     actor_cpus = max(1, min(args.ray_actor_cpus, cpus))
+    actors = max(1, cpus // actor_cpus)
     if len(done) < total:
-        ds = _read(ray, sources, fields).zip(
-            ray.data.range(total).map_batches(
-                lambda b: {"__row": b["id"]}, batch_format="numpy"))
+        ds = _read(ray, sources, fields, numbering)
         if len(done):
             done_ref = ray.put(done)
 
@@ -168,16 +226,29 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
                 import pyarrow.compute as pc
 
                 seen = pa.array(ray.get(done_ref))
-                return batch.filter(pc.invert(pc.is_in(batch["__row"], value_set=seen)))
+                return batch.filter(pc.invert(pc.is_in(batch[ROW], value_set=seen)))
 
-            ds = ds.map_batches(keep, batch_format="pyarrow")
+            ds = ds.map_batches(keep, batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
         ds = ds.map_batches(EmbedActor, batch_size=RAY_BATCH_ROWS, batch_format="pyarrow",
                             fn_constructor_args=(str(args.model.resolve()), actor_cpus, fields.id),
-                            compute=ray.data.ActorPoolStrategy(
-                                min_size=1, max_size=max(1, cpus // actor_cpus)),
+                            # Every actor from the start: a pool that starts at one grows only
+                            # once Ray sees a queue, after the first windows went to one actor.
+                            compute=ray.data.ActorPoolStrategy(size=actors),
                             num_cpus=actor_cpus)
-        # Ray's writer names its files per write task; at most shard_rows rows each, as local.
-        ds.write_parquet(str(shards), max_rows_per_file=spec.shard_rows)
+        # Ray's writer names its files per write task; shard_rows rows each, as local, which it
+        # gathers from the actors' small blocks.
+        try:
+            ds.write_parquet(str(shards), min_rows_per_file=spec.shard_rows,
+                             max_rows_per_file=spec.shard_rows, concurrency=actors,
+                             ray_remote_args={"num_cpus": IO_TASK_CPUS})
+        except Exception as exc:
+            cause = _numbering_error(exc)
+            if cause is None:
+                raise
+            # Its first line: Ray appends its advice on retries to the message.
+            raise CorpusError(f"{str(cause).splitlines()[0]} (the shards written so far are "
+                              "numbered by that reading: pass --overwrite once the input is "
+                              "fixed)") from None
     written, files = _done_rows(shards)
     if len(written) != total or (len(written) and int(written[-1]) != total - 1):
         raise CorpusError(f"--out {args.out}: the shards hold {len(written)} distinct rows of "

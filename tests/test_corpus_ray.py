@@ -19,6 +19,8 @@ import pytest
 import ray
 
 from edge_embed.corpus.cli import main
+from edge_embed.corpus.errors import CorpusError
+from edge_embed.corpus.ray_reading import FileRows, file_key
 from tests.fixtures.corpus import by_id, documents, read_output, service_vectors, write_jsonl
 from tests.fixtures.server import ROOT, live_server
 
@@ -109,6 +111,83 @@ def test_ray_keeps_ids_and_texts_as_written(tmp_path: Path, tiny_bundle: Path,
     assert sorted(ray_ids) == keys
     ray_by_id = by_id(ray_ids, on_ray)
     assert np.array_equal(np.stack([ray_by_id[k] for k in keys]), local)
+
+
+def test_file_rows_number_each_file_from_the_rows_before_it(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
+    rows = FileRows.of([a, b, c], [3, 5, 2])
+    assert [rows.first[file_key(p)] for p in (a, b, c)] == [0, 3, 8]
+    assert rows.rows[file_key(b)] == 5
+    with pytest.raises(CorpusError, match="given twice"):
+        FileRows.of([a, b, tmp_path / "." / "a.jsonl"], [3, 5, 3])
+
+
+def write_inputs(folder: Path, fmt: str, parts: list[list[str]]) -> list[Path]:
+    paths = []
+    for k, texts in enumerate(parts):
+        path = folder / f"part{k}.{fmt}"
+        if fmt == "txt":
+            path.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+        else:
+            pq.write_table(pa.table({"text": texts}), path)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("fmt", ["txt", "parquet"])
+def test_ray_numbers_rows_across_several_inputs(tmp_path: Path, tiny_bundle: Path,
+                                                local_ray: None, fmt: str) -> None:
+    """Rows are numbered where Ray reads them (file's first row + place in the file), with no
+    order kept downstream: over several files of different sizes, every row exactly once with
+    the local mode's id and vector, also after a restart that lost some shards."""
+    texts = documents(700, seed=21)
+    parts = [texts[:50], texts[50:420], texts[420:421], texts[421:]]
+    srcs = write_inputs(tmp_path, fmt, parts)
+    assert embed(*srcs, "--model", tiny_bundle, "--out", tmp_path / "local") == 0
+    local_ids, local, _ = read_output(tmp_path / "local")
+    out = tmp_path / "ray"
+    args = ("--model", tiny_bundle, "--out", out, "--ray", "--shard-rows", 100)
+    assert embed(*srcs, *args) == 0
+    ids, vectors, manifest = read_output(out)
+    assert sorted(ids) == local_ids == list(range(len(texts)))
+    on_ray = by_id(ids, vectors)
+    assert np.array_equal(np.stack([on_ray[i] for i in local_ids]), local)
+    # A restart after a kill that lost the manifest and some shards writes just those rows.
+    files = [out / s["file"] for s in manifest["shards"]]
+    (out / "manifest.json").unlink()
+    lost = files[::3]
+    for f in lost:
+        f.unlink()
+    assert embed(*srcs, *args) == 0
+    again_ids, again, _ = read_output(out)
+    assert sorted(again_ids) == local_ids
+    after = by_id(again_ids, again)
+    assert np.array_equal(np.stack([after[i] for i in local_ids]), local)
+
+
+def test_ray_refuses_an_input_given_twice(tmp_path: Path, tiny_bundle: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_jsonl(tmp_path / "d.jsonl", documents(5))
+    assert main([str(src), str(src), "--model", str(tiny_bundle), "--out", str(tmp_path / "o"),
+                 "--ray"]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_ray_reader_that_disagrees_with_validation_is_an_error(
+        tmp_path: Path, tiny_bundle: Path, local_ray: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Ray's text reader splits lines at U+2028 as well; the validation pass (and the local
+    mode) only at newlines. The numbering would be off, so the run stops, naming the file."""
+    src = tmp_path / "d.txt"
+    src.write_text("one line\nsplit\u2028here\nlast line\n", encoding="utf-8")
+    assert main([str(src), "--model", str(tiny_bundle), "--out", str(tmp_path / "o"),
+                 "--ray", "--quiet"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("edge-embed embed: error: ")
+    assert f"{src.resolve()}: Ray's reader read at least 4 rows where the validation pass " \
+        "read 3" in last
+    assert not (tmp_path / "o" / "manifest.json").exists()
 
 
 # A driver killed outright mid-run: enough rows that the kill lands between Ray's writes.
