@@ -191,7 +191,7 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
     if any(s.format != sources[0].format for s in sources):
         raise CorpusError("--ray reads every input with one Ray reader: give inputs of one "
                           "format")
-    counts = scan(sources, fields, tokenizer)
+    counts = scan(sources, fields, tokenizer, ray_lines=True)
     numbering = FileRows.of([s.path for s in sources], counts)
     total = sum(counts)
     begin(args.out, spec, args.overwrite)

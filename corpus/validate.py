@@ -22,14 +22,24 @@ CHECK_CHUNK = 4096
 
 
 def scan(sources: Sequence[Source], fields: Fields,
-         tokenizer: TextTokenizer | None = None) -> list[int]:
-    """Rows per source; raises CorpusError at the first bad row (file and row named)."""
+         tokenizer: TextTokenizer | None = None, ray_lines: bool = False) -> list[int]:
+    """Rows per source; raises CorpusError at the first bad row (file and row named).
+
+    `ray_lines`: plain text is read by Ray's text reader, which splits lines with Python's
+    `str.splitlines` (at U+2028, form feeds, lone carriage returns and the like too), where a
+    line here ends at a newline only; a line that Ray would split is refused here, before
+    anything is written, since its rows would no longer be the ones counted."""
     counts: list[int] = []
     for source in sources:
         n = 0
         chunk: list[str] = []
         for text, _ in records(source, fields):
             n += 1
+            if ray_lines and source.format == "text" and len(text.splitlines()) != 1:
+                breaks = sorted({f"U+{ord(c):04X}" for c in text if len(f"a{c}b".splitlines()) > 1})
+                raise at(source.path, n, f"holds {', '.join(breaks)}, where Ray's text reader "
+                         "starts a new line; run without --ray, or give the text as JSON Lines",
+                         row_unit(source.format))
             if tokenizer is not None:
                 chunk.append(text)
                 if len(chunk) == CHECK_CHUNK:

@@ -20,7 +20,14 @@ import ray
 
 from edge_embed.corpus.cli import main
 from edge_embed.corpus.errors import CorpusError
-from edge_embed.corpus.ray_reading import FileRows, file_key
+from edge_embed.corpus.ray_reading import (
+    PATH,
+    ROW,
+    FileRows,
+    NumberingError,
+    file_key,
+    numbered,
+)
 from tests.fixtures.corpus import by_id, documents, read_output, service_vectors, write_jsonl
 from tests.fixtures.server import ROOT, live_server
 
@@ -174,20 +181,45 @@ def test_ray_refuses_an_input_given_twice(tmp_path: Path, tiny_bundle: Path,
     assert not (tmp_path / "o").exists()
 
 
-def test_ray_reader_that_disagrees_with_validation_is_an_error(
-        tmp_path: Path, tiny_bundle: Path, local_ray: None,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    """Ray's text reader splits lines at U+2028 as well; the validation pass (and the local
-    mode) only at newlines. The numbering would be off, so the run stops, naming the file."""
+def test_ray_line_that_ray_would_split_is_refused_up_front(
+        tmp_path: Path, tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ray's text reader splits lines at U+2028 as well (str.splitlines); the local mode only at
+    newlines. The validation pass refuses such a line under --ray, naming file and line, before
+    Ray starts or anything is written (the local mode embeds it as one document)."""
     src = tmp_path / "d.txt"
     src.write_text("one line\nsplit\u2028here\nlast line\n", encoding="utf-8")
-    assert main([str(src), "--model", str(tiny_bundle), "--out", str(tmp_path / "o"),
+    out = tmp_path / "o"
+    assert main([str(src), "--model", str(tiny_bundle), "--out", str(out),
                  "--ray", "--quiet"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("edge-embed embed: error: ")
-    assert f"{src.resolve()}: Ray's reader read at least 4 rows where the validation pass " \
-        "read 3" in last
-    assert not (tmp_path / "o" / "manifest.json").exists()
+    assert last == (f"edge-embed embed: error: {src}: line 2: holds U+2028, where Ray's text "
+                    "reader starts a new line; run without --ray, or give the text as JSON Lines")
+    assert not out.exists()
+    assert embed(src, "--model", tiny_bundle, "--out", tmp_path / "local") == 0
+
+
+def _path_table(path: str, rows: int) -> pa.Table:
+    return pa.table({"text": [f"t{i}" for i in range(rows)], PATH: [path] * rows})
+
+
+def test_numbered_reads_check_each_file_against_the_validation_count(tmp_path: Path) -> None:
+    """The safety net behind validation: a read task whose file yields more or fewer rows than
+    the validation pass counted fails, naming the file; one that agrees numbers its rows from
+    the file's first row number on."""
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    files = FileRows.of([a, b], [3, 2])
+
+    def rows_of(*tables: pa.Table) -> list[int]:
+        read = numbered(lambda: iter(tables), files, [file_key(b)], "text", None)
+        return [r for t in read() for r in t.column(ROW).to_pylist()]
+
+    assert rows_of(_path_table(str(b), 1), _path_table(str(b), 1)) == [3, 4]
+    with pytest.raises(NumberingError, match=f"{file_key(b)}: Ray's reader read at least 3 "
+                       "rows where the validation pass read 2"):
+        rows_of(_path_table(str(b), 3))
+    with pytest.raises(NumberingError, match=f"{file_key(b)}: Ray's reader read 1 rows where "
+                       "the validation pass read 2"):
+        rows_of(_path_table(str(b), 1))
 
 
 # A driver killed outright mid-run: enough rows that the kill lands between Ray's writes.
