@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_embed.service.bundle import load_manifest
+from edge_embed.service.canary import cosines
 from edge_embed.service.encoder import BundleModel
 
 # Short texts of the kinds int8 finds hardest (one word, a phrase, a sentence, digits): the
@@ -50,12 +51,6 @@ def embed(bundle: Path, out: Path) -> None:
     np.save(out, vectors.astype(np.float32))
 
 
-def worst_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    cos = (a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
-    return float(min(1.0, cos.min()))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edge_embed.quantize.crosscpu",
                                 description=__doc__,
@@ -82,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs: dict[str, float] = {}
     for i, first in enumerate(args.files):
         for other in args.files[i + 1:]:
-            cos = worst_cosine(vectors[first], vectors[other])
+            cos = float(cosines(vectors[first], vectors[other]).min())
             pairs[f"{machine(first)} vs {machine(other)}"] = round(cos, 7)
             print(f"{first.name} vs {other.name}: min cosine {cos:.7f}")
     worst = min(pairs.values())
