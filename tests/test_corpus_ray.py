@@ -28,7 +28,14 @@ from edge_embed.corpus.ray_reading import (
     file_key,
     numbered,
 )
-from tests.fixtures.corpus import by_id, documents, read_output, service_vectors, write_jsonl
+from tests.fixtures.corpus import (
+    by_id,
+    documents,
+    interruptible,
+    read_output,
+    service_vectors,
+    write_jsonl,
+)
 from tests.fixtures.server import ROOT, live_server
 
 pytestmark = pytest.mark.ray
@@ -248,7 +255,8 @@ def test_ray_driver_killed_and_restarted(tmp_path: Path, tiny_bundle: Path, loca
     cmd = [sys.executable, "-m", "edge_embed.service.cli", "embed", str(src), "--model",
            str(tiny_bundle), "--out", str(out), "--shard-rows", str(KILL_SHARD), "--quiet",
            "--ray", address]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=interruptible)
     deadline = time.monotonic() + KILL_DEADLINE_S
     while whole_rows(out / "shards") < 2 * KILL_SHARD:
         assert proc.poll() is None, "the run ended before it could be stopped"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fixtures.corpus import documents, read_output, write_jsonl
+from tests.fixtures.corpus import documents, interruptible, read_output, write_jsonl
 from tests.fixtures.server import ROOT
 
 # Enough rows that the tiny bundle takes seconds on a shared 2-core machine, in small shards so
@@ -48,7 +48,7 @@ def test_stopped_and_restarted(tmp_path: Path, corpus: Path, tiny_bundle: Path,
                                reference: np.ndarray, sig: signal.Signals) -> None:
     out = tmp_path / "out"
     proc = subprocess.Popen(command(corpus, tiny_bundle, out), cwd=ROOT,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     deadline = time.monotonic() + DEADLINE_S
     while len(list(out.glob("part-*.parquet"))) < STOP_AFTER_SHARDS:
         assert proc.poll() is None, "the run ended before it could be stopped"
