@@ -22,7 +22,15 @@ import onnx
 
 from .gather import quantize_gathers
 from .graph import F32, weight_matmuls
-from .pertoken import A_ZERO_POINT, A_ZERO_POINT_7BIT, QMAX_7BIT, S8_OFFSET, quantize_pertoken
+from .pertoken import (
+    A_ZERO_POINT,
+    A_ZERO_POINT_7BIT,
+    QMAX_7BIT,
+    S8_OFFSET,
+    UQMAX,
+    UQMAX_7BIT,
+    quantize_pertoken,
+)
 from .recipe import Recipe
 from .saturation import saturation_free, widest_weight
 from .variants import DEFAULT, get
@@ -112,9 +120,12 @@ def pertoken(model: onnx.ModelProto, exclude: list[str], variant: str = DEFAULT,
         "smoothed_inputs": len(smooth or {}),
         "int8_tables": list(tables),
         "widest_weight": widest_weight(out),
-        # no u8 x s8 pair sum can leave int16: every CPU's kernel computes the same sums (not
-        # claimed with MatMulNBits blocks: their int8 kernels were not checked for it)
-        "saturation_free": (recipe.saturation_free or saturation_free(out)) and not blocks,
+        # no u8 x s8 pair sum can leave int16: every CPU's kernel computes the same sums.
+        # Read off the written weights and the activations' range, not taken from the recipe,
+        # so that a quantizer fault cannot be recorded as a guarantee. (Not claimed with
+        # MatMulNBits blocks: their int8 kernels were not checked for it.)
+        "saturation_free": (saturation_free(out, UQMAX_7BIT if seven else UQMAX)
+                            and not blocks),
     }, len(result.quantized))
 
 

@@ -58,9 +58,10 @@ def pair_peaks(w: npt.NDArray[np.number]) -> npt.NDArray[np.floating]:
     return peaks
 
 
-def pairs_fit(wq: npt.NDArray[np.integer]) -> bool:
-    """True where no pair of this int8 weight matrix [K, N] can saturate a vpmaddubsw lane."""
-    return bool(wq.size == 0 or pair_peaks(wq).max() <= PAIR_MAX)
+def pairs_fit(wq: npt.NDArray[np.integer], activation_max: float = UINT8_MAX) -> bool:
+    """True where no pair of this int8 weight matrix [K, N] can saturate a vpmaddubsw lane
+    for uint8 activations up to `activation_max` (255; 127 for 7-bit activations)."""
+    return bool(wq.size == 0 or pair_peaks(wq).max() * activation_max <= INT16_MAX)
 
 
 def _round_onto_bound(x: npt.NDArray[np.float64]) -> npt.NDArray[np.int16]:

@@ -67,8 +67,9 @@ def pair_sums_fit(weight_max: float, activation_max: float = UINT8_MAX) -> bool:
     return 2 * activation_max * weight_max <= INT16_MAX
 
 
-def saturation_free(model: onnx.ModelProto) -> bool:
-    """True where no u8 x s8 pair sum of any integer matmul can leave int16: every weight
-    matrix's lane pairs checked (pairs.py), which 7-bit weights meet by construction."""
+def saturation_free(model: onnx.ModelProto, activation_max: float = UINT8_MAX) -> bool:
+    """True where no u8 x s8 pair sum of any integer matmul can leave int16 for activations up
+    to `activation_max`: every weight matrix's lane pairs checked (pairs.py), which 7-bit
+    weights, pair-bounded 8-bit ones, and any weights under 7-bit activations meet."""
     weights = list(int8_weights(model))
-    return bool(weights) and all(pairs_fit(w) for w in weights)
+    return bool(weights) and all(pairs_fit(w, activation_max) for w in weights)
