@@ -32,7 +32,7 @@ from .manifest import Spec
 from .ray_reading import ID, ROW, TEXT, FileRows, NumberingError, numbered_datasource
 from .readers import CSV_FIELD_LIMIT, Fields, Source
 from .resume import begin
-from .shards import RAY_SHARDS_DIR, shard_rows
+from .shards import RAY_SHARDS_DIR
 from .validate import scan
 
 # CPUs per actor: the service's measurement on 2 cores (two runs of one thread beat one run of
@@ -132,8 +132,10 @@ def _read(ray: Any, sources: Sequence[Source], fields: Fields, files: FileRows) 
         override_num_blocks=len(paths), num_cpus=IO_TASK_CPUS)
 
 
-def _done_rows(folder: Path) -> tuple[np.ndarray, list[Path]]:
-    """Row numbers in the whole shards of a previous attempt; broken files are removed."""
+def _done_rows(folder: Path) -> tuple[np.ndarray, list[Path], int]:
+    """The distinct row numbers in the whole shards of `folder`, those files, and how many rows
+    they hold in all (more than the distinct numbers where a row was written twice); broken
+    files are removed."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -145,8 +147,8 @@ def _done_rows(folder: Path) -> tuple[np.ndarray, list[Path]]:
             files.append(path)
         except (pa.ArrowInvalid, OSError):
             path.unlink()
-    done = np.unique(np.concatenate(rows)) if rows else np.empty(0, dtype=np.int64)
-    return done, files
+    every = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
+    return np.unique(every), files, len(every)
 
 
 def start_local_ray(cpus: int | None = None) -> None:
@@ -196,7 +198,7 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
     total = sum(counts)
     begin(args.out, spec, args.overwrite)
     shards = args.out / RAY_SHARDS_DIR
-    done, _ = _done_rows(shards)
+    done, _, _ = _done_rows(shards)
     if len(done):
         say(args.quiet, prog, f"resuming: {len(done)} of {total} rows already written")
     if not ray.is_initialized():
@@ -249,12 +251,11 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
             raise CorpusError(f"{str(cause).splitlines()[0]} (the shards written so far are "
                               "numbered by that reading: pass --overwrite once the input is "
                               "fixed)") from None
-    written, files = _done_rows(shards)
+    written, files, counted = _done_rows(shards)
     if len(written) != total or (len(written) and int(written[-1]) != total - 1):
         raise CorpusError(f"--out {args.out}: the shards hold {len(written)} distinct rows of "
                           f"{total}; run the command again to finish")
     names = [f"{RAY_SHARDS_DIR}/{f.name}" for f in files]
-    counted = sum(shard_rows(f) for f in files)
     if counted != total:
         raise CorpusError(f"--out {args.out}: the shards hold {counted} rows for {total} "
                           "inputs (a row written twice); pass --overwrite to start again")

@@ -102,6 +102,25 @@ def test_ray_restart_writes_only_the_missing_rows(tmp_path: Path, tiny_bundle: P
     assert all(np.array_equal(again[i], full[k]) for k, i in enumerate(ids_full))
 
 
+def test_ray_shards_holding_a_row_twice_are_refused(tmp_path: Path, tiny_bundle: Path,
+                                                    local_ray: None,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The end-of-run check counts every row of the whole shards: a copied shard (rows that are
+    all present, twice) is refused rather than reported as done."""
+    src = write_jsonl(tmp_path / "d.jsonl", documents(N, seed=9))
+    out = tmp_path / "ray"
+    args = ("--model", tiny_bundle, "--out", out, "--ray", "--shard-rows", 100)
+    assert embed(src, *args) == 0
+    manifest = read_output(out)[2]
+    first = out / manifest["shards"][0]["file"]
+    (out / "manifest.json").unlink()
+    (first.parent / f"copy-{first.name}").write_bytes(first.read_bytes())
+    assert embed(src, *args) == 2
+    err = capsys.readouterr().err
+    assert f"the shards hold {N + 100} rows for {N} inputs (a row written twice)" in err
+    assert not (out / "manifest.json").exists()
+
+
 @pytest.mark.parametrize("suffix", ["csv", "ndjson"])
 def test_ray_keeps_ids_and_texts_as_written(tmp_path: Path, tiny_bundle: Path,
                                             local_ray: None, suffix: str) -> None:
