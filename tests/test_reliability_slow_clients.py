@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from edge_embed.service.limits import LINGER_S
+from edge_embed.service.limits import LINGER_S, ConnectionLimits
 from tests.fixtures.server import Live, live_server
 from tests.reliability_server import assert_openai_error, http, metric_sum, scrape, words_text
 
@@ -276,6 +276,15 @@ async def idle_lifetime(port: int, request: bytes | None) -> tuple[float | None,
         writer.close()
 
 
+def test_info_shows_the_connection_limits(server: Live) -> None:
+    status, _, info = http("GET", f"{server.url}/info")
+    assert status == 200 and isinstance(info, dict)
+    assert info["limits"]["connections"] == {
+        "header_timeout_s": HEADER_TIMEOUT_S, "body_timeout_s": BODY_TIMEOUT_S,
+        "keepalive_timeout_s": KEEPALIVE_TIMEOUT_S,
+        "max_connections": ConnectionLimits().max_connections}
+
+
 async def test_idle_connections_are_closed_at_their_bound(server: Live) -> None:
     health = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     (kept, answer), (silent, _) = await asyncio.gather(
@@ -340,12 +349,12 @@ async def test_connections_past_the_limit_are_refused(tiny_bundle: Path) -> None
         # The held ones closed: new clients are served again.
         body = {"model": "tiny", "input": ["served again"]}
         for _ in range(SETTLE_POLLS):
-            status, _, answer = await asyncio.to_thread(
+            served, _, reply = await asyncio.to_thread(
                 http, "POST", f"{live.url}/v1/embeddings", body=body)
-            if status == 200:
+            if served == 200:
                 break
             await asyncio.sleep(SETTLE_POLL_S)
-        assert status == 200, (status, answer)
+        assert served == 200, (served, reply)
         open_now, _ = await settle(live.url, 1, 1)
         assert open_now == 1, f"{open_now} connections still counted open"
 
