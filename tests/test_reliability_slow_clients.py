@@ -383,3 +383,46 @@ async def test_a_client_leaving_mid_body_is_a_499_not_a_fault(server: Live) -> N
     assert count(after, "499") - count(before, "499") == 1
     assert count(after, "500") == count(before, "500") == 0
     assert "Traceback" not in server.log_text()
+
+
+# SIGTERM with slow connections held: the drain ends when their bodies time out, long before
+# the drain timeout, and the process exits 0.
+DRAIN_TIMEOUT_S = 30.0
+DRAIN_BODY_TIMEOUT_S = 3.0
+DRAIN_SLOW = 10  # of each kind: body, headers
+
+
+async def test_sigterm_with_slow_connections_drains_at_the_body_timeout(
+        tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    live = Live([tiny_bundle], ["--body-timeout", str(DRAIN_BODY_TIMEOUT_S),
+                                "--drain-timeout", str(DRAIN_TIMEOUT_S)]).start()
+    try:
+        post = b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        body_head = post + f"Content-Length: {BODY_BYTES}\r\n\r\n".encode()
+        slow = [asyncio.create_task(trickle(live.port, kind, first, drip))
+                for kind, first, drip in [("body", body_head, b" ")] * DRAIN_SLOW
+                + [("headers", post + b"X-Slow: ", b"a")] * DRAIN_SLOW]
+        inflight = 0.0
+        for _ in range(SETTLE_POLLS):
+            _, inflight = await gauges(live.url)
+            if inflight > DRAIN_SLOW:
+                break
+            await asyncio.sleep(SETTLE_POLL_S)
+        assert inflight > DRAIN_SLOW, "the slow bodies never reached their handler"
+        live.sigterm()
+        signalled = time.monotonic()
+        code = await asyncio.to_thread(live.wait, DRAIN_TIMEOUT_S + CLOSE_MARGIN_S)
+        exited_after = time.monotonic() - signalled
+        slows = await asyncio.gather(*slow)
+    finally:
+        live.stop()
+    with capsys.disabled():
+        print(f"\nSIGTERM with {2 * DRAIN_SLOW} slow connections: exit {code} after "
+              f"{exited_after:.2f} s (body timeout {DRAIN_BODY_TIMEOUT_S} s, drain timeout "
+              f"{DRAIN_TIMEOUT_S} s)")
+    assert code == 0, f"exit code {code} (None: still running after {exited_after:.1f} s)"
+    assert exited_after <= DRAIN_BODY_TIMEOUT_S + LINGER_S + CLOSE_MARGIN_S, exited_after
+    for s in slows:
+        assert s.lifetime is not None, f"a slow {s.kind} connection outlived the server"
+        if s.kind == "body":
+            assert s.answer.startswith(b"HTTP/1.1 408 "), s.answer[:100]
