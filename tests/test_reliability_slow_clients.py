@@ -21,7 +21,7 @@ import asyncio
 import json
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,14 +156,20 @@ async def gauges(base: str) -> tuple[float, float]:
             metric_sum(text, "edge_embed_inflight_requests"))
 
 
-async def settle(base: str, connections: float, inflight: float) -> tuple[float, float]:
+async def wait_gauges(base: str, done: Callable[[float, float], bool]) -> tuple[float, float]:
+    """The gauges once `done(open, inflight)` holds, or as they are after SETTLE_POLLS polls."""
     seen = await gauges(base)
     for _ in range(SETTLE_POLLS):
-        if seen[0] <= connections and seen[1] <= inflight:
+        if done(*seen):
             break
         await asyncio.sleep(SETTLE_POLL_S)
         seen = await gauges(base)
     return seen
+
+
+async def settle(base: str) -> tuple[float, float]:
+    """The gauges once only the scrape's own connection and request are left."""
+    return await wait_gauges(base, lambda conns, inflight: conns <= 1 and inflight <= 1)
 
 
 def head_and_body(answer: bytes) -> tuple[str, object]:
@@ -183,17 +189,12 @@ async def test_slow_connections_are_cut_and_others_are_served(
         flood = slow_flood(server.port)
         flood_at = time.monotonic()
         # Every slow connection open (the scrape's own one is counted too) before measuring.
-        held, inflight_held = await gauges(base)
-        for _ in range(SETTLE_POLLS):
-            if held > len(flood):
-                break
-            await asyncio.sleep(SETTLE_POLL_S)
-            held, inflight_held = await gauges(base)
+        held, _ = await wait_gauges(base, lambda conns, _: conns > len(flood))
         during = await normal_latencies(session, base, 200, NORMAL_REQUESTS)
         still_held, inflight_during = await gauges(base)
         measured_within = time.monotonic() - flood_at
         slows = await asyncio.gather(*flood)
-        after = await settle(base, 1, 1)
+        after = await settle(base)
 
     by_kind: dict[str, list[Slow]] = {}
     for slow in slows:
@@ -209,7 +210,7 @@ async def test_slow_connections_are_cut_and_others_are_served(
     summary = (f"baseline median {statistics.median(baseline) * 1000:.1f} ms "
                f"(max {max(baseline) * 1000:.1f}), during the slow flood median "
                f"{statistics.median(during) * 1000:.1f} ms (max {max(during) * 1000:.1f}); "
-               f"held {held:.0f} connections, {inflight_held:.0f} in flight; "
+               f"held {still_held:.0f} connections, {inflight_during:.0f} requests in flight; "
                + "; ".join(spread(k) for k in ("line", "headers", "body"))
                + f"; after: {after[0]:.0f} open, {after[1]:.0f} in flight")
     with capsys.disabled():
@@ -355,7 +356,7 @@ async def test_connections_past_the_limit_are_refused(tiny_bundle: Path) -> None
                 break
             await asyncio.sleep(SETTLE_POLL_S)
         assert served == 200, (served, reply)
-        open_now, _ = await settle(live.url, 1, 1)
+        open_now, _ = await settle(live.url)
         assert open_now == 1, f"{open_now} connections still counted open"
 
 
@@ -365,15 +366,11 @@ async def test_a_client_leaving_mid_body_is_a_499_not_a_fault(server: Live) -> N
     writer.write(b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                  b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\"")
     await writer.drain()
-    inflight = 0.0
-    for _ in range(SETTLE_POLLS):  # the request is in its handler, waiting on the body
-        _, inflight = await gauges(server.url)
-        if inflight >= 2:
-            break
-        await asyncio.sleep(SETTLE_POLL_S)
+    # the request is in its handler, waiting on the body (the scrape is the other one)
+    _, inflight = await wait_gauges(server.url, lambda _, inflight: inflight >= 2)
     assert inflight >= 2, "the half-sent request never reached its handler"
     writer.close()
-    await settle(server.url, 1, 1)
+    await settle(server.url)
     after = await asyncio.to_thread(scrape, server.url)
 
     def count(text: str, status: str) -> float:
@@ -402,12 +399,7 @@ async def test_sigterm_with_slow_connections_drains_at_the_body_timeout(
         slow = [asyncio.create_task(trickle(live.port, kind, first, drip))
                 for kind, first, drip in [("body", body_head, b" ")] * DRAIN_SLOW
                 + [("headers", post + b"X-Slow: ", b"a")] * DRAIN_SLOW]
-        inflight = 0.0
-        for _ in range(SETTLE_POLLS):
-            _, inflight = await gauges(live.url)
-            if inflight > DRAIN_SLOW:
-                break
-            await asyncio.sleep(SETTLE_POLL_S)
+        _, inflight = await wait_gauges(live.url, lambda _, inflight: inflight > DRAIN_SLOW)
         assert inflight > DRAIN_SLOW, "the slow bodies never reached their handler"
         live.sigterm()
         signalled = time.monotonic()
