@@ -18,6 +18,8 @@ once it has parsed them; until that request's answer is done, the header clock i
 from __future__ import annotations
 
 import asyncio
+import logging
+import resource
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -26,7 +28,9 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from .errors import Unavailable
-from .limits import ConnectionLimits
+from .limits import FILES_BESIDE_CONNECTIONS, ConnectionLimits
+
+log = logging.getLogger("edge_embed.connections")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ProtocolFactory = Callable[[], asyncio.Protocol]
@@ -50,6 +54,23 @@ class ConnectionGuard:
         self.open = 0
         self._dropped = dropped  # labelled by reason: limit | header_timeout
         self.refusal = _refusal(limits.max_connections)
+
+    def fit_open_files(self) -> int:
+        """Raise the open-file soft limit to hold every connection the limit lets in, as far as
+        the hard limit allows (past it accept() would fail, unanswered); the soft limit now."""
+        want = self.limits.max_connections + FILES_BESIDE_CONNECTIONS
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or soft >= want:
+            return soft
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.warning("the open-file limit (hard: %d) is below --max-connections %d plus %d "
+                        "other files: past it new connections fail unanswered; raise it "
+                        "(ulimit -n) or lower --max-connections", hard,
+                        self.limits.max_connections, FILES_BESIDE_CONNECTIONS)
+        return new
 
     def protocol(self, factory: ProtocolFactory) -> ProtocolFactory:
         """A protocol factory for `loop.create_server`: `factory`'s protocols, guarded."""

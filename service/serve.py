@@ -64,6 +64,7 @@ async def listen(app: web.Application, settings: Settings
                            lingering_time=LINGER_S)
     await runner.setup()
     assert runner.server is not None  # set by setup()
+    app[CONNECTIONS].fit_open_files()
     loop = asyncio.get_running_loop()
     # Our own listener rather than a TCPSite: the protocol factory is wrapped, so that
     # connections are counted and capped at accept, below aiohttp.

@@ -12,13 +12,16 @@ raw loopback sockets:
 - An idle keep-alive connection is closed after the keep-alive bound (and not before, although
   the header timeout is shorter); one that never sends a byte is closed at the header timeout.
 - Past --max-connections, a connection is answered 503 and closed at once; once the held ones
-  close, new clients are served.
+  close, new clients are served. A server started under an open-file limit too low for its
+  connections raises it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +31,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from edge_embed.service.limits import LINGER_S, ConnectionLimits
+from edge_embed.service.limits import FILES_BESIDE_CONNECTIONS, LINGER_S, ConnectionLimits
 from tests.fixtures.server import Live, live_server
 from tests.reliability_server import assert_openai_error, http, metric_sum, scrape, words_text
 
@@ -418,3 +421,28 @@ async def test_sigterm_with_slow_connections_drains_at_the_body_timeout(
         assert s.lifetime is not None, f"a slow {s.kind} connection outlived the server"
         if s.kind == "body":
             assert s.answer.startswith(b"HTTP/1.1 408 "), s.answer[:100]
+
+
+# The open-file limit: a server started under a soft limit too low for its connections raises
+# it (as far as the hard limit allows), so that past the limit a client gets the 503, not an
+# accept() that fails unanswered.
+FITTED_CONNECTIONS = 600
+
+
+def test_the_start_raises_the_open_file_limit_to_fit_the_connections(
+        tiny_bundle: Path) -> None:
+    want = FITTED_CONNECTIONS + FILES_BESIDE_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard == resource.RLIM_INFINITY or hard >= want, f"this box's hard limit is {hard}"
+    low = len(os.listdir("/proc/self/fd")) + 64  # what this process needs, with room
+    assert low < want
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:  # the server process inherits the low limit
+        live = Live([tiny_bundle], ["--max-connections", str(FITTED_CONNECTIONS)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with live:
+        live.start()
+        limits = Path(f"/proc/{live.proc.pid}/limits").read_text()
+    line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+    assert int(line.split()[3]) == want, line
