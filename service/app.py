@@ -26,10 +26,11 @@ from .. import __version__
 from . import canary
 from .auth import Authenticator, load_keys_file
 from .cache import EmbeddingCache
+from .connections import ConnectionGuard
 from .cpus import plan_lone_threads, plan_threads, usable_cpus
 from .embeddings import Caller, EmbeddingsPath
 from .engine import Engines, InFlight, ModelEngine
-from .errors import PayloadTooLarge, TracingUnavailable
+from .errors import ClientGone, PayloadTooLarge, RequestTimeout, TracingUnavailable
 from .metrics import Metrics
 from .middleware import (
     KEY_KEY,
@@ -88,6 +89,8 @@ AUTH = web.AppKey("auth", Authenticator)
 CACHE = web.AppKey("cache", EmbeddingCache)
 STATE = web.AppKey("state", ServerState)
 RUNTIME = web.AppKey("runtime", Runtime)
+# What serve.py's listener wraps aiohttp's protocol in (service/connections.py).
+CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 # Set by the `_engines` clean-up context, which owns them: present while the app runs.
 ENGINES = web.AppKey("engines", Engines)
 EMBEDDINGS = web.AppKey("embeddings", EmbeddingsPath)
@@ -113,7 +116,9 @@ def create_app(settings: Settings, registry: Registry | None = None,
     metrics = Metrics()
     state = ServerState()
     auth = auth or build_authenticator(settings)
-    middlewares = [make_request_middleware(metrics, state, settings.access_log),
+    connections = ConnectionGuard(settings.connections, metrics.dropped_connections)
+    middlewares = [connections.middleware(),
+                   make_request_middleware(metrics, state, settings.access_log),
                    make_gate_middleware(auth, state)]
     if tracing is not None:  # outermost: its span covers everything the others do
         middlewares.insert(0, tracing.middleware())
@@ -128,6 +133,7 @@ def create_app(settings: Settings, registry: Registry | None = None,
     app[CACHE] = EmbeddingCache(settings.cache)
     app[STATE] = state
     app[RUNTIME] = runtime
+    app[CONNECTIONS] = connections
     app[CANARIES] = {}
     _cache_gauges(app)
     app.cleanup_ctx.append(_engines)
@@ -165,6 +171,9 @@ def _cache_gauges(app: web.Application) -> None:
     state = app[STATE]
     Gauge("edge_embed_inflight_requests", "HTTP requests being handled",
           registry=registry).set_function(lambda: state.inflight)
+    connections = app[CONNECTIONS]
+    Gauge("edge_embed_open_connections", "Open client connections",
+          registry=registry).set_function(lambda: connections.open)
 
 
 async def _engines(app: web.Application) -> AsyncIterator[None]:
@@ -243,23 +252,34 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type=_JSON)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `limit` (never read whole first)."""
+async def read_body(request: web.Request, limit: int, timeout_s: float,
+                    started: float) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` (never read whole first), and
+    with 408 (the connection closed) unless all of it arrives within `timeout_s` of `started`
+    (the loop's clock): a client trickling its body holds a request slot that long at most."""
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"The request body is {length} bytes; the limit is {limit}.",
                               param="body")
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = await request.content.readany()
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.",
-                                  param="body")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout_at(started + timeout_s):
+            while True:
+                chunk = await request.content.readany()
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.",
+                                          param="body")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {timeout_s:g} s "
+                             f"({size} bytes came).", param="body",
+                             headers={"Connection": "close"}) from None
+    except ConnectionResetError:  # aiohttp's word for a client that left mid-body
+        raise ClientGone("The client closed the connection while sending the body.") from None
     return b"".join(chunks)
 
 
@@ -267,7 +287,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 async def embeddings(request: web.Request) -> web.Response:
     app = request.app
     started = asyncio.get_running_loop().time()
-    raw = await read_body(request, app[SETTINGS].requests.max_body_bytes)
+    settings = app[SETTINGS]
+    raw = await read_body(request, settings.requests.max_body_bytes,
+                          settings.connections.body_timeout_s, started)
     transport = request.transport
     rlog = request[LOG_KEY]
     result = await app[EMBEDDINGS](raw, Caller(

@@ -22,7 +22,7 @@ from .address import ENV_PREFIX as ENV_PREFIX
 from .address import env_name as env_name
 from .canary import CANARY_FAILURES, CanaryFailure
 from .files import VERIFY_MODES, VerifyMode
-from .limits import BatchPolicy, CacheLimits, QueueLimits, RequestLimits
+from .limits import BatchPolicy, CacheLimits, ConnectionLimits, QueueLimits, RequestLimits
 from .runtime import PROVIDERS, SPINNING, RuntimeOptions
 
 # Kubernetes gives 30 s between SIGTERM and SIGKILL by default; 20 s leaves room to exit.
@@ -46,6 +46,7 @@ class Settings:
     queue: QueueLimits = field(default_factory=QueueLimits)
     batching: BatchPolicy = field(default_factory=BatchPolicy)
     cache: CacheLimits = field(default_factory=CacheLimits)
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     drain_timeout: float = DRAIN_TIMEOUT_S
     providers: tuple[str, ...] = ("cpu",)
     provider_fallback: bool = False
@@ -77,7 +78,7 @@ class Settings:
         """The limits a client may run into, by group (for /info and the start-up log)."""
         return {"requests": asdict(self.requests), "queue": asdict(self.queue),
                 "batching": asdict(self.batching), "cache": asdict(self.cache),
-                "drain_timeout": self.drain_timeout}
+                "connections": asdict(self.connections), "drain_timeout": self.drain_timeout}
 
 
 def _positive_int(text: str) -> int:
@@ -189,6 +190,13 @@ _SCALARS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--request-timeout", _positive_float, "seconds before a request gets 408"),
     ("--admit-deadline-share", _share, "admit a request only if the work ahead of it and its "
      "own end within this share of its timeout, at the measured throughput (else 429)"),
+    ("--header-timeout", _positive_float, "seconds for a connection's request headers to "
+     "arrive (from its opening, then from a request's first byte) before it is closed"),
+    ("--body-timeout", _positive_float, "seconds for a request's whole body to arrive before "
+     "408 and the connection closed"),
+    ("--keepalive-timeout", _positive_float, "seconds an idle keep-alive connection stays open"),
+    ("--max-connections", _positive_int, "open connections at once; more are answered 503 and "
+     "closed"),
     ("--drain-timeout", _non_negative_float, "seconds to finish in-flight requests on SIGTERM"),
     ("--cache-entries", _non_negative_int, "embedding cache entries (0: no cache)"),
     ("--cache-bytes", _non_negative_int, "embedding cache size in bytes"),
@@ -241,9 +249,14 @@ _GROUPED: dict[str, tuple[str, str]] = {
     "--cache-entries": ("cache", "entries"),
     "--cache-bytes": ("cache", "bytes"),
     "--cache-ttl": ("cache", "ttl_s"),
+    "--header-timeout": ("connections", "header_timeout_s"),
+    "--body-timeout": ("connections", "body_timeout_s"),
+    "--keepalive-timeout": ("connections", "keepalive_timeout_s"),
+    "--max-connections": ("connections", "max_connections"),
 }
 _GROUPS: dict[str, Any] = {"requests": RequestLimits(), "queue": QueueLimits(),
-                           "batching": BatchPolicy(), "cache": CacheLimits()}
+                           "batching": BatchPolicy(), "cache": CacheLimits(),
+                           "connections": ConnectionLimits()}
 _GRAPH_LEVELS = ("auto", "disable", "basic", "extended", "all")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
