@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,18 +25,26 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from .. import __version__
 from . import canary
-from .auth import Authenticator, load_keys_file
+from .address import is_loopback
+from .auth import Authenticator, check_flag_keys, load_keys_file
 from .cache import EmbeddingCache
 from .connections import ConnectionGuard
 from .cpus import plan_lone_threads, plan_threads, usable_cpus
 from .embeddings import Caller, EmbeddingsPath
 from .engine import Engines, InFlight, ModelEngine
-from .errors import ClientGone, PayloadTooLarge, RequestTimeout, TracingUnavailable
+from .errors import (
+    ClientGone,
+    PayloadTooLarge,
+    RequestTimeout,
+    TracingUnavailable,
+    Unauthorized,
+)
 from .metrics import Metrics
 from .middleware import (
     KEY_KEY,
     LOG_KEY,
     ServerState,
+    authenticate,
     make_gate_middleware,
     make_request_middleware,
 )
@@ -99,6 +108,8 @@ CANARIES = web.AppKey("canaries", dict[str, canary.CanaryReport])
 
 
 def build_authenticator(settings: Settings) -> Authenticator:
+    """The keys of --api-key and --api-keys-file; an unusable one is refused (ApiKeyError)."""
+    check_flag_keys(settings.api_keys)
     keys: list[tuple[str, frozenset[str] | None]] = [(k, None) for k in settings.api_keys]
     if settings.api_keys_file is not None:
         keys += load_keys_file(settings.api_keys_file)
@@ -109,13 +120,14 @@ def create_app(settings: Settings, registry: Registry | None = None,
                runtime: Runtime | None = None,
                auth: Authenticator | None = None) -> web.Application:
     tracing = _tracing(settings)  # first: a missing extra is refused before bundles load
+    if auth is None:  # before the bundles too: a bad key is refused at once
+        auth = build_authenticator(settings)
     runtime = runtime or Runtime.plan(settings)
     if registry is None:
         options = settings.runtime_options(runtime.intra_op_threads, runtime.lone_threads)
         registry = Registry.load(settings.models, options, settings.verify_files)
     metrics = Metrics()
     state = ServerState()
-    auth = auth or build_authenticator(settings)
     connections = ConnectionGuard(settings.connections, metrics.dropped_connections)
     middlewares = [connections.middleware(),
                    make_request_middleware(metrics, state, settings.access_log),
@@ -309,8 +321,8 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    served = request.app[REGISTRY].get(request.match_info["model"])
-    Authenticator.allow(request.get(KEY_KEY), served.names)
+    served = request.app[REGISTRY].get(request.match_info["model"],
+                                        partial(Authenticator.may_use, request.get(KEY_KEY)))
     return _json(served.info(int(request.app[RUNTIME].started),
                              _canary_json(request.app[CANARIES], served.id)))
 
@@ -330,19 +342,44 @@ def _model_health(app: web.Application, served: ServedModel) -> dict[str, Any]:
     return status
 
 
+def auth_warning(settings: Settings, auth: Authenticator) -> str | None:
+    """What to say when anyone who reaches the server may use it, or None."""
+    if auth.enabled or is_loopback(settings.host):
+        return None
+    return (f"no API keys are configured and the server listens on {settings.host}: anyone "
+            "who can reach it may use it; set --api-key or --api-keys-file")
+
+
 async def health(request: web.Request) -> web.Response:
     """Liveness: every engine's workers are running (a dead one means: restart the process).
 
     A model served although its canaries failed (--canary-failure serve) makes the status
-    "failed-serving": alive, and loud about it."""
-    models = {s.id: _model_health(request.app, s) for s in request.app[REGISTRY]}
+    "failed-serving": alive, and loud about it. With auth on, a caller without a key (a probe)
+    or with a wrong key gets the status alone; the detail (models, faults) goes to a key, for
+    its own models."""
+    app = request.app
+    auth = app[AUTH]
+    try:  # a probe sends no key; a wrong one is answered as a probe, never failed
+        key = authenticate(request, auth)
+    except Unauthorized:
+        key = None
+    models = {s.id: _model_health(app, s) for s in app[REGISTRY]}
     alive = all(m["alive"] for m in models.values())
     faults = sum(int(m.get("faults", 0)) for m in models.values())
     failed = any((m.get("canary") or {}).get("status") == "failed-serving"
                  for m in models.values())
     status = ("dead" if not alive else "failed-serving" if failed
               else "degraded" if faults else "ok")
-    return _json({"status": status, "models": models}, 200 if alive else 503)
+    code = 200 if alive else 503
+    if auth.enabled and key is None:
+        return _json({"status": status}, code)
+    body: dict[str, Any] = {"status": status, "auth": "on" if auth.enabled else "off",
+                            "models": {s.id: models[s.id] for s in app[REGISTRY]
+                                       if Authenticator.may_use(key, s.names)}}
+    warning = auth_warning(app[SETTINGS], auth)
+    if warning is not None:
+        body["warnings"] = [warning]
+    return _json(body, code)
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -365,15 +402,17 @@ async def ready(request: web.Request) -> web.Response:
 async def info(request: web.Request) -> web.Response:
     app = request.app
     settings = app[SETTINGS]
+    key = request.get(KEY_KEY)
+    served = [s for s in app[REGISTRY] if Authenticator.may_use(key, s.names)]
     return _json({
         "name": "edge-embed", "version": __version__, "limits": settings.limits(),
         "threads": app[RUNTIME].info(),
         "providers": {"requested": list(settings.providers),
                       "fallback_allowed": settings.provider_fallback,
-                      "models": {s.id: list(s.model.providers.used) for s in app[REGISTRY]},
+                      "models": {s.id: list(s.model.providers.used) for s in served},
                       "fell_back": {s.id: s.model.providers.message
-                                    for s in app[REGISTRY] if s.model.providers.fell_back}},
-        "models": [s.id for s in app[REGISTRY]],
+                                    for s in served if s.model.providers.fell_back}},
+        "models": [s.id for s in served],
         "auth": app[AUTH].enabled,
         "cache": {"enabled": app[CACHE].enabled, "entries": len(app[CACHE]),
                   "bytes": app[CACHE].bytes},

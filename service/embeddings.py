@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -113,8 +114,7 @@ class EmbeddingsPath:
         limits = self.limits
         req = parse_request(parse_body(raw), max_inputs=limits.max_inputs,
                             max_input_chars=limits.max_input_chars)
-        served = self.registry.get(req.model)
-        Authenticator.allow(caller.key, served.names)
+        served = self.registry.get(req.model, partial(Authenticator.may_use, caller.key))
         caller.log.model, caller.log.inputs = served.id, len(req.inputs)
         manifest = served.model.manifest
         check_for_model(req, manifest, served.model.tokenizer.vocab_size)

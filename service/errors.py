@@ -65,7 +65,12 @@ class ProviderError(StartupError, RuntimeError):
     """A requested execution provider is not in the installed onnxruntime (or did not start)."""
 
 
-class KeysFileError(StartupError, ValueError):
+class ApiKeyError(StartupError, ValueError):
+    """An API key that cannot be used (empty, too short, with whitespace); the message names
+    where it was given, never the key."""
+
+
+class KeysFileError(ApiKeyError):
     """The API keys file cannot be read or has a malformed line."""
 
 
@@ -118,12 +123,6 @@ class Unauthorized(ApiError):
     status = 401
     type = "invalid_request_error"
     code = "invalid_api_key"
-
-
-class Forbidden(ApiError):
-    status = 403
-    type = "invalid_request_error"
-    code = "model_not_allowed"
 
 
 class NotFound(ApiError):

@@ -35,7 +35,7 @@ def setup_logging(level: str) -> None:
 
 
 def _startup_log(app: web.Application, settings: Settings, port: int) -> None:
-    from .app import REGISTRY, RUNTIME
+    from .app import AUTH, REGISTRY, RUNTIME, auth_warning
 
     for served in app[REGISTRY]:
         m, p = served.model.manifest, served.model.providers
@@ -50,7 +50,10 @@ def _startup_log(app: web.Application, settings: Settings, port: int) -> None:
     log.info("threads %s", orjson.dumps(app[RUNTIME].info()).decode())
     log.info("limits %s", orjson.dumps(settings.limits()).decode())
     log.info("listening on http://%s:%d (auth %s)", settings.host, port,
-             "on" if settings.api_keys or settings.api_keys_file else "off")
+             "on" if app[AUTH].enabled else "off")
+    open_warning = auth_warning(settings, app[AUTH])
+    if open_warning is not None:
+        log.warning("%s", open_warning)
 
 
 async def listen(app: web.Application, settings: Settings

@@ -304,7 +304,9 @@ def parse_settings(argv: Sequence[str] | None, prog: str = "edge-embed serve",
     if not models:
         parser.error("at least one --model BUNDLE is required (or EDGE_EMBED_MODEL)")
     values["models"] = tuple(models)
-    keys = ns.api_key or from_env("--api-key", lambda s: [k for k in s.split(",") if k])
+    # Every comma-separated item, empty ones too: an empty key is refused, never dropped (an
+    # empty EDGE_EMBED_API_KEY must not turn auth off unnoticed).
+    keys = ns.api_key if ns.api_key is not None else from_env("--api-key", lambda s: s.split(","))
     values["api_keys"] = tuple(keys or ())
     providers = ([p for group in ns.provider for p in group] if ns.provider
                  else from_env("--provider", _providers))
