@@ -38,6 +38,7 @@ from .errors import (
     RequestTimeout,
     TracingUnavailable,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from .metrics import Metrics
 from .middleware import (
@@ -264,6 +265,16 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type=_JSON)
 
 
+def require_json(request: web.Request) -> None:
+    """415 unless the body is declared JSON (parameters such as charset allowed): a form or
+    text/plain POST, which a web page may send cross-site without a preflight, is refused."""
+    if request.content_type != _JSON:
+        sent = request.headers.get("Content-Type", "")
+        raise UnsupportedMediaType(
+            f"Content-Type must be {_JSON}, got {sent[:100]!r}." if sent
+            else f"Content-Type must be {_JSON}; the request has none.", param="Content-Type")
+
+
 async def read_body(request: web.Request, limit: int, timeout_s: float,
                     started: float) -> bytes:
     """The body, refused with 413 as soon as it passes `limit` (never read whole first), and
@@ -300,6 +311,7 @@ async def embeddings(request: web.Request) -> web.Response:
     app = request.app
     started = asyncio.get_running_loop().time()
     settings = app[SETTINGS]
+    require_json(request)
     raw = await read_body(request, settings.requests.max_body_bytes,
                           settings.connections.body_timeout_s, started)
     transport = request.transport

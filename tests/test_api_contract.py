@@ -111,8 +111,9 @@ async def test_extra_body_is_merged(make_client: MakeClient) -> None:
                                           "extra_body": {"encoding_format": "base64"}})
     assert status == 200
     assert isinstance(body["data"][0]["embedding"], str)
-    status, body, _ = await post(client, {"input": TEXTS[1], "extra_body": {"model": "nope"}})
-    assert status == 404 and body["error"]["code"] == "model_not_found"
+    # ... except the model, which only the top-level field names (tests/test_api_errors.py)
+    status, body, _ = await post(client, {"input": TEXTS[1], "extra_body": {"model": "tiny"}})
+    assert status == 400 and body["error"]["param"] == "extra_body"
 
 
 async def test_dimensions_on_a_matryoshka_bundle(make_client: MakeClient) -> None:
