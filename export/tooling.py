@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from edge_embed.service.bundle import _ID_RE
+from edge_embed.service.bundle import _ID_RE, MANIFEST_NAME
 
 T = TypeVar("T")
 EXIT_USAGE = 2
@@ -103,6 +103,10 @@ def check_output(out: Path, force: bool) -> None:
         raise ToolError(f"output {out} already exists (pass --force to replace it)")
     if out.exists() and not out.is_dir():
         raise ToolError(f"output {out} exists and is not a folder")
+    # --force replaces a bundle (or an empty folder), never a folder a bundle was not built in.
+    if out.is_dir() and not (out / MANIFEST_NAME).is_file() and any(out.iterdir()):
+        raise ToolError(f"output {out} is a folder that holds no {MANIFEST_NAME}: not a bundle, "
+                        "so not replaced even with --force; choose another --out")
     parent = out.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
