@@ -24,8 +24,8 @@ from .manifest import (
     summary,
     write_json_atomic,
 )
-from .readers import FORMATS, Fields, Format, detect
-from .resume import begin, inspect
+from .readers import FORMATS, Fields, Format, Source, detect
+from .resume import begin, hold_output, inspect
 from .shards import shard_name, shard_stats
 from .validate import scan
 
@@ -95,12 +95,19 @@ def embed_command(args: argparse.Namespace, prog: str) -> int:
         raise CorpusError(f"{exc.filename}: cannot be read ({exc.strerror})") from None
     spec = Spec(bundle_identity(args.model, manifest), inputs, fields,
                 truncate=not args.no_truncate, shard_rows=args.shard_rows, mode=mode)
+    with hold_output(args.out):
+        return _embed(args, prog, sources, fields, spec)
+
+
+def _embed(args: argparse.Namespace, prog: str, sources: list[Source], fields: Fields,
+           spec: Spec) -> int:
+    """The run, with --out held (resume.hold_output)."""
     state = inspect(args.out, spec, args.overwrite)
     if state.finished:
         say(args.quiet, prog, f"nothing to do: {args.out} already holds this run's complete "
             f"output ({args.out / MANIFEST_NAME})")
         return 0
-    if mode == "ray":
+    if spec.mode == "ray":
         from .ray_runner import run_ray
 
         return run_ray(args, prog, sources, fields, spec)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,10 @@ IO_TASK_CPUS = 0
 # new Python process (about 1 CPU-second) for the next one: measured on 2 cores, 10 restarts
 # and 10 of 72 CPU-seconds. The read, filter and write workers fit in this many.
 RAY_SPARE_WORKERS = 8
+# Every Parquet file starts and ends with these 4 bytes; the smallest whole file is the two of
+# them around a 4-byte footer length.
+PARQUET_MAGIC = b"PAR1"
+PARQUET_MIN_BYTES = 3 * len(PARQUET_MAGIC)
 # Links followed down an exception's causes (Ray wraps a task's error two or three deep).
 MAX_CAUSES = 16
 # pyarrow's JSON reader parses in blocks that must each hold whole lines: the CSV reader's field
@@ -132,10 +137,26 @@ def _read(ray: Any, sources: Sequence[Source], fields: Fields, files: FileRows) 
         override_num_blocks=len(paths), num_cpus=IO_TASK_CPUS)
 
 
+def _unfinished(path: Path) -> bool:
+    """Whether `path` is a Parquet file its writer never finished (shorter than a header and a
+    footer, or not ending in the footer's magic): what a killed writer leaves. A file that ends
+    as Parquet files end, or cannot be read at all, proves nothing of the kind."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size < PARQUET_MIN_BYTES:
+                return True
+            f.seek(-len(PARQUET_MAGIC), os.SEEK_END)
+            return f.read(len(PARQUET_MAGIC)) != PARQUET_MAGIC
+    except OSError:
+        return False
+
+
 def _done_rows(folder: Path) -> tuple[np.ndarray, list[Path], int]:
     """The distinct row numbers in the whole shards of `folder`, those files, and how many rows
-    they hold in all (more than the distinct numbers where a row was written twice); broken
-    files are removed."""
+    they hold in all (more than the distinct numbers where a row was written twice). A file a
+    killed writer left unfinished is removed; one that fails to read otherwise (an I/O error, a
+    file system away for a moment) is kept and the run stops, since its rows are done work."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -145,7 +166,12 @@ def _done_rows(folder: Path) -> tuple[np.ndarray, list[Path], int]:
         try:
             rows.append(pq.read_table(path, columns=["row"])["row"].to_numpy())
             files.append(path)
-        except (pa.ArrowInvalid, OSError):
+        except (pa.ArrowInvalid, OSError) as exc:
+            if not _unfinished(path):
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise CorpusError(f"{path}: cannot be read ({reason}); the shard is kept: run "
+                                  "again once it reads, or remove it to embed its rows "
+                                  "again") from None
             path.unlink()
     every = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
     return np.unique(every), files, len(every)

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -295,3 +296,35 @@ def test_ray_driver_killed_and_restarted(tmp_path: Path, tiny_bundle: Path, loca
     _, reference, _ = read_output(local)
     again = by_id(ids, vectors)
     assert np.array_equal(np.stack([again[i] for i in range(KILL_ROWS)]), reference)
+
+
+def test_a_shard_that_fails_to_read_is_deleted_only_when_unfinished(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed writer's file (no footer) is removed; a whole shard whose read fails on an I/O
+    error is kept, and the run stops naming it: its rows are done work."""
+    import errno
+
+    from edge_embed.corpus.ray_runner import _done_rows
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    pq.write_table(pa.table({"row": [0, 1, 2]}), shards / "a.parquet")
+    pq.write_table(pa.table({"row": [3]}), shards / "b.parquet")
+    (shards / "c.parquet").write_bytes((shards / "a.parquet").read_bytes()[:-10])  # cut short
+    (shards / "d.parquet").write_bytes(b"")
+    real = pq.read_table
+
+    def flaky(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(path).name == "b.parquet":
+            raise OSError(errno.EIO, "Input/output error")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", flaky)
+    with pytest.raises(CorpusError, match=r"b\.parquet: cannot be read .*kept"):
+        _done_rows(shards)
+    assert (shards / "b.parquet").is_file() and (shards / "a.parquet").is_file()
+    monkeypatch.setattr(pq, "read_table", real)  # the file system is back
+    done, files, rows = _done_rows(shards)
+    assert [f.name for f in files] == ["a.parquet", "b.parquet"]
+    assert done.tolist() == [0, 1, 2, 3] and rows == 4
+    assert sorted(p.name for p in shards.iterdir()) == ["a.parquet", "b.parquet"]
