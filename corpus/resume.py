@@ -111,7 +111,10 @@ def hold_output(out: Path) -> Iterator[None]:
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
     for _ in range(LOCK_ATTEMPTS):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CorpusError(f"--out {out}: cannot create {path} ({exc.strerror})") from None
         try:
             if _locked(fd, path):
                 break
