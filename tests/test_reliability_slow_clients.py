@@ -398,7 +398,8 @@ async def test_sigterm_with_slow_connections_drains_at_the_body_timeout(
                                 "--drain-timeout", str(DRAIN_TIMEOUT_S)]).start()
     try:
         post = b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        body_head = post + f"Content-Length: {BODY_BYTES}\r\n\r\n".encode()
+        body_head = (post + b"Content-Type: application/json\r\n"
+                     + f"Content-Length: {BODY_BYTES}\r\n\r\n".encode())
         slow = [asyncio.create_task(trickle(live.port, kind, first, drip))
                 for kind, first, drip in [("body", body_head, b" ")] * DRAIN_SLOW
                 + [("headers", post + b"X-Slow: ", b"a")] * DRAIN_SLOW]
