@@ -21,6 +21,7 @@ from typing import Any
 
 import onnx
 
+from edge_embed.core.errors import BundleError, UnsupportedGraphInput
 from edge_embed.export.onnx_export import EXTERNAL_DATA_SUFFIX
 from edge_embed.export.tooling import (
     Reporter,
@@ -32,7 +33,6 @@ from edge_embed.export.tooling import (
 from edge_embed.service import canary
 from edge_embed.service.bundle import Manifest, Precision, load_manifest
 from edge_embed.service.encoder import BundleModel
-from edge_embed.service.errors import BundleError, UnsupportedGraphInput
 from edge_embed.service.feeds import check_inputs
 from edge_embed.service.files import entries
 from edge_embed.service.runtime import graph_level

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from .errors import BundleError
+from edge_embed.core.errors import BundleError
 
 MANIFEST_NAME = "bundle.json"
 FORMAT = "edge-embed.bundle"

@@ -25,9 +25,10 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from edge_embed.core.errors import BundleError, CanaryFailed
+
 from .bundle import CanaryInfo, Manifest, Precision
 from .encoder import BundleModel
-from .errors import BundleError, CanaryFailed
 from .pooling import F32
 
 log = logging.getLogger("edge_embed.canary")

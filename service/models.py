@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_embed.core.errors import BundleError
+
 from . import files
 from .advice import bundle_warnings
 from .bundle import load_manifest
 from .encoder import BundleModel
-from .errors import BundleError, ModelNotFound
+from .errors import ModelNotFound
 from .files import VerifyMode
 from .runtime import RuntimeOptions
 

@@ -15,9 +15,10 @@ from typing import Any
 
 import onnxruntime as ort
 
+from edge_embed.core.errors import BundleError, ProviderError
+
 from .bundle import Manifest
 from .cpus import usable_cpus
-from .errors import BundleError, ProviderError
 from .shared_weights import ProtoError, as_ort_values, shareable
 
 log = logging.getLogger("edge_embed.runtime")

@@ -18,8 +18,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_embed.core.errors import BundleError, UnsupportedGraphInput
 from edge_embed.service.encoder import BundleModel
-from edge_embed.service.errors import BundleError, UnsupportedGraphInput
 from edge_embed.service.feeds import FILLED_INPUTS, PADDING_SIDES, build_feeds, check_inputs
 from edge_embed.service.pooling import pool
 

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_embed.core.errors import BundleError
 from edge_embed.service.app import ENGINES, create_app
 from edge_embed.service.bundle import load_manifest
 from edge_embed.service.cpus import plan_lone_threads
 from edge_embed.service.encoder import BundleModel
-from edge_embed.service.errors import BundleError
 from edge_embed.service.limits import CacheLimits
 from edge_embed.service.models import Registry
 from edge_embed.service.runtime import RuntimeOptions, create_sessions

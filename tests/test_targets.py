@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from edge_embed.core.errors import ProviderError
 from edge_embed.quantize.machine import target_of
 from edge_embed.quantize.recipe import Recipe
 from edge_embed.quantize.targets import (
@@ -17,7 +18,6 @@ from edge_embed.quantize.targets import (
 from edge_embed.quantize.variants import VARIANTS, Variant, register
 from edge_embed.service.advice import bundle_warnings
 from edge_embed.service.bundle import Manifest, Precision
-from edge_embed.service.errors import ProviderError
 from edge_embed.service.runtime import PERTOKEN_ON_OPENVINO, refused_providers, resolve_providers
 
 # Abridged /proc/cpuinfo texts of real CPU kinds (first processor block, flags shortened).
