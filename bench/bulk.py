@@ -53,7 +53,7 @@ def corpus_texts(bundle: Path, rows: int) -> list[str]:
     """`rows` texts with the mixed workload's lengths, from seeded workload builds."""
     from tokenizers import Tokenizer
 
-    from edge_embed.service.bundle import load_manifest
+    from edge_embed.core.bundle import load_manifest
 
     from .workloads import SEED, build
 
@@ -73,10 +73,10 @@ def corpus_texts(bundle: Path, rows: int) -> list[str]:
 def _raw(bundle: Path, corpus: Path, window: int) -> int:
     import orjson
 
-    from edge_embed.service.cpus import plan_threads, usable_cpus
-    from edge_embed.service.encoder import BundleModel
+    from edge_embed.core.cpus import plan_threads, usable_cpus
+    from edge_embed.core.encoder import BundleModel
+    from edge_embed.core.runtime import RuntimeOptions
     from edge_embed.service.limits import BATCH_INPUTS
-    from edge_embed.service.runtime import RuntimeOptions
 
     threads, runs = plan_threads(usable_cpus(), None, None)
     model = BundleModel(bundle, RuntimeOptions(intra_op_threads=threads))
@@ -99,8 +99,8 @@ def _job(bundle: Path, corpus: Path, window: int, out: Path, ray_mode: bool) -> 
     args = [str(corpus), "--model", str(bundle), "--out", str(out), "--shard-rows",
             str(window), "--quiet"]
     if ray_mode:
+        from edge_embed.core.cpus import usable_cpus
         from edge_embed.corpus.ray_runner import start_local_ray
-        from edge_embed.service.cpus import usable_cpus
 
         start_local_ray(usable_cpus())
         args.append("--ray")

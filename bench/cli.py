@@ -9,9 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from edge_embed.core.bundle import load_manifest
 from edge_embed.core.errors import BundleError
-from edge_embed.export.tooling import ToolError, run_cli
-from edge_embed.service.bundle import load_manifest
+from edge_embed.core.tooling import ToolError, run_cli
 
 from .chart import chart
 from .report import table, write_json

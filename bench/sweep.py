@@ -27,10 +27,10 @@ from typing import Any
 from tokenizers import Tokenizer
 
 import edge_embed.service
-from edge_embed.export.tooling import ToolError, run_cli
-from edge_embed.service.bundle import Manifest, load_manifest
-from edge_embed.service.cpus import plan_lone_threads, plan_threads, usable_cpus
-from edge_embed.service.runtime import graph_level_name
+from edge_embed.core.bundle import Manifest, load_manifest
+from edge_embed.core.cpus import plan_lone_threads, plan_threads, usable_cpus
+from edge_embed.core.runtime import graph_level_name
+from edge_embed.core.tooling import ToolError, run_cli
 from edge_embed.service.settings import Settings
 
 from . import workloads

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
+from edge_embed.core.bundle import load_manifest
 from edge_embed.core.errors import BundleError
-from edge_embed.export.tooling import run_cli
-from edge_embed.service.bundle import load_manifest
+from edge_embed.core.tooling import run_cli
 
 from .errors import CorpusError, need_corpus_extra
 from .manifest import (

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from edge_embed.core.cpus import plan_threads, usable_cpus
+from edge_embed.core.encoder import BundleModel, Tokenized
+from edge_embed.core.pooling import F32
+from edge_embed.core.runtime import RuntimeOptions
 from edge_embed.service.batching import cut_sorted, padded_width
-from edge_embed.service.cpus import plan_threads, usable_cpus
-from edge_embed.service.encoder import BundleModel, Tokenized
 from edge_embed.service.limits import BatchPolicy
-from edge_embed.service.pooling import F32
-from edge_embed.service.runtime import RuntimeOptions
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_embed.service.bundle import Manifest
-from edge_embed.service.files import sha256
+from edge_embed.core.bundle import Manifest
+from edge_embed.core.files import sha256
 
 from .readers import Fields, Source
 

@@ -155,7 +155,7 @@ def start_local_ray(cpus: int | None = None) -> None:
     """A one-node Ray in this process for the job (`--ray` with no address, and the bench)."""
     import ray
 
-    from edge_embed.service.cpus import usable_cpus
+    from edge_embed.core.cpus import usable_cpus
 
     ray.init(num_cpus=cpus, log_to_driver=False, logging_level=logging.ERROR,
              include_dashboard=False, _system_config={
@@ -182,8 +182,8 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
         import ray
     except ImportError:
         raise CorpusError(RAY_HINT) from None
-    from edge_embed.service.bundle import load_manifest
-    from edge_embed.service.encoder import TextTokenizer
+    from edge_embed.core.bundle import load_manifest
+    from edge_embed.core.encoder import TextTokenizer
 
     from .cli import report, say, write_manifest
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import cast
 
-from edge_embed.service.bundle import POOLINGS, Pooling
-
-from .tooling import Reporter, run_tool, tool_parser
+from edge_embed.core.bundle import POOLINGS, Pooling
+from edge_embed.core.tooling import Reporter, run_tool, tool_parser
 
 # Below this a model cannot hold even its special tokens and one word (service/bundle.py's floor).
 _MIN_TOKENS = 2

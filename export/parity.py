@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_embed.service.bundle import Quality
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.pooling import F32, finish, pool
-from edge_embed.service.runtime import RuntimeOptions
+from edge_embed.core.bundle import Quality
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.pooling import F32, finish, pool
+from edge_embed.core.runtime import RuntimeOptions
+from edge_embed.core.tooling import Reporter, ToolError
 
 from . import torch_model
-from .tooling import Reporter, ToolError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_embed.service.bundle import Pooling
+from edge_embed.core.bundle import Pooling
+from edge_embed.core.tooling import Reporter, ToolError, atomic_output, check_output
 
 from . import manifest as manifest_mod
 from . import (
@@ -23,7 +24,6 @@ from . import (
     tokenizer,
     torch_model,
 )
-from .tooling import Reporter, ToolError, atomic_output, check_output
 
 # The bundle id rule of service/bundle.py (_ID_RE): what a derived id is cleaned to.
 _ID_CHARS = re.compile(r"[^a-z0-9._:/-]+")

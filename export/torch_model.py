@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_embed.service.feeds import I64
-from edge_embed.service.pooling import F32
-
-from .tooling import ToolError
+from edge_embed.core.feeds import I64
+from edge_embed.core.pooling import F32
+from edge_embed.core.tooling import ToolError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -21,28 +21,22 @@ from typing import Any
 
 import onnx
 
+from edge_embed.core import canary
+from edge_embed.core.bundle import Manifest, Precision, load_manifest
+from edge_embed.core.encoder import BundleModel
 from edge_embed.core.errors import BundleError, UnsupportedGraphInput
+from edge_embed.core.feeds import check_inputs
+from edge_embed.core.files import entries
+from edge_embed.core.machine import measured_on
+from edge_embed.core.runtime import graph_level
+from edge_embed.core.tooling import Reporter, ToolError, atomic_output, now, tool_versions
 from edge_embed.export.onnx_export import EXTERNAL_DATA_SUFFIX
-from edge_embed.export.tooling import (
-    Reporter,
-    ToolError,
-    atomic_output,
-    now,
-    tool_versions,
-)
-from edge_embed.service import canary
-from edge_embed.service.bundle import Manifest, Precision, load_manifest
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.feeds import check_inputs
-from edge_embed.service.files import entries
-from edge_embed.service.runtime import graph_level
 
 from .evalset import EvalSet, load_eval_set
 from .evaluate import Evaluation, Reference, evaluate, figures, reference
 from .fusion import fuse
 from .gates import RANK_CRITERION, Gates, Verdict, judge, quality_failures
 from .graph import F32, weight_matmuls
-from .machine import measured_on
 from .methods import AUTO, AUTO_ORDER, Quantized, apply, float16
 from .recipe import Recipe
 from .smooth import smoothing

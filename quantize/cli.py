@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import cast
 
-from edge_embed.export.tooling import ToolError, run_tool, tool_parser
-from edge_embed.service.bundle import Precision
+from edge_embed.core.bundle import Precision
+from edge_embed.core.tooling import ToolError, run_tool, tool_parser
 
 from .gates import Gates
 from .methods import AUTO, METHODS

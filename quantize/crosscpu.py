@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.canary import cosines
-from edge_embed.service.encoder import BundleModel
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.canary import cosines
+from edge_embed.core.encoder import BundleModel
 
 # Short texts of the kinds int8 finds hardest (one word, a phrase, a sentence, digits): the
 # evaluation set's worst cases are short inputs, and emulation is ~100x slower than native.

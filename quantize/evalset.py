@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_embed.export.tooling import ToolError
+from edge_embed.core.tooling import ToolError
 
 DEFAULT_EVAL_SET = Path(__file__).resolve().parent / "data" / "eval.jsonl"
 # How much of the file's sha256 names the set in manifests: enough to tell versions apart.

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_embed.export.tooling import Reporter
-from edge_embed.service import canary
-from edge_embed.service.bundle import Quality
-from edge_embed.service.canary import cosines
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.pooling import F32
-from edge_embed.service.runtime import RuntimeOptions
+from edge_embed.core import canary
+from edge_embed.core.bundle import Quality
+from edge_embed.core.canary import cosines
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.pooling import F32
+from edge_embed.core.runtime import RuntimeOptions
+from edge_embed.core.tooling import Reporter
 
 from .evalset import EvalSet
 from .geometry import Geometry, measure

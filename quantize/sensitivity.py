@@ -29,12 +29,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edge_embed.export.tooling import Reporter
-from edge_embed.service.bundle import Manifest
-from edge_embed.service.canary import cosines
-from edge_embed.service.encoder import TextTokenizer
-from edge_embed.service.feeds import build_feeds, check_inputs
-from edge_embed.service.pooling import F32, finish, pool_output
+from edge_embed.core.bundle import Manifest
+from edge_embed.core.canary import cosines
+from edge_embed.core.encoder import TextTokenizer
+from edge_embed.core.feeds import build_feeds, check_inputs
+from edge_embed.core.pooling import F32, finish, pool_output
+from edge_embed.core.tooling import Reporter
 
 from .graph import weight_matmuls
 from .pertoken import quantize_pertoken

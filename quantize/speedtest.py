@@ -17,9 +17,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.feeds import I64
-from edge_embed.service.runtime import RuntimeOptions
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.feeds import I64
+from edge_embed.core.runtime import RuntimeOptions
 
 from .evalset import load_eval_set
 

@@ -31,7 +31,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .machine import ARM_TARGET, X86_TARGETS, this_target
+from edge_embed.core.machine import ARM_TARGET, X86_TARGETS, this_target
+
 from .variants import get
 
 AUTO = "auto"

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import functools
 
-from edge_embed.quantize.machine import this_target
+from edge_embed.core.bundle import Manifest
+from edge_embed.core.machine import this_target
 from edge_embed.quantize.targets import OPENVINO_ADVICE, mismatch
-
-from .bundle import Manifest
 
 OPENVINO_PROVIDER = "OpenVINOExecutionProvider"
 

@@ -22,11 +22,12 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
+from edge_embed.core import canary
+from edge_embed.core.cpus import plan_lone_threads, plan_threads, usable_cpus
+
 from .. import __version__
-from . import canary
 from .auth import Authenticator, load_keys_file
 from .cache import EmbeddingCache
-from .cpus import plan_lone_threads, plan_threads, usable_cpus
 from .embeddings import Caller, EmbeddingsPath
 from .engine import Engines, InFlight, ModelEngine
 from .errors import PayloadTooLarge, TracingUnavailable

@@ -15,15 +15,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edge_embed.core.canary import CANARY_FAILURES, CanaryFailure
+from edge_embed.core.files import VERIFY_MODES, VerifyMode
+from edge_embed.core.runtime import PROVIDERS, SPINNING, RuntimeOptions
+
 # Re-exported: the names the rest of the service and the tests take from here.
 from .address import DEFAULT_HOST as DEFAULT_HOST
 from .address import DEFAULT_PORT as DEFAULT_PORT
 from .address import ENV_PREFIX as ENV_PREFIX
 from .address import env_name as env_name
-from .canary import CANARY_FAILURES, CanaryFailure
-from .files import VERIFY_MODES, VerifyMode
 from .limits import BatchPolicy, CacheLimits, QueueLimits, RequestLimits
-from .runtime import PROVIDERS, SPINNING, RuntimeOptions
 
 # Kubernetes gives 30 s between SIGTERM and SIGKILL by default; 20 s leaves room to exit.
 DRAIN_TIMEOUT_S = 20.0

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_embed.core import canary
+from edge_embed.core.bundle import MANIFEST_NAME, load_manifest, parse_manifest
+from edge_embed.core.encoder import BundleModel
 from edge_embed.core.errors import BundleError
-from edge_embed.service import canary
-from edge_embed.service.bundle import MANIFEST_NAME, load_manifest, parse_manifest
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.files import sha256
+from edge_embed.core.files import sha256
 from edge_embed.service.settings import parse_settings
 from tests.fixtures.server import ROOT, live_server
 

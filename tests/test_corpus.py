@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from edge_embed.core.encoder import BundleModel
 from edge_embed.corpus.cli import main
-from edge_embed.service.encoder import BundleModel
 from tests.fixtures.corpus import documents, read_output, service_vectors, write_jsonl
 from tests.fixtures.server import live_server
 

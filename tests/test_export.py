@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.tooling import Reporter, ToolError
 from edge_embed.export import parity, pipeline, torch_model
 from edge_embed.export.cli import main
-from edge_embed.export.tooling import Reporter, ToolError
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.encoder import BundleModel
 from tests.fixtures.tiny import (
     TINY_HIDDEN,
     TINY_MAX_SEQ_LENGTH,

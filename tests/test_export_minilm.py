@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
 from edge_embed.export.parity import EVAL_SET, FALLBACK_TEXTS
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.encoder import BundleModel
 from tests.fixtures.minilm import MINILM_MAX_TOKENS
 
 pytestmark = pytest.mark.minilm

@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_embed.core.bundle import load_manifest
 from edge_embed.quantize import crosscpu
 from edge_embed.quantize.cli import main
 from edge_embed.quantize.gather import quantize_gathers
@@ -27,7 +28,6 @@ from edge_embed.quantize.saturation import (
     widest_weight,
 )
 from edge_embed.quantize.smooth import Calibration, factors
-from edge_embed.service.bundle import load_manifest
 
 EXIT_USAGE = 2
 K, N, ROWS = 64, 32, 48

@@ -16,16 +16,16 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.cpus import plan_lone_threads
+from edge_embed.core.encoder import BundleModel
 from edge_embed.core.errors import BundleError
+from edge_embed.core.runtime import RuntimeOptions, create_sessions
+from edge_embed.core.shared_weights import shareable
 from edge_embed.service.app import ENGINES, create_app
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.cpus import plan_lone_threads
-from edge_embed.service.encoder import BundleModel
 from edge_embed.service.limits import CacheLimits
 from edge_embed.service.models import Registry
-from edge_embed.service.runtime import RuntimeOptions, create_sessions
 from edge_embed.service.settings import Settings
-from edge_embed.service.shared_weights import shareable
 from tests.fixtures.server import AiohttpClient, Gate, live_server, until
 
 TEXTS = ["a cat", "the quick brown fox jumps over the lazy dog " * 3, "x", "hello world again",

@@ -19,9 +19,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.runtime import PERTOKEN_ON_OPENVINO, RuntimeOptions
 from edge_embed.quantize.targets import OPENVINO_ADVICE
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.runtime import PERTOKEN_ON_OPENVINO, RuntimeOptions
 from tests.fixtures.minilm import models_dir
 from tests.fixtures.quantized import build_quantized, build_tiny_int8
 from tests.fixtures.server import Live, live_server

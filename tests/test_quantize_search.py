@@ -10,10 +10,14 @@ import numpy as np
 import onnx
 import pytest
 
-from edge_embed.export.tooling import Reporter
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.canary import cosines
+from edge_embed.core.encoder import BundleModel, TextTokenizer
+from edge_embed.core.machine import measured_on
+from edge_embed.core.runtime import graph_level
+from edge_embed.core.tooling import Reporter
 from edge_embed.quantize import sensitivity
 from edge_embed.quantize.fusion import fuse
-from edge_embed.quantize.machine import measured_on
 from edge_embed.quantize.sensitivity import (
     MIN_GAIN,
     SCORE_STEP,
@@ -22,10 +26,6 @@ from edge_embed.quantize.sensitivity import (
     pick,
     worst_inputs,
 )
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.canary import cosines
-from edge_embed.service.encoder import BundleModel, TextTokenizer
-from edge_embed.service.runtime import graph_level
 from tests.fixtures.quantized import build_tiny_int8
 
 # The size of the last-digit differences between CPUs' int8 kernels is ~1e-5; the search must

@@ -15,7 +15,7 @@ import numpy as np
 import openai
 import pytest
 
-from edge_embed.service.encoder import BundleModel
+from edge_embed.core.encoder import BundleModel
 from tests.fixtures.server import ROOT, Live, live_server
 
 KEY = "sk-live-test-key-0123456789"

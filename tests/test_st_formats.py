@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.tooling import ToolError
 from edge_embed.export import st_config
 from edge_embed.export.cli import main
-from edge_embed.export.tooling import ToolError
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.encoder import BundleModel
 from tests.fixtures.encoders import build_twin
 from tests.fixtures.tiny import build_tiny_model
 

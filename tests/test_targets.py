@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from edge_embed.core.bundle import Manifest, Precision
 from edge_embed.core.errors import ProviderError
-from edge_embed.quantize.machine import target_of
+from edge_embed.core.machine import target_of
+from edge_embed.core.runtime import PERTOKEN_ON_OPENVINO, refused_providers, resolve_providers
 from edge_embed.quantize.recipe import Recipe
 from edge_embed.quantize.targets import (
     OPENVINO_ADVICE,
@@ -17,8 +19,6 @@ from edge_embed.quantize.targets import (
 )
 from edge_embed.quantize.variants import VARIANTS, Variant, register
 from edge_embed.service.advice import bundle_warnings
-from edge_embed.service.bundle import Manifest, Precision
-from edge_embed.service.runtime import PERTOKEN_ON_OPENVINO, refused_providers, resolve_providers
 
 # Abridged /proc/cpuinfo texts of real CPU kinds (first processor block, flags shortened).
 ZEN4_VNNI = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n"

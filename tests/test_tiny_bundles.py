@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
+from edge_embed.core.encoder import BundleModel
 from edge_embed.export.parity import load_eval_set
-from edge_embed.service.encoder import BundleModel
 from tests.fixtures.tiny import (
     COMMITTED_BUNDLES,
     TINY_BUNDLE_ID,

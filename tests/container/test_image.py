@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 from edge_embed.bench.server import Server, free_port
+from edge_embed.core.bundle import MANIFEST_NAME
+from edge_embed.core.canary import CANARY_FILE
+from edge_embed.core.files import sha256
 from edge_embed.quantize.repro import manifest_without_build
-from edge_embed.service.bundle import MANIFEST_NAME
-from edge_embed.service.canary import CANARY_FILE
-from edge_embed.service.files import sha256
 from edge_embed.service.settings import DRAIN_TIMEOUT_S
 from tests.container import engine
 from tests.container.sizes import MAX_ABOVE_BASE_BYTES

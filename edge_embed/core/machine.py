@@ -81,7 +81,7 @@ def this_target(cpuinfo: Path = CPUINFO) -> str | None:
 
 def measured_on(cpuinfo: Path = CPUINFO) -> dict[str, object]:
     """{cpu, isa, target, onnxruntime}: what a manifest records beside figures measured here."""
-    from edge_embed.export.tooling import tool_versions
+    from edge_embed.core.tooling import tool_versions
 
     fields = _read(cpuinfo)
     flags = _flags(fields)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from edge_embed.service.bundle import _ID_RE
+from edge_embed.core.bundle import _ID_RE
 
 T = TypeVar("T")
 EXIT_USAGE = 2
