@@ -3,7 +3,7 @@
 Three systems embed the same corpus (the mixed-lengths workload's length distribution, written
 once as JSON Lines), each in a fresh worker process, interleaved round by round so that a
 neighbour's load on a shared machine falls on all of them alike:
-- `raw`: the bundle through service.encoder.BundleModel in the service's thread layout,
+- `raw`: the bundle through core.encoder.BundleModel in the service's thread layout,
   window by window: tokenize, sort by length, fixed batches of the engine's BATCH_INPUTS, the
   service's concurrent runs; no reading, no Parquet, no manifest. The ceiling.
 - `local`: `edge-embed embed` in-process mode, end to end (validation pass, hashing, Parquet,

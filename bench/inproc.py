@@ -1,6 +1,6 @@
 """In-process baselines: the same inputs embedded with no server in between.
 
-`--kind ort`: the bundle through service.encoder.BundleModel (tokenize, onnxruntime, pool,
+`--kind ort`: the bundle through core.encoder.BundleModel (tokenize, onnxruntime, pool,
 normalize), the session built exactly as the service builds it and run in the service's layout
 (as many batches at once as the service has concurrent runs, each on its intra-op threads; the
 service's lone session, for a request that is the whole load, is not used here): the ceiling

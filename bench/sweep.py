@@ -53,7 +53,7 @@ DEFAULTS = Settings()
 # leaves a core to the event loop and the tokenizer; two is all of this 2-core box.
 THREAD_COUNTS = (1, 2)
 # The other way to use the cores: this many model runs at once, CPUs / runs threads each (the
-# default layout, service.cpus.plan_threads, is added wherever it is not among these).
+# default layout, core.cpus.plan_threads, is added wherever it is not among these).
 CONCURRENT_RUNS = 2
 GRAPH_LEVELS = ("basic", "extended", "all")
 # Around the default 1024 (4 MiniLM-long texts, 32 x 32 short ones), up to 32 x 256.
@@ -138,7 +138,7 @@ def _numeric_values(flag: str, values: Sequence[float], default: float) -> tuple
 def thread_values(cpus: int) -> tuple[Value, ...]:
     """Runs x threads layouts, each given with both flags (so that none depends on the other's
     default): one run on every CPU, one run on one thread, and CONCURRENT_RUNS runs sharing the
-    CPUs; the default layout (service.cpus.plan_threads) among them."""
+    CPUs; the default layout (core.cpus.plan_threads) among them."""
     default = plan_threads(cpus, DEFAULTS.threads, DEFAULTS.concurrent_runs)
     layouts = {(c, 1) for c in (*THREAD_COUNTS, cpus) if c <= cpus}
     if cpus >= CONCURRENT_RUNS:

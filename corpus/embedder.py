@@ -1,7 +1,7 @@
 """Texts to vectors in-process with the service's own engine code, no HTTP server.
 
-The bundle is loaded by service/encoder.py's BundleModel with the service's session options and
-thread plan (service/cpus.py: intra-op threads per run, concurrent runs); texts are tokenized
+The bundle is loaded by core/encoder.py's BundleModel with the service's session options and
+thread plan (core/cpus.py: intra-op threads per run, concurrent runs); texts are tokenized
 and cut by its TextTokenizer; rows are sorted by length and cut into runs by the engine's own
 cut (service/batching.py) under the service's BatchPolicy, each run padded to the width the
 engine pads to. The vectors are therefore the service's vectors for the same text and bundle.

@@ -8,7 +8,7 @@ from typing import cast
 from edge_embed.core.bundle import POOLINGS, Pooling
 from edge_embed.core.tooling import Reporter, run_tool, tool_parser
 
-# Below this a model cannot hold even its special tokens and one word (service/bundle.py's floor).
+# Below this a model cannot hold even its special tokens and one word (core/bundle.py's floor).
 _MIN_TOKENS = 2
 
 

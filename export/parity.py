@@ -1,8 +1,8 @@
 """Check the exported graph against the torch model it came from, on the repo's evaluation set.
 
-Both sides get the same input arrays (the bundle's tokenizer, then service.feeds) and the same
-numpy pooling (service.pooling), so what is measured is the graph alone; the service's code path
-(service.encoder.BundleModel) runs the ONNX side, so the check covers the bundle exactly as it
+Both sides get the same input arrays (the bundle's tokenizer, then core.feeds) and the same
+numpy pooling (core.pooling), so what is measured is the graph alone; the service's code path
+(core.encoder.BundleModel) runs the ONNX side, so the check covers the bundle exactly as it
 will be served.
 """
 

@@ -25,7 +25,7 @@ from . import (
     torch_model,
 )
 
-# The bundle id rule of service/bundle.py (_ID_RE): what a derived id is cleaned to.
+# The bundle id rule of core/bundle.py (_ID_RE): what a derived id is cleaned to.
 _ID_CHARS = re.compile(r"[^a-z0-9._:/-]+")
 _ID_MAX = 128
 

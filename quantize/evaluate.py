@@ -166,7 +166,7 @@ class Reference:
     folder: Path
     vectors: F32
     invariance_min: float
-    # the bundle's canaries (service/canary.py) and the fp32 bundle's vectors for them
+    # the bundle's canaries (core/canary.py) and the fp32 bundle's vectors for them
     canary_texts: list[str] = field(default_factory=list)
     canary_vectors: F32 = field(default_factory=lambda: np.empty((0, 0), np.float32))
 

@@ -14,8 +14,8 @@ FFN matmul in fp32 where two attention ones did as well for half the cost.
 The search must choose the same matmuls on every machine and every run: cosines are compared on
 a grid (SCORE_STEP), near-equal candidates are ties broken by a fixed order (TIE_STEPS), and the
 probes are picked the same way, so the last digits that differ between CPUs' int8 kernels
-cannot flip a choice. The feed and the pooling are the service's own (service.feeds,
-service.pooling), so what is measured here is what the service will compute.
+cannot flip a choice. The feed and the pooling are the service's own (core.feeds,
+core.pooling), so what is measured here is what the service will compute.
 """
 
 from __future__ import annotations

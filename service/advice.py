@@ -8,7 +8,7 @@ import functools
 
 from edge_embed.core.bundle import Manifest
 from edge_embed.core.machine import this_target
-from edge_embed.quantize.targets import OPENVINO_ADVICE, mismatch
+from edge_embed.core.targets import OPENVINO_ADVICE, mismatch
 
 OPENVINO_PROVIDER = "OpenVINOExecutionProvider"
 

@@ -92,7 +92,7 @@ RUNTIME = web.AppKey("runtime", Runtime)
 # Set by the `_engines` clean-up context, which owns them: present while the app runs.
 ENGINES = web.AppKey("engines", Engines)
 EMBEDDINGS = web.AppKey("embeddings", EmbeddingsPath)
-# Each model's canary check (service/canary.py), made at warm-up.
+# Each model's canary check (core/canary.py), made at warm-up.
 CANARIES = web.AppKey("canaries", dict[str, canary.CanaryReport])
 
 

@@ -61,8 +61,8 @@ class Settings:
     worker_restarts: int = WORKER_RESTARTS
     log_level: str = "info"
     access_log: bool = True
-    verify_files: VerifyMode = "sha256"  # what start-up checks of each file (service/files.py)
-    # a model whose canaries disagree at start-up (service/canary.py): refuse it, or serve loudly
+    verify_files: VerifyMode = "sha256"  # what start-up checks of each file (core/files.py)
+    # a model whose canaries disagree at start-up (core/canary.py): refuse it, or serve loudly
     canary_failure: CanaryFailure = "refuse"
     otlp_endpoint: str | None = None  # OTLP/HTTP collector for traces (service/tracing.py)
 

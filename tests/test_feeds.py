@@ -1,4 +1,4 @@
-"""The one model-input builder (service.feeds) and the one pooling (service.pooling).
+"""The one model-input builder (core.feeds) and the one pooling (core.pooling).
 
 The end-to-end checks run a hand-built ONNX graph whose output for a token depends on its id
 and its position only (an embedding lookup plus a position embedding, no mixing between

@@ -21,7 +21,7 @@ import pytest
 
 from edge_embed.core.encoder import BundleModel
 from edge_embed.core.runtime import PERTOKEN_ON_OPENVINO, RuntimeOptions
-from edge_embed.quantize.targets import OPENVINO_ADVICE
+from edge_embed.core.targets import OPENVINO_ADVICE
 from tests.fixtures.minilm import models_dir
 from tests.fixtures.quantized import build_quantized, build_tiny_int8
 from tests.fixtures.server import Live, live_server

@@ -9,14 +9,9 @@ from edge_embed.core.bundle import Manifest, Precision
 from edge_embed.core.errors import ProviderError
 from edge_embed.core.machine import target_of
 from edge_embed.core.runtime import PERTOKEN_ON_OPENVINO, refused_providers, resolve_providers
+from edge_embed.core.targets import OPENVINO_ADVICE, VARIANT_FOR, mismatch
 from edge_embed.quantize.recipe import Recipe
-from edge_embed.quantize.targets import (
-    OPENVINO_ADVICE,
-    VARIANT_FOR,
-    TargetError,
-    mismatch,
-    resolve,
-)
+from edge_embed.quantize.targets import TargetError, resolve
 from edge_embed.quantize.variants import VARIANTS, Variant, register
 from edge_embed.service.advice import bundle_warnings
 

@@ -36,7 +36,7 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One file of the bundle as it was built (service/files.py checks it at start-up)."""
+    """One file of the bundle as it was built (core/files.py checks it at start-up)."""
 
     size: int | None  # bytes; None in manifests written before sizes were recorded
     sha256: str
@@ -59,7 +59,7 @@ class Quality:
 
 @dataclass(frozen=True)
 class CanaryInfo:
-    """The bundle's canaries (service/canary.py): fixed inputs with their fp32 reference vectors,
+    """The bundle's canaries (core/canary.py): fixed inputs with their fp32 reference vectors,
     which the service embeds at start-up and compares against `gate`."""
 
     file: str  # in the bundle, listed in `files`

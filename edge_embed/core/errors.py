@@ -50,7 +50,7 @@ class ProviderError(StartupError, RuntimeError):
 
 
 class UnsupportedGraphInput(ValueError):
-    """The graph declares an input the feed builder (service/feeds.py) has no value for.
+    """The graph declares an input the feed builder (core/feeds.py) has no value for.
 
     Raised where a graph is read (export, quantize, loading a bundle); each caller turns it into
     its own refusal naming the file.

@@ -16,6 +16,8 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+from .tooling import tool_versions
+
 CPUINFO = Path("/proc/cpuinfo")
 # The /proc/cpuinfo flags that decide which int8 matmul kernel MLAS runs: x86 (AVX2, AVX-512,
 # the VNNI dot-product extensions, AMX tiles) and arm64 (dot product, int8 matrix multiply).
@@ -81,8 +83,6 @@ def this_target(cpuinfo: Path = CPUINFO) -> str | None:
 
 def measured_on(cpuinfo: Path = CPUINFO) -> dict[str, object]:
     """{cpu, isa, target, onnxruntime}: what a manifest records beside figures measured here."""
-    from edge_embed.core.tooling import tool_versions
-
     fields = _read(cpuinfo)
     flags = _flags(fields)
     cpu = next((fields[k] for k in _NAME_KEYS if fields.get(k)), "") or platform.machine()

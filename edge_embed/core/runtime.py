@@ -52,7 +52,7 @@ class RuntimeOptions:
     providers: tuple[str, ...] = ("cpu",)
     provider_fallback: bool = False
     # None: every CPU this process may use (one run alone: 2 threads gave 1.7-1.9x of 1 on 2
-    # cores). The service passes its thread plan (service/cpus.py: plan_threads) instead.
+    # cores). The service passes its thread plan (core/cpus.py: plan_threads) instead.
     intra_op_threads: int | None = None
     # "auto": BASIC for a bundle already fused by the transformer optimizer (15-20 % faster than
     # ALL there), ALL otherwise (~15 % faster than BASIC for an unfused graph).
@@ -64,7 +64,7 @@ class RuntimeOptions:
     spinning: bool = SPINNING
     extra_session_config: dict[str, str] = field(default_factory=dict)
     # Intra-op threads of a second session that a run alone in flight uses (the service passes
-    # every usable CPU: service/cpus.py, plan_threads). None, or the same as intra_op_threads:
+    # every usable CPU: core/cpus.py, plan_threads). None, or the same as intra_op_threads:
     # one session for every run.
     lone_threads: int | None = None
     # Leave the lone session to `Sessions.complete` (the service: after start-up, so that the
