@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_embed.core.bundle import Pooling
+from edge_embed.core.evalset import load_eval_set
 from edge_embed.core.tooling import Reporter, ToolError, atomic_output, check_output
 
 from . import manifest as manifest_mod
@@ -73,7 +74,7 @@ def run(opts: ExportOptions, reporter: Reporter) -> Path:
     onnx_export.check_supported(settings.model_type)
     torch_model.weights_file(src.folder)
     bundle_id = opts.bundle_id or default_id(src.name)
-    eval_set = parity.load_eval_set()
+    eval_set = load_eval_set()
 
     source_tokenizer: Any
     if settings.library == "sentence-transformers":

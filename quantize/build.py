@@ -25,6 +25,7 @@ from edge_embed.core import canary
 from edge_embed.core.bundle import Manifest, Precision, load_manifest
 from edge_embed.core.encoder import BundleModel
 from edge_embed.core.errors import BundleError, UnsupportedGraphInput
+from edge_embed.core.evalset import EvalSet, load_eval_set
 from edge_embed.core.feeds import check_inputs
 from edge_embed.core.files import entries
 from edge_embed.core.machine import measured_on
@@ -32,7 +33,6 @@ from edge_embed.core.runtime import graph_level
 from edge_embed.core.tooling import Reporter, ToolError, atomic_output, now, tool_versions
 from edge_embed.export.onnx_export import EXTERNAL_DATA_SUFFIX
 
-from .evalset import EvalSet, load_eval_set
 from .evaluate import Evaluation, Reference, evaluate, figures, reference
 from .fusion import fuse
 from .gates import RANK_CRITERION, Gates, Verdict, judge, quality_failures

@@ -100,7 +100,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--no-fuse", action="store_true", help="quantize the graph as exported, "
                    "without onnxruntime's transformer fusions")
     p.add_argument("--eval-set", type=Path, help="a JSONL evaluation set (default: the one "
-                   "shipped in quantize/data/eval.jsonl)")
+                   "shipped in edge_embed/core/data/eval.jsonl)")
     p.add_argument("--external-data", action="store_true", help="write the weights to "
                    "model.onnx_data beside model.onnx (automatic past protobuf's 2 GB)")
     p.add_argument("--target", choices=TARGETS, default=AUTO_TARGET,

@@ -17,11 +17,11 @@ from edge_embed.core import canary
 from edge_embed.core.bundle import Quality
 from edge_embed.core.canary import cosines
 from edge_embed.core.encoder import BundleModel
+from edge_embed.core.evalset import EvalSet
 from edge_embed.core.pooling import F32
 from edge_embed.core.runtime import RuntimeOptions
 from edge_embed.core.tooling import Reporter
 
-from .evalset import EvalSet
 from .geometry import Geometry, measure
 
 # Batch-invariance probe: each probe input alone vs inside a padded batch of this many rows

@@ -21,8 +21,8 @@ import pytest
 from edge_embed.core import canary
 from edge_embed.core.bundle import load_manifest
 from edge_embed.core.encoder import BundleModel
+from edge_embed.core.evalset import load_eval_set
 from edge_embed.quantize.cli import main
-from edge_embed.quantize.evalset import load_eval_set
 from edge_embed.quantize.graph import weight_matmuls
 from tests.fixtures.quantized import TINY_GATES, TINY_INT8_ID, build_tiny_int8
 

@@ -11,8 +11,8 @@ import pytest
 
 from edge_embed.core.bundle import load_manifest
 from edge_embed.core.encoder import BundleModel
+from edge_embed.core.evalset import load_eval_set
 from edge_embed.quantize.cli import main
-from edge_embed.quantize.evalset import load_eval_set
 from edge_embed.quantize.saturation import int8_weights
 
 pytestmark = pytest.mark.minilm

@@ -17,7 +17,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from edge_embed.core.encoder import BundleModel
-from edge_embed.export.parity import load_eval_set
+from edge_embed.core.evalset import load_eval_set
 from tests.fixtures.tiny import (
     COMMITTED_BUNDLES,
     TINY_BUNDLE_ID,
