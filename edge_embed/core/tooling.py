@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from edge_embed.core.bundle import _ID_RE
 
@@ -43,11 +43,19 @@ class Reporter:
     def progress(self, items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
         if self.quiet:
             return items
-        from tqdm import tqdm
+        from tqdm import tqdm  # the offline tools' extra: the serving install has no tqdm
 
         bar: Iterable[T] = tqdm(items, desc=f"{self.prog}: {desc}", total=total,
                                 file=sys.stderr, leave=False, dynamic_ncols=True)
         return bar
+
+    def bar(self, total: int, initial: int = 0, unit: str = "inputs") -> Any:
+        """A bar the caller advances (`update(n)`) over `total` items, `initial` of them done
+        before this run; disabled when quiet. A context manager that closes it."""
+        from tqdm import tqdm  # the offline tools' extra: the serving install has no tqdm
+
+        return tqdm(total=total, initial=initial, unit=unit, desc=self.prog, disable=self.quiet,
+                    file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:
