@@ -51,6 +51,7 @@ QUICK_MULTIPLE = 4
 
 def corpus_texts(bundle: Path, rows: int) -> list[str]:
     """`rows` texts with the mixed workload's lengths, from seeded workload builds."""
+    # imported here, not at the top: the workers, which import this module, never need them
     from tokenizers import Tokenizer
 
     from edge_embed.core.bundle import load_manifest
@@ -70,6 +71,8 @@ def corpus_texts(bundle: Path, rows: int) -> list[str]:
 
 
 # ---- the worker (one system, one run, in its own process) -----------------------------------
+# Each system imports its stack inside its function: a worker process holds only what it
+# measures (the local worker's RSS is sampled), not the other systems' modules.
 def _raw(bundle: Path, corpus: Path, window: int) -> int:
     import orjson
 

@@ -9,13 +9,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge_embed.core.bundle import load_manifest
-from edge_embed.core.errors import BundleError
-from edge_embed.core.tooling import ToolError, run_cli
+from edge_embed.core.tooling import ToolError, check_bundles, run_cli
 
+from .bulk import main as bulk_main
 from .chart import chart
 from .report import table, write_json
 from .run import Config, Plan, run
+from .sweep import main as sweep_main
 from .workloads import NAMES
 
 RESULT_JSON = "bench.json"
@@ -59,25 +59,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def check_bundles(bundles: dict[str, Path | None]) -> None:
-    """One line naming the flag for a bundle that is missing or broken, before anything starts."""
-    for flag, path in bundles.items():
-        if path is not None:
-            try:
-                load_manifest(path)
-            except BundleError as exc:
-                raise ToolError(f"{flag}: {exc}") from None
-
-
 def main(argv: list[str] | None = None, prog: str = "edge-embed bench") -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sweep"]:
-        from .sweep import main as sweep_main  # its own options; imported only when asked for
-
         return sweep_main(argv[1:], prog=f"{prog} sweep")
     if argv[:1] == ["bulk"]:
-        from .bulk import main as bulk_main  # the corpus job (needs the corpus extra)
-
         return bulk_main(argv[1:], prog=f"{prog} bulk")
     args = parser(prog).parse_args(argv)
 

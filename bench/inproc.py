@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 Embed = Callable[[Sequence[str]], object]
 
 
+# Each embedder imports its stack inside it: a worker process loads only the system it measures
+# (onnxruntime or torch, never both).
 def ort_embedder(bundle: Path) -> tuple[Embed, int]:
     """The embedder and how many batches to run at once: the service's default thread plan."""
     from edge_embed.core.cpus import plan_threads, usable_cpus

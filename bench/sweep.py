@@ -30,11 +30,10 @@ import edge_embed.service
 from edge_embed.core.bundle import Manifest, load_manifest
 from edge_embed.core.cpus import plan_lone_threads, plan_threads, usable_cpus
 from edge_embed.core.runtime import graph_level_name
-from edge_embed.core.tooling import ToolError, run_cli
+from edge_embed.core.tooling import ToolError, check_bundles, run_cli
 from edge_embed.service.settings import Settings
 
 from . import workloads
-from .cli import check_bundles
 from .report import _fmt, _grid, write_json
 from .run import PAIRS, Say, _client, _paired_ratios, _summary
 from .server import BatchCounters, Server, ServerError

@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edge_embed.core.bundle import _ID_RE
+from .bundle import _ID_RE, load_manifest
+from .errors import BundleError
 
 T = TypeVar("T")
 EXIT_USAGE = 2
@@ -103,6 +104,16 @@ def run_tool(parser: argparse.ArgumentParser, argv: list[str] | None,
         return body(args)
 
     return run_cli(parser.prog, checked)
+
+
+def check_bundles(bundles: dict[str, Path | None]) -> None:
+    """One line naming the flag for a bundle that is missing or broken, before anything starts."""
+    for flag, path in bundles.items():
+        if path is not None:
+            try:
+                load_manifest(path)
+            except BundleError as exc:
+                raise ToolError(f"{flag}: {exc}") from None
 
 
 def check_output(out: Path, force: bool) -> None:
