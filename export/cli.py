@@ -61,6 +61,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "edge-embed export") -> int:
     def body(args: argparse.Namespace) -> int:
+        # torch and transformers, seconds to import: not for --help or a refused argument
         from .pipeline import ExportOptions, run
 
         opts = ExportOptions(

@@ -39,6 +39,7 @@ from .gates import RANK_CRITERION, Gates, Verdict, judge, quality_failures
 from .graph import F32, weight_matmuls
 from .methods import AUTO, AUTO_ORDER, Quantized, apply, float16
 from .recipe import Recipe
+from .sensitivity import choose_fp32_matmuls
 from .smooth import smoothing
 from .targets import TargetError, resolve
 from .variants import DEFAULT
@@ -160,8 +161,6 @@ def _exclusions(opts: QuantizeOptions, method: str, model: onnx.ModelProto,
         return names, None
     if method != "pertoken":
         return [], None  # the measured search is built on the per-token graph
-    from .sensitivity import choose_fp32_matmuls
-
     quantization = {"fused": fused}
     level = graph_level(dataclasses.replace(manifest, quantization=quantization), "auto")
     search = choose_fp32_matmuls(model, manifest, opts.bundle, texts, level, reporter, variant,

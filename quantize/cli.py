@@ -118,6 +118,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "edge-embed quantize") -> int:
     def body(args: argparse.Namespace) -> int:
+        # onnx and the quantizers (the export extra): not for --help or a refused argument
         from .build import EXIT_GATE, GateFailed, QuantizeOptions, run
 
         if args.precision == "fp16" and args.method not in (AUTO, "pertoken"):
