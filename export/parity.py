@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edge_embed.core.agreement import cosines, nn_agreement
 from edge_embed.core.bundle import Quality
 from edge_embed.core.encoder import BundleModel
-from edge_embed.core.pooling import F32, finish, pool
+from edge_embed.core.pooling import finish, pool
 from edge_embed.core.runtime import RuntimeOptions
 from edge_embed.core.tooling import Reporter, ToolError
 
@@ -38,26 +39,6 @@ OVER_LONG_MARGIN = 16
 # Times the evaluation texts may be repeated to make that input: a tokenizer that still makes
 # too few tokens drops most of the text, and the check says so rather than loop.
 OVER_LONG_ROUNDS = 100
-
-
-def _cosines(a: F32, b: F32) -> F32:
-    na = np.linalg.norm(a, axis=1)
-    nb = np.linalg.norm(b, axis=1)
-    return np.asarray((a * b).sum(axis=1) / np.maximum(na * nb, 1e-12), dtype=np.float32)
-
-
-def _nn_agreement(a: F32, b: F32) -> float:
-    """Share of inputs whose nearest other input (cosine) is the same under both models."""
-    if len(a) < 3:
-        return 1.0
-
-    def nearest(x: F32) -> Any:
-        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        sims = unit @ unit.T
-        np.fill_diagonal(sims, -np.inf)
-        return sims.argmax(axis=1)
-
-    return float((nearest(a) == nearest(b)).mean())
 
 
 def measure(bundle: Path, model: PreTrainedModel, texts: Sequence[str], eval_name: str,
@@ -81,10 +62,10 @@ def measure(bundle: Path, model: PreTrainedModel, texts: Sequence[str], eval_nam
                           manifest.pooling)
     got = finish(got, dimensions=None, normalized=manifest.normalize)
     want = finish(want, dimensions=None, normalized=manifest.normalize)
-    cos = _cosines(got, want)
+    cos = cosines(got, want, np.float32)
     return Quality(reference="torch", eval_set=eval_name, n_inputs=len(texts),
                    cosine_min=float(cos.min()), cosine_mean=float(cos.mean()),
-                   nn_agreement=_nn_agreement(got, want),
+                   nn_agreement=nn_agreement(got, want),
                    max_abs_diff=float(np.abs(got - want).max()))
 
 

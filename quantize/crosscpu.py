@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_embed.core.agreement import cosines
 from edge_embed.core.bundle import load_manifest
-from edge_embed.core.canary import cosines
 from edge_embed.core.encoder import BundleModel
 
 # Short texts of the kinds int8 finds hardest (one word, a phrase, a sentence, digits): the

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_embed.core import canary
+from edge_embed.core.agreement import cosines, nn_agreement
 from edge_embed.core.bundle import Quality
-from edge_embed.core.canary import cosines
 from edge_embed.core.encoder import BundleModel
 from edge_embed.core.evalset import EvalSet
 from edge_embed.core.pooling import F32
@@ -75,18 +75,6 @@ class Evaluation:
                        "cosine_mean": round(s.cosine_mean, 6),
                        "worst": [[i, round(c, 6)] for i, c in s.worst]}
                 for kind, s in self.per_kind.items()}
-
-
-def nearest_neighbours(vectors: F32) -> np.ndarray:
-    """Index of each row's most similar other row (cosine)."""
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    sims = unit @ unit.T
-    np.fill_diagonal(sims, -np.inf)
-    return np.asarray(sims.argmax(axis=1))
-
-
-def nn_agreement(reference: F32, candidate: F32) -> float:
-    return float((nearest_neighbours(reference) == nearest_neighbours(candidate)).mean())
 
 
 def figures(ev: Evaluation) -> dict[str, object]:

@@ -29,8 +29,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from edge_embed.core.agreement import cosines
 from edge_embed.core.bundle import Manifest
-from edge_embed.core.canary import cosines
 from edge_embed.core.encoder import TextTokenizer
 from edge_embed.core.feeds import build_feeds, check_inputs
 from edge_embed.core.pooling import F32, finish, pool_output

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_embed.core.agreement import cosines
 from edge_embed.core.bundle import load_manifest
-from edge_embed.core.canary import cosines
 from edge_embed.core.encoder import BundleModel
 from edge_embed.core.evalset import load_eval_set
 from tests.fixtures.encoders import FORMATS, TWINS, build_twin

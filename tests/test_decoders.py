@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_embed.core.agreement import cosines
 from edge_embed.core.bundle import load_manifest
-from edge_embed.core.canary import cosines
 from edge_embed.core.encoder import BundleModel
 from edge_embed.export.cli import main as export_main
 from edge_embed.quantize.gates import NN_CRITERION, RANK_CRITERION, Gates

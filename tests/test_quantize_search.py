@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import pytest
 
+from edge_embed.core.agreement import cosines
 from edge_embed.core.bundle import load_manifest
-from edge_embed.core.canary import cosines
 from edge_embed.core.encoder import BundleModel, TextTokenizer
 from edge_embed.core.machine import measured_on
 from edge_embed.core.runtime import graph_level
