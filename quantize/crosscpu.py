@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_embed.core.agreement import cosines
-from edge_embed.core.bundle import load_manifest
+from edge_embed.core.bundle import Quantization, load_manifest
 from edge_embed.core.encoder import BundleModel
 
 # Short texts of the kinds int8 finds hardest (one word, a phrase, a sentence, digits): the
@@ -96,7 +96,7 @@ def record(bundle: Path, pairs: dict[str, float]) -> None:
     quantization = dict(manifest.quantization or {})
     quantization["cross_cpu"] = {"texts": len(TEXTS), "min_cosine": pairs,
                                  "worst": min(pairs.values())}
-    dataclasses.replace(manifest, quantization=quantization).write(bundle)
+    dataclasses.replace(manifest, quantization=Quantization.of(quantization)).write(bundle)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@ the refusals, and what the service says about a bundle built for another CPU."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from edge_embed.core.bundle import Manifest, Precision
+from edge_embed.core.bundle import Manifest, Precision, Quantization
 from edge_embed.core.errors import ProviderError
 from edge_embed.core.machine import target_of
 from edge_embed.core.runtime import PERTOKEN_ON_OPENVINO, refused_providers, resolve_providers
@@ -96,7 +98,7 @@ def test_registry_refuses_a_second_variant_of_the_same_name() -> None:
 
 
 def _manifest(precision: Precision, target: str | None) -> Manifest:
-    quantization = None if target is None else {"target": {"name": target}}
+    quantization = None if target is None else Quantization.of({"target": {"name": target}})
     return Manifest(id="m", dimensions=8, max_tokens=16, pooling="mean", normalize=True,
                     precision=precision, inputs=("input_ids",), output="last_hidden_state",
                     quantization=quantization)
@@ -129,9 +131,8 @@ def test_bundle_warnings() -> None:
 
 
 def test_pertoken_int8_is_refused_by_openvino_whatever_is_installed() -> None:
-    pertoken = _manifest("int8", "avx2")
-    assert pertoken.quantization is not None
-    pertoken.quantization["method"] = "pertoken"
+    pertoken = dataclasses.replace(_manifest("int8", "avx2"), quantization=Quantization.of(
+        {"method": "pertoken", "target": {"name": "avx2"}}))
     refused = refused_providers(pertoken)
     assert refused == {"openvino": PERTOKEN_ON_OPENVINO}
     assert refused_providers(_manifest("fp32", None)) == {}

@@ -89,7 +89,7 @@ PERTOKEN_ON_OPENVINO = ("OpenVINO cannot run per-token int8 graphs (its FakeQuan
 
 def refused_providers(manifest: Manifest) -> dict[str, str]:
     """{provider: why} for providers that cannot run this bundle's graph at all."""
-    if (manifest.quantization or {}).get("method") == "pertoken":
+    if manifest.quantization is not None and manifest.quantization.method == "pertoken":
         return {"openvino": PERTOKEN_ON_OPENVINO}
     return {}
 
@@ -134,7 +134,7 @@ def graph_level_name(manifest: Manifest, setting: str) -> str:
     """The level a setting means for this bundle: "auto" resolved, any other level as given."""
     if setting != "auto":
         return setting
-    fused = bool((manifest.quantization or {}).get("fused"))
+    fused = manifest.quantization is not None and manifest.quantization.fused
     return "basic" if fused else "all"
 
 
