@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed bench") -> int:
         cfg = Config(int8=args.int8, out=args.out, fp32=args.fp32, source=args.source, plan=plan,
                      quick=args.quick, server_args=args.server_arg,
                      memory_reference_args=args.memory_reference_arg, encoding=args.encoding,
-                     only=args.workload, peer_cache=args.peer_cache, today=not args.no_today)
+                     only=args.workload, peer_cache=args.peer_cache,
+                     single_thread_runs=not args.no_today)
         if args.runtime_venv is not None:
             cfg.runtime_venv = args.runtime_venv
         args.out.mkdir(parents=True, exist_ok=True)

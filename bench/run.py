@@ -71,11 +71,11 @@ class Config:
     peer_cache: Path | None = None
     # Serve the int8 bundle a second time in the layout before the lone session (every run on
     # one single-threaded session), measured beside the default in the same rounds.
-    today: bool = True
+    single_thread_runs: bool = True
 
 
 # The flags that give the layout before the lone session: no second session.
-TODAY_ARGS = ("--lone-threads=1",)
+SINGLE_THREAD_RUNS_ARGS = ("--lone-threads=1",)
 
 
 Say = Callable[[str], None]
@@ -190,9 +190,9 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
 
         say("starting the services and baselines")
         servers = {"service_int8": Server(cfg.int8, logs / "service_int8.log", cfg.server_args)}
-        if cfg.today:
+        if cfg.single_thread_runs:
             servers["service_int8_today"] = Server(cfg.int8, logs / "service_int8_today.log",
-                                                   [*cfg.server_args, *TODAY_ARGS])
+                                                   [*cfg.server_args, *SINGLE_THREAD_RUNS_ARGS])
         # The memory run's server starts now, in parallel with the others, and idles until its
         # turn: RSS "after warm-up" is taken the moment it reports ready.
         mem_server = (Server(cfg.int8, logs / "memory-default.log", cfg.server_args)

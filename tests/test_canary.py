@@ -114,10 +114,10 @@ def test_malformed_canary_file_is_refused_naming_file_and_field(tiny_bundle: Pat
 # ---- the start-up check, over HTTP ------------------------------------------------------------
 def test_untampered_bundle_passes_with_agreement_one(tiny_bundle: Path) -> None:
     with live_server([tiny_bundle]) as live:
-        status, health = get(live.base_url + "/health")
-        _, models = get(live.base_url + "/v1/models")
-        metrics = scrape(live.base_url)
-        log = live.log()
+        status, health = get(live.url + "/health")
+        _, models = get(live.url + "/v1/models")
+        metrics = scrape(live.url)
+        log = live.log_text()
     expected = {"status": "pass", "agreement": 1.0, "gate": canary.FP32_GATE, "count": 6,
                 "build_agreement": 1.0}
     assert status == 200 and health["status"] == "ok"
@@ -144,11 +144,11 @@ def test_tampered_reference_serves_loudly_when_told_to(tampered: Path, tiny_cls_
                                                        ) -> None:
     with live_server([tampered, tiny_cls_bundle],
                      env={"EDGE_EMBED_CANARY_FAILURE": "serve"}) as live:
-        status, health = get(live.base_url + "/health")
-        ready, _ = get(live.base_url + "/ready")
-        _, model = get(live.base_url + "/v1/models/tiny")
-        metrics = scrape(live.base_url)
-        log = live.log()
+        status, health = get(live.url + "/health")
+        ready, _ = get(live.url + "/ready")
+        _, model = get(live.url + "/v1/models/tiny")
+        metrics = scrape(live.url)
+        log = live.log_text()
     assert status == 200 and ready == 200  # alive and ready: the operator chose to serve it
     assert health["status"] == "failed-serving"
     report = health["models"]["tiny"]["canary"]
@@ -168,9 +168,9 @@ def test_bundle_without_canaries_loads_and_reports_absent(tiny_bundle: Path,
     (old / MANIFEST_NAME).write_text(json.dumps(manifest), encoding="utf-8")
     (old / canary.CANARY_FILE).unlink()
     with live_server([old]) as live:
-        status, health = get(live.base_url + "/health")
-        _, models = get(live.base_url + "/v1/models")
-        metrics = scrape(live.base_url)
+        status, health = get(live.url + "/health")
+        _, models = get(live.url + "/v1/models")
+        metrics = scrape(live.url)
     assert status == 200 and health["status"] == "ok"
     assert health["models"]["tiny"]["canary"] == {"status": "absent"}
     assert models["data"][0]["canary"] == {"status": "absent"}

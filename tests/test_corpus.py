@@ -162,7 +162,7 @@ def test_bit_identical_to_the_service(tmp_path: Path, tiny_bundle: Path) -> None
     assert embed(src, "--model", tiny_bundle, "--out", out) == 0
     _, local, _ = read_output(out)
     with live_server([tiny_bundle], ["--cache-entries", "0"]) as live:
-        served = service_vectors(live.base_url, "tiny", texts)
+        served = service_vectors(live.url, "tiny", texts)
     assert local.dtype == served.dtype == np.float32
     assert np.array_equal(local, served)
 

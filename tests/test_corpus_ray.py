@@ -66,7 +66,7 @@ def test_ray_local_and_service_agree(tmp_path: Path, tiny_bundle: Path, local_ra
     in_order = np.stack([ray_by_id[i] for i in local_ids])
     assert np.array_equal(in_order, local)
     with live_server([tiny_bundle], ["--cache-entries", "0"]) as live:
-        assert np.array_equal(service_vectors(live.base_url, "tiny", texts), local)
+        assert np.array_equal(service_vectors(live.url, "tiny", texts), local)
     for key in ("counts", "truncation", "bundle", "inputs"):
         if key == "counts":
             assert ray_manifest[key]["documents"] == local_manifest[key]["documents"]

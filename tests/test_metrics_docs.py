@@ -53,9 +53,9 @@ def post(url: str, body: dict[str, Any]) -> None:
 def scraped(live: Live) -> dict[str, Family]:
     """The live /metrics after requests that give most labelled metrics a sample."""
     for _ in range(2):  # the second time from the cache: both results of the lookup counter
-        post(live.base_url + "/v1/embeddings",
+        post(live.url + "/v1/embeddings",
              {"model": "tiny", "input": ["a short input", LONG_INPUT]})
-    with urllib.request.urlopen(live.base_url + "/metrics", timeout=30) as response:
+    with urllib.request.urlopen(live.url + "/metrics", timeout=30) as response:
         text = response.read().decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     out: dict[str, Family] = {}

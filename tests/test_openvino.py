@@ -64,7 +64,7 @@ def _fp32_bundles(tiny_fp32: Path) -> list[Path]:
 
 
 def _post(live: Live, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    req = urllib.request.Request(f"{live.base_url}/v1/embeddings",
+    req = urllib.request.Request(f"{live.url}/v1/embeddings",
                                  data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req) as resp:
@@ -86,10 +86,10 @@ def test_fp32_over_http_agrees_with_cpu(tiny_fp32: Path) -> None:
         cpu = BundleModel(bundle, RuntimeOptions(providers=("cpu",)))
         model_id = cpu.manifest.id
         with live_server([bundle], ["--provider", "openvino"]) as s:
-            info = json.loads(urllib.request.urlopen(f"{s.base_url}/v1/models/{model_id}").read())
+            info = json.loads(urllib.request.urlopen(f"{s.url}/v1/models/{model_id}").read())
             # what the session reports, not what was asked for
             assert info["provider"][0] == OPENVINO and info["provider_fell_back"] is False
-            health = json.loads(urllib.request.urlopen(f"{s.base_url}/health").read())
+            health = json.loads(urllib.request.urlopen(f"{s.url}/health").read())
             assert health["models"][model_id]["warnings"] == []
             batched = _vectors(_post(s, {"model": model_id, "input": TEXTS,
                                          "encoding_format": "float"})[0])
@@ -117,13 +117,13 @@ def test_pertoken_int8_is_refused_on_openvino(tiny_int8: Path) -> None:
 
 def test_pertoken_int8_falls_back_to_cpu_and_says_why(tiny_int8: Path) -> None:
     with live_server([tiny_int8], ["--provider", "openvino", "--provider-fallback"]) as s:
-        health = json.loads(urllib.request.urlopen(f"{s.base_url}/health").read())
+        health = json.loads(urllib.request.urlopen(f"{s.url}/health").read())
         model = health["models"]["tiny-int8"]
         assert model["provider"] == ["CPUExecutionProvider"] and model["provider_fell_back"]
         assert PERTOKEN_ON_OPENVINO in model["provider_message"]
         answer, _ = _post(s, {"model": "tiny-int8", "input": TEXTS})
         assert len(answer["data"]) == len(TEXTS)
-        log = s.log()
+        log = s.log_text()
     assert any(" WARNING " in ln and PERTOKEN_ON_OPENVINO in ln for ln in log.splitlines())
 
 
@@ -133,9 +133,9 @@ def test_other_int8_on_openvino_runs_with_the_fp32_advice(tiny_fp32: Path,
     dynamic = build_quantized(tiny_fp32, tmp_path / "dynamic", "--id", "tiny-dynamic",
                               "--method", "dynamic", "--gate-invariance", "0")
     with live_server([dynamic], ["--provider", "openvino"]) as s:
-        health = json.loads(urllib.request.urlopen(f"{s.base_url}/health").read())
+        health = json.loads(urllib.request.urlopen(f"{s.url}/health").read())
         model = health["models"]["tiny-dynamic"]
         assert model["provider"][0] == OPENVINO
         assert any(OPENVINO_ADVICE in w for w in model["warnings"])
-        log = s.log()
+        log = s.log_text()
     assert any(" WARNING " in ln and OPENVINO_ADVICE in ln for ln in log.splitlines())

@@ -127,16 +127,16 @@ def test_service_warns_about_a_bundle_for_another_cpu(tiny_bundle: Path,
     other = next(t for t in sorted(VARIANT_FOR) if t != here)
     bundle = build_tiny_int8(tiny_bundle, tmp_path / "other", ["--target", other])
     with live_server([bundle]) as s:
-        health = json.loads(urllib.request.urlopen(f"{s.base_url}/health").read())
+        health = json.loads(urllib.request.urlopen(f"{s.url}/health").read())
         [warning] = health["models"]["tiny-int8"]["warnings"]
         assert f"built for {other}" in warning and f"--target {here}" in warning
-        log = s.log()
+        log = s.log_text()
     line = next(ln for ln in log.splitlines() if f"built for {other}" in ln)
     assert " WARNING " in line
 
 
 def test_service_is_quiet_about_a_bundle_for_this_cpu(tiny_int8_bundle: Path) -> None:
     with live_server([tiny_int8_bundle]) as s:
-        health = json.loads(urllib.request.urlopen(f"{s.base_url}/health").read())
+        health = json.loads(urllib.request.urlopen(f"{s.url}/health").read())
         assert health["models"]["tiny-int8"]["warnings"] == []
-        assert "built for" not in s.log()
+        assert "built for" not in s.log_text()

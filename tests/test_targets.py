@@ -4,12 +4,13 @@ the refusals, and what the service says about a bundle built for another CPU."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from edge_embed.core.bundle import Manifest, Precision, Quantization
 from edge_embed.core.errors import ProviderError
-from edge_embed.core.machine import target_of
+from edge_embed.core.machine import this_target
 from edge_embed.core.runtime import PERTOKEN_ON_OPENVINO, refused_providers, resolve_providers
 from edge_embed.core.targets import OPENVINO_ADVICE, VARIANT_FOR, mismatch
 from edge_embed.quantize.recipe import Recipe
@@ -42,14 +43,21 @@ OLD_X86 = "processor\t: 0\nmodel name\t: Intel(R) Atom(TM)\nflags\t\t: fpu sse s
     (GRAVITON3, "arm64"), (RASPBERRY_PI4, "arm64"),
     (OLD_X86, None), ("", None),
 ])
-def test_target_detected_from_cpuinfo(text: str, target: str | None) -> None:
-    assert target_of(text) == target
+def test_target_detected_from_cpuinfo(text: str, target: str | None, tmp_path: Path) -> None:
+    assert this_target(cpuinfo(tmp_path, text)) == target
 
 
-def test_only_the_first_processor_counts() -> None:
+def test_only_the_first_processor_counts(tmp_path: Path) -> None:
     # a later block's flags are not this CPU's first core's: the first block decides
-    assert target_of("processor\t: 0\nflags\t\t: fpu sse2\n\nprocessor\t: 1\nflags\t\t: avx2\n") \
-        is None
+    text = "processor\t: 0\nflags\t\t: fpu sse2\n\nprocessor\t: 1\nflags\t\t: avx2\n"
+    assert this_target(cpuinfo(tmp_path, text)) is None
+
+
+def cpuinfo(folder: Path, text: str) -> Path:
+    """A /proc/cpuinfo stand-in holding `text`."""
+    path = folder / "cpuinfo"
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def test_each_target_picks_a_registered_variant() -> None:

@@ -86,7 +86,7 @@ async def test_request_spans_reach_an_otlp_receiver(tiny_bundle: Path,
         lambda: Live([tiny_bundle], ["--otlp-endpoint", endpoint],
                      env={"OTEL_BSP_SCHEDULE_DELAY": EXPORT_DELAY_MS}).start())
     try:
-        assert await asyncio.to_thread(embed, live.base_url) == 200
+        assert await asyncio.to_thread(embed, live.url) == 200
         names = {"POST /v1/embeddings", "tokenize", "queue", "inference"}
         for _ in range(int(ARRIVAL_TIMEOUT_S / 0.05)):
             if names <= {s.name for s in receiver.spans}:

@@ -70,12 +70,6 @@ def _target(flags: set[str]) -> str | None:
     return None
 
 
-def target_of(cpuinfo_text: str) -> str | None:
-    """The int8 target a /proc/cpuinfo text describes, or None (an x86 without AVX2, another
-    architecture, or a text without flags)."""
-    return _target(_flags(_fields(cpuinfo_text)))
-
-
 def this_target(cpuinfo: Path = CPUINFO) -> str | None:
     """This machine's int8 target (None where /proc/cpuinfo is unreadable or names none)."""
     return _target(_flags(_read(cpuinfo)))

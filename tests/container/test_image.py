@@ -102,7 +102,7 @@ def started(request: pytest.FixtureRequest, image_bundle: Path) -> Iterator[Star
 def host_vectors(bundle: Path) -> np.ndarray:
     """What the host's own service (this checkout, the host's venv) gives for TEXTS."""
     with live_server([bundle]) as live:
-        return embed(live.base_url, engine.manifest_id(bundle))
+        return embed(live.url, engine.manifest_id(bundle))
 
 
 def embed(url: str, model: str, texts: list[str] = TEXTS) -> np.ndarray:
