@@ -11,7 +11,6 @@ import json
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +24,10 @@ from edge_embed.core.errors import BundleError
 from edge_embed.core.files import sha256
 from edge_embed.service.settings import parse_settings
 from tests.fixtures.server import ROOT, live_server
+from tests.reliability_server import get, scrape
 
 # A refused start-up exits long before this; a hung one fails the test instead of the suite.
 START_TIMEOUT_S = 60
-
-
-def get(url: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
-        text: str = response.read().decode()
-    return text
 
 
 def rewrite(bundle: Path, out: Path, change: Any) -> Path:

@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 
 from edge_embed.core.encoder import BundleModel
 from tests.fixtures.server import ROOT, Live, live_server
+from tests.reliability_server import get_json, http
 
 KEY = "sk-live-test-key-0123456789"
 LIMITED = "sk-live-limited-9876543210"
@@ -110,10 +110,9 @@ def test_access_log_is_json_and_keyless(live: Live) -> None:
 
 def test_sigterm_drains_and_exits_zero(tiny_bundle: Path) -> None:
     with live_server([tiny_bundle]) as server:
-        with urllib.request.urlopen(urllib.request.Request(
-                f"{server.url}/v1/embeddings", data=b'{"model":"tiny","input":"x"}',
-                headers={"Content-Type": "application/json"})) as r:
-            assert r.status == 200
+        status, _, _ = http("POST", f"{server.url}/v1/embeddings",
+                            body={"model": "tiny", "input": "x"})
+        assert status == 200
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=30) == 0
         assert "draining" in server.log_text() and "stopped" in server.log_text()
@@ -155,11 +154,11 @@ def test_provider_fallback_is_reported(tiny_bundle: Path) -> None:
     if "OpenVINOExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("OpenVINO is installed here; no fallback would happen")
     with live_server([tiny_bundle], ["--provider", "openvino", "--provider-fallback"]) as s:
-        info = json.loads(urllib.request.urlopen(f"{s.url}/info").read())
+        info = get_json(f"{s.url}/info")
         assert info["providers"]["fell_back"]["tiny"]
-        health = json.loads(urllib.request.urlopen(f"{s.url}/health").read())
+        health = get_json(f"{s.url}/health")
         assert health["models"]["tiny"]["provider_fell_back"] is True
-        model = json.loads(urllib.request.urlopen(f"{s.url}/v1/models/tiny").read())
+        model = get_json(f"{s.url}/v1/models/tiny")
         assert model["provider_fell_back"] is True
         assert model["provider"] == ["CPUExecutionProvider"]
         assert "provider fallback" in s.log_text()

@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.fixtures.server import ROOT, AiohttpClient, Live
+from tests.reliability_server import http
 
 # The caller's trace: W3C traceparent version 00, sampled.
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -68,12 +68,8 @@ class Receiver:
 
 
 def embed(url: str) -> int:
-    body = json.dumps({"model": "tiny", "input": ["a short one", "and a second input"]})
-    request = urllib.request.Request(url + "/v1/embeddings", data=body.encode(), method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "traceparent": TRACEPARENT})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        status: int = response.status
+    status, _, _ = http("POST", url + "/v1/embeddings", headers={"traceparent": TRACEPARENT},
+                        body={"model": "tiny", "input": ["a short one", "and a second input"]})
     return status
 
 
