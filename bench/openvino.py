@@ -18,8 +18,8 @@ from pathlib import Path
 
 from edge_embed.core.encoder import BundleModel
 from edge_embed.core.errors import ProviderError
-from edge_embed.core.machine import measured_on
 from edge_embed.core.runtime import RuntimeOptions
+from edge_embed.core.tooling import measured_on
 from edge_embed.quantize.speedtest import measure_models
 
 # Interleaved rounds: onnxruntime int8 under OpenVINO runs 4-8x slower than on the CPU provider,

@@ -20,7 +20,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from edge_embed.core.bundle import load_manifest
-from edge_embed.core.machine import measured_on
+from edge_embed.core.tooling import measured_on
 
 from . import install_size, workloads
 from .peer import peer_bundle

@@ -28,9 +28,15 @@ from edge_embed.core.errors import BundleError, UnsupportedGraphInput
 from edge_embed.core.evalset import EvalSet, load_eval_set
 from edge_embed.core.feeds import check_inputs
 from edge_embed.core.files import entries
-from edge_embed.core.machine import measured_on
 from edge_embed.core.runtime import graph_level
-from edge_embed.core.tooling import Reporter, ToolError, atomic_output, now, tool_versions
+from edge_embed.core.tooling import (
+    Reporter,
+    ToolError,
+    atomic_output,
+    measured_on,
+    now,
+    tool_versions,
+)
 from edge_embed.export.onnx_export import EXTERNAL_DATA_SUFFIX
 
 from .evaluate import Evaluation, Reference, evaluate, figures, reference

@@ -22,8 +22,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 from edge_embed.core.encoder import BundleModel
-from edge_embed.core.machine import measured_on
 from edge_embed.core.runtime import RuntimeOptions, session_options
+from edge_embed.core.tooling import measured_on
 
 from .speedtest import eval_batches
 

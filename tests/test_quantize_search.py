@@ -13,9 +13,8 @@ import pytest
 from edge_embed.core.agreement import cosines
 from edge_embed.core.bundle import Quantization, load_manifest
 from edge_embed.core.encoder import BundleModel, TextTokenizer
-from edge_embed.core.machine import measured_on
 from edge_embed.core.runtime import graph_level
-from edge_embed.core.tooling import Reporter
+from edge_embed.core.tooling import Reporter, measured_on
 from edge_embed.quantize import sensitivity
 from edge_embed.quantize.fusion import fuse
 from edge_embed.quantize.sensitivity import (

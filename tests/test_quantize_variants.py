@@ -13,8 +13,9 @@ import pytest
 
 from edge_embed.core.bundle import load_manifest
 from edge_embed.core.encoder import BundleModel
-from edge_embed.core.machine import measured_on, this_target
+from edge_embed.core.machine import this_target
 from edge_embed.core.targets import OPENVINO_ADVICE, SATURATION_FREE_VARIANT_FOR, VARIANT_FOR
+from edge_embed.core.tooling import measured_on
 from edge_embed.quantize.variants import VARIANTS
 from tests.fixtures.quantized import build_tiny_int8
 from tests.fixtures.server import live_server

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from .bundle import _ID_RE, load_manifest
 from .errors import BundleError
+from .machine import CPUINFO, cpu_facts
 
 T = TypeVar("T")
 EXIT_USAGE = 2
@@ -171,6 +172,11 @@ def tool_versions(*packages: str) -> dict[str, str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[name] = importlib.metadata.version(name)
     return versions
+
+
+def measured_on(cpuinfo: Path = CPUINFO) -> dict[str, object]:
+    """{cpu, isa, target, onnxruntime}: what a manifest records beside figures measured here."""
+    return {**cpu_facts(cpuinfo), "onnxruntime": tool_versions().get("onnxruntime", "")}
 
 
 def now() -> str:
