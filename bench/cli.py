@@ -14,7 +14,7 @@ from edge_embed.core.tooling import ToolError, check_bundles, run_cli
 from .bulk import main as bulk_main
 from .chart import chart
 from .report import table, write_json
-from .run import Config, Plan, run
+from .run import Config, Plan, add_run_options, run
 from .sweep import main as sweep_main
 from .workloads import NAMES
 
@@ -27,16 +27,12 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], epilog=(
         f"`{prog} sweep --help`: the tuning sweep, each knob's values against the defaults; "
         f"`{prog} bulk --help`: the corpus job against raw onnxruntime"))
-    p.add_argument("--int8", type=Path, required=True, metavar="BUNDLE",
-                   help="the bundle under test (the default int8 bundle)")
-    p.add_argument("--fp32", type=Path, metavar="BUNDLE", help="the fp32 bundle, served too")
+    add_run_options(p, int8="the bundle under test (the default int8 bundle)",
+                    fp32="the fp32 bundle, served too",
+                    window="seconds per system per workload per round",
+                    rounds="interleaved rounds (median reported)")
     p.add_argument("--source", type=Path, metavar="DIR",
                    help="the sentence-transformers folder, for the torch baseline")
-    p.add_argument("--out", type=Path, default=Path("bench/results"))
-    p.add_argument("--quick", action="store_true",
-                   help="a seconds-long smoke run (tests); figures are not meaningful")
-    p.add_argument("--window", type=float, help="seconds per system per workload per round")
-    p.add_argument("--rounds", type=int, help="interleaved rounds (median reported)")
     p.add_argument("--memory-seconds", type=float, help="length of the memory run (0: skip)")
     p.add_argument("--cold-runs", type=int, help="cold starts measured, median reported (0: skip)")
     p.add_argument("--workload", action="append", default=[], choices=NAMES,

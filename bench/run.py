@@ -8,6 +8,7 @@ median over rounds.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,18 @@ class Config:
     # one single-threaded session), measured beside the default in the same rounds.
     single_thread_runs: bool = True
 
+
+
+def add_run_options(p: argparse.ArgumentParser, *, int8: str, fp32: str, window: str,
+                    rounds: str) -> None:
+    """The options every measuring command takes (bench, bench sweep), with their own help."""
+    p.add_argument("--int8", type=Path, required=True, metavar="BUNDLE", help=int8)
+    p.add_argument("--fp32", type=Path, metavar="BUNDLE", help=fp32)
+    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument("--quick", action="store_true",
+                   help="a seconds-long smoke run (tests); figures are not meaningful")
+    p.add_argument("--window", type=float, help=window)
+    p.add_argument("--rounds", type=int, help=rounds)
 
 # The flags that give the layout before the lone session: no second session.
 SINGLE_THREAD_RUNS_ARGS = ("--lone-threads=1",)

@@ -35,7 +35,7 @@ from edge_embed.service.settings import Settings
 
 from . import workloads
 from .report import _fmt, _grid, write_json
-from .run import PAIRS, Say, _client, _paired_ratios, _summary
+from .run import PAIRS, Say, _client, _paired_ratios, _summary, add_run_options
 from .server import BatchCounters, Server, ServerError
 from .stats import Window
 from .worker import Worker, WorkerError
@@ -506,15 +506,10 @@ def table(result: dict[str, Any]) -> str:
 def parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--int8", type=Path, required=True, metavar="BUNDLE",
-                   help="the default bundle, whose service every knob but one tunes")
-    p.add_argument("--fp32", type=Path, metavar="BUNDLE",
-                   help="the fp32 bundle, for its own graph optimization level")
-    p.add_argument("--out", type=Path, default=Path("bench/results"))
-    p.add_argument("--quick", action="store_true",
-                   help="a seconds-long smoke run (tests); figures are not meaningful")
-    p.add_argument("--window", type=float, help="seconds per side per workload per round")
-    p.add_argument("--rounds", type=int, help="interleaved rounds (median of ratios reported)")
+    add_run_options(p, int8="the default bundle, whose service every knob but one tunes",
+                    fp32="the fp32 bundle, for its own graph optimization level",
+                    window="seconds per side per workload per round",
+                    rounds="interleaved rounds (median of ratios reported)")
     p.add_argument("--knob", action="append", default=[], choices=KNOB_NAMES,
                    help="sweep only this knob (repeat); the A/A control always runs")
     return p
