@@ -33,7 +33,7 @@ from .engine import Engines, InFlight, ModelEngine
 from .errors import PayloadTooLarge, TracingUnavailable
 from .metrics import Metrics
 from .middleware import (
-    KEY_KEY,
+    API_KEY,
     LOG_KEY,
     ServerState,
     make_gate_middleware,
@@ -228,7 +228,7 @@ async def _check_canaries(served: ServedModel, executor: ThreadPoolExecutor,
         return canary.CanaryReport("absent")
     loop = asyncio.get_running_loop()
     measured = await loop.run_in_executor(executor, canary.measure, model, canaries)
-    return canary.judge(model.folder, model.manifest, measured, on_failure)
+    return canary.check_gate(model.folder, model.manifest, measured, on_failure)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -272,14 +272,14 @@ async def embeddings(request: web.Request) -> web.Response:
     transport = request.transport
     rlog = request[LOG_KEY]
     result = await app[EMBEDDINGS](raw, Caller(
-        key=request.get(KEY_KEY), log=rlog, started=started,
+        key=request.get(API_KEY), log=rlog, started=started,
         is_gone=lambda: transport is None or transport.is_closing()))
     return web.Response(body=result.body(rlog.request_id), content_type=_JSON,
                         headers={TRUNCATED_HEADER: str(len(result.warnings))})
 
 
 async def list_models(request: web.Request) -> web.Response:
-    key = request.get(KEY_KEY)
+    key = request.get(API_KEY)
     created = int(request.app[RUNTIME].started)
     canaries = request.app[CANARIES]
     data = [s.info(created, _canary_json(canaries, s.id)) for s in request.app[REGISTRY]
@@ -289,7 +289,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def get_model(request: web.Request) -> web.Response:
     served = request.app[REGISTRY].get(request.match_info["model"])
-    Authenticator.allow(request.get(KEY_KEY), served.names)
+    Authenticator.allow(request.get(API_KEY), served.names)
     return _json(served.info(int(request.app[RUNTIME].started),
                              _canary_json(request.app[CANARIES], served.id)))
 

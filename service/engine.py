@@ -484,5 +484,5 @@ class ModelEngine:
             self.drop(job, "fault")
 
 
-class Engines(dict[str, ModelEngine]):
-    """The running engines by model id; created and stopped by the app's clean-up context."""
+# The running engines by model id; created and stopped by the app's clean-up context.
+Engines = dict[str, ModelEngine]

@@ -82,7 +82,7 @@ class ServerState:
 
 
 LOG_KEY = web.RequestKey("log", RequestLog)
-KEY_KEY = web.RequestKey("api_key", ApiKey)  # set only when keys are configured
+API_KEY = web.RequestKey("api_key", ApiKey)  # set only when keys are configured
 
 
 def error_response(error: ApiError, request_id: str) -> web.Response:
@@ -184,7 +184,7 @@ def make_gate_middleware(auth: Authenticator, state: ServerState) -> Any:
                               headers={"Retry-After": "1", "Connection": "close"})
         key = auth.check(request.headers.get("Authorization"))
         if key is not None:
-            request[KEY_KEY] = key
+            request[API_KEY] = key
         return await handler(request)
 
     return gate_middleware

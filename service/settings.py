@@ -19,11 +19,7 @@ from edge_embed.core.canary import CANARY_FAILURES, CanaryFailure
 from edge_embed.core.files import VERIFY_MODES, VerifyMode
 from edge_embed.core.runtime import PROVIDERS, SPINNING, RuntimeOptions
 
-# Re-exported: the names the rest of the service and the tests take from here.
-from .address import DEFAULT_HOST as DEFAULT_HOST
-from .address import DEFAULT_PORT as DEFAULT_PORT
-from .address import ENV_PREFIX as ENV_PREFIX
-from .address import env_name as env_name
+from .address import DEFAULT_HOST, DEFAULT_PORT, env_name
 from .limits import BatchPolicy, CacheLimits, QueueLimits, RequestLimits
 
 # Kubernetes gives 30 s between SIGTERM and SIGKILL by default; 20 s leaves room to exit.

@@ -189,7 +189,7 @@ class CanaryReport:
                 "count": self.count, "build_agreement": self.build_agreement}
 
 
-def judge(bundle: Path, manifest: Manifest, measured: float,
+def check_gate(bundle: Path, manifest: Manifest, measured: float,
           on_failure: CanaryFailure) -> CanaryReport:
     """Pass, serve loudly, or refuse (CanaryFailed) on the agreement measured here."""
     info = manifest.canary
