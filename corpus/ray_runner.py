@@ -28,12 +28,18 @@ from typing import Any
 
 import numpy as np
 
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.cpus import usable_cpus
+from edge_embed.core.encoder import TextTokenizer
+from edge_embed.core.tooling import Reporter
+
+from .embedder import Embedder
 from .errors import RAY_HINT, CorpusError
-from .manifest import Spec
+from .manifest import Spec, report, write_manifest
 from .ray_reading import ID, ROW, TEXT, FileRows, NumberingError, numbered_datasource
 from .readers import CSV_FIELD_LIMIT, Fields, Source
 from .resume import begin
-from .shards import RAY_SHARDS_DIR
+from .shards import RAY_SHARDS_DIR, ShardRows, table
 from .validate import scan
 
 # CPUs per actor: the service's measurement on 2 cores (two runs of one thread beat one run of
@@ -73,15 +79,11 @@ class EmbedActor:
     """Loads the bundle once; embeds Arrow batches into the shard columns."""
 
     def __init__(self, bundle: str, cpus: int, id_field: str | None) -> None:
-        from .embedder import Embedder
-
         self.embedder = Embedder(Path(bundle), cpus=cpus)
         self.id_field = id_field
 
     def __call__(self, batch: Any) -> Any:
-        import pyarrow as pa
-
-        from .shards import ShardRows, table
+        import pyarrow as pa  # the `corpus` extra, imported where a batch is written
 
         texts = batch.column(TEXT).to_pylist()
         rows = batch.column(ROW).to_numpy()
@@ -179,9 +181,7 @@ def _done_rows(folder: Path) -> tuple[np.ndarray, list[Path], int]:
 
 def start_local_ray(cpus: int | None = None) -> None:
     """A one-node Ray in this process for the job (`--ray` with no address, and the bench)."""
-    import ray
-
-    from edge_embed.service.cpus import usable_cpus
+    import ray  # the `ray` extra, hundreds of MB: only a --ray run needs it
 
     ray.init(num_cpus=cpus, log_to_driver=False, logging_level=logging.ERROR,
              include_dashboard=False, _system_config={
@@ -202,17 +202,12 @@ def _numbering_error(exc: BaseException) -> NumberingError | None:
     return found
 
 
-def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fields: Fields,
-            spec: Spec) -> int:
+def run_ray(args: argparse.Namespace, reporter: Reporter, sources: Sequence[Source],
+            fields: Fields, spec: Spec) -> int:
     try:
-        import ray
+        import ray  # the `ray` extra, hundreds of MB: only a --ray run needs it
     except ImportError:
         raise CorpusError(RAY_HINT) from None
-    from edge_embed.service.bundle import load_manifest
-    from edge_embed.service.encoder import TextTokenizer
-
-    from .cli import report, say, write_manifest
-
     manifest = load_manifest(args.model)
     tokenizer = (None if spec.truncate else
                  TextTokenizer(args.model / manifest.tokenizer_file, manifest.max_tokens))
@@ -226,7 +221,7 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
     shards = args.out / RAY_SHARDS_DIR
     done, _, _ = _done_rows(shards)
     if len(done):
-        say(args.quiet, prog, f"resuming: {len(done)} of {total} rows already written")
+        reporter.step(f"resuming: {len(done)} of {total} rows already written")
     if not ray.is_initialized():
         if args.ray:
             ray.init(address=args.ray, log_to_driver=False, logging_level=logging.ERROR)
@@ -285,6 +280,6 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
     if counted != total:
         raise CorpusError(f"--out {args.out}: the shards hold {counted} rows for {total} "
                           "inputs (a row written twice); pass --overwrite to start again")
-    report(args.quiet, prog, args.out, write_manifest(args.out, spec, names))
+    report(reporter, args.out, write_manifest(args.out, spec, names))
     return 0
 

@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .tooling import ToolError, run_cli
+from edge_embed.core.tooling import ToolError, run_cli
 
 # pip may take a while on a slow mirror; a hang is a failure, not a wait forever.
 PIP_TIMEOUT_S = 1800

@@ -23,13 +23,14 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
+from edge_embed.core import canary
+from edge_embed.core.cpus import plan_lone_threads, plan_threads, usable_cpus
+
 from .. import __version__
-from . import canary
 from .address import is_loopback
 from .auth import Authenticator, check_flag_keys, load_keys_file
 from .cache import EmbeddingCache
 from .connections import ConnectionGuard
-from .cpus import plan_lone_threads, plan_threads, usable_cpus
 from .embeddings import Caller, EmbeddingsPath
 from .engine import Engines, InFlight, ModelEngine
 from .errors import (
@@ -42,7 +43,7 @@ from .errors import (
 )
 from .metrics import Metrics
 from .middleware import (
-    KEY_KEY,
+    API_KEY,
     LOG_KEY,
     ServerState,
     authenticate,
@@ -104,7 +105,7 @@ CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 # Set by the `_engines` clean-up context, which owns them: present while the app runs.
 ENGINES = web.AppKey("engines", Engines)
 EMBEDDINGS = web.AppKey("embeddings", EmbeddingsPath)
-# Each model's canary check (service/canary.py), made at warm-up.
+# Each model's canary check (core/canary.py), made at warm-up.
 CANARIES = web.AppKey("canaries", dict[str, canary.CanaryReport])
 
 
@@ -249,7 +250,7 @@ async def _check_canaries(served: ServedModel, executor: ThreadPoolExecutor,
         return canary.CanaryReport("absent")
     loop = asyncio.get_running_loop()
     measured = await loop.run_in_executor(executor, canary.measure, model, canaries)
-    return canary.judge(model.folder, model.manifest, measured, on_failure)
+    return canary.check_gate(model.folder, model.manifest, measured, on_failure)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -317,14 +318,14 @@ async def embeddings(request: web.Request) -> web.Response:
     transport = request.transport
     rlog = request[LOG_KEY]
     result = await app[EMBEDDINGS](raw, Caller(
-        key=request.get(KEY_KEY), log=rlog, started=started,
+        key=request.get(API_KEY), log=rlog, started=started,
         is_gone=lambda: transport is None or transport.is_closing()))
     return web.Response(body=result.body(rlog.request_id), content_type=_JSON,
                         headers={TRUNCATED_HEADER: str(len(result.warnings))})
 
 
 async def list_models(request: web.Request) -> web.Response:
-    key = request.get(KEY_KEY)
+    key = request.get(API_KEY)
     created = int(request.app[RUNTIME].started)
     canaries = request.app[CANARIES]
     data = [s.info(created, _canary_json(canaries, s.id)) for s in request.app[REGISTRY]
@@ -334,7 +335,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def get_model(request: web.Request) -> web.Response:
     served = request.app[REGISTRY].get(request.match_info["model"],
-                                        partial(Authenticator.may_use, request.get(KEY_KEY)))
+                                        partial(Authenticator.may_use, request.get(API_KEY)))
     return _json(served.info(int(request.app[RUNTIME].started),
                              _canary_json(request.app[CANARIES], served.id)))
 
@@ -414,7 +415,7 @@ async def ready(request: web.Request) -> web.Response:
 async def info(request: web.Request) -> web.Response:
     app = request.app
     settings = app[SETTINGS]
-    key = request.get(KEY_KEY)
+    key = request.get(API_KEY)
     served = [s for s in app[REGISTRY] if Authenticator.may_use(key, s.names)]
     return _json({
         "name": "edge-embed", "version": __version__, "limits": settings.limits(),

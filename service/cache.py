@@ -18,8 +18,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from edge_embed.core.pooling import F32
+
 from .limits import CacheLimits
-from .pooling import F32
 
 # Per-entry bookkeeping besides the vector: the key's tuple, the dict slot, this object.
 _ENTRY_OVERHEAD = 200

@@ -28,18 +28,19 @@ from typing import Any
 
 import numpy as np
 
+from edge_embed.core.encoder import TextTokenizer, Tokenized
+from edge_embed.core.feeds import I64
+from edge_embed.core.pooling import F32
+
 from .admission import estimate_tokens
 from .auth import ApiKey, Authenticator
 from .cache import CacheKey, EmbeddingCache
-from .encoder import TextTokenizer, Tokenized
 from .engine import Engines, Job
 from .errors import InvalidRequest, RequestTimeout
-from .feeds import I64
 from .limits import RequestLimits
 from .metrics import Metrics
 from .middleware import Phase, RequestLog
 from .models import Registry, ServedModel
-from .pooling import F32
 from .schema import (
     EmbeddingRequest,
     EncodingFormat,

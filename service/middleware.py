@@ -82,7 +82,7 @@ class ServerState:
 
 
 LOG_KEY = web.RequestKey("log", RequestLog)
-KEY_KEY = web.RequestKey("api_key", ApiKey)  # set only when keys are configured
+API_KEY = web.RequestKey("api_key", ApiKey)  # set only when keys are configured
 
 
 def error_response(error: ApiError, request_id: str) -> web.Response:
@@ -176,7 +176,7 @@ def authenticate(request: web.Request, auth: Authenticator) -> ApiKey | None:
     """The request's key (kept on the request), or 401; None when auth is off."""
     key = auth.check(request.headers.get("Authorization"))
     if key is not None:
-        request[KEY_KEY] = key
+        request[API_KEY] = key
     return key
 
 

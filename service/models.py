@@ -9,13 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import files
+from edge_embed.core import files
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.errors import BundleError
+from edge_embed.core.files import VerifyMode
+from edge_embed.core.runtime import RuntimeOptions
+
 from .advice import bundle_warnings
-from .bundle import load_manifest
-from .encoder import BundleModel
-from .errors import BundleError, ModelNotFound
-from .files import VerifyMode
-from .runtime import RuntimeOptions
+from .errors import ModelNotFound
 
 log = logging.getLogger("edge_embed.models")
 

@@ -15,9 +15,10 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
-from .bundle import Manifest
+from edge_embed.core.bundle import Manifest
+from edge_embed.core.pooling import F32
+
 from .errors import InvalidRequest
-from .pooling import F32
 
 EncodingFormat = Literal["float", "base64"]
 TextInput = str | tuple[int, ...]  # text, or the model's own token ids

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import orjson
 from aiohttp import web
 
-from .errors import StartupError
+from edge_embed.core.errors import StartupError
+
 from .limits import LINGER_S
 from .settings import Settings, parse_settings
 

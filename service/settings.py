@@ -15,15 +15,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-# Re-exported: the names the rest of the service and the tests take from here.
-from .address import DEFAULT_HOST as DEFAULT_HOST
-from .address import DEFAULT_PORT as DEFAULT_PORT
-from .address import ENV_PREFIX as ENV_PREFIX
-from .address import env_name as env_name
-from .canary import CANARY_FAILURES, CanaryFailure
-from .files import VERIFY_MODES, VerifyMode
+from edge_embed.core.canary import CANARY_FAILURES, CanaryFailure
+from edge_embed.core.files import VERIFY_MODES, VerifyMode
+from edge_embed.core.runtime import PROVIDERS, SPINNING, RuntimeOptions
+
+from .address import DEFAULT_HOST, DEFAULT_PORT, env_name
 from .limits import BatchPolicy, CacheLimits, ConnectionLimits, QueueLimits, RequestLimits
-from .runtime import PROVIDERS, SPINNING, RuntimeOptions
 
 # Kubernetes gives 30 s between SIGTERM and SIGKILL by default; 20 s leaves room to exit.
 DRAIN_TIMEOUT_S = 20.0
@@ -61,8 +58,8 @@ class Settings:
     worker_restarts: int = WORKER_RESTARTS
     log_level: str = "info"
     access_log: bool = True
-    verify_files: VerifyMode = "sha256"  # what start-up checks of each file (service/files.py)
-    # a model whose canaries disagree at start-up (service/canary.py): refuse it, or serve loudly
+    verify_files: VerifyMode = "sha256"  # what start-up checks of each file (core/files.py)
+    # a model whose canaries disagree at start-up (core/canary.py): refuse it, or serve loudly
     canary_failure: CanaryFailure = "refuse"
     otlp_endpoint: str | None = None  # OTLP/HTTP collector for traces (service/tracing.py)
 

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from edge_embed.service.address import is_loopback
 from edge_embed.service.app import build_authenticator
 from edge_embed.service.errors import ApiKeyError
 from edge_embed.service.healthcheck import TIMEOUT_S
 from edge_embed.service.settings import DRAIN_TIMEOUT_S, parse_settings
+from tests.fixtures.deploy import yaml_docs
 from tests.fixtures.server import ROOT, live_server
 
 DEPLOY = ROOT / "deploy"
@@ -39,16 +39,12 @@ PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
 PROBE_RUN_TIMEOUT_S = 60
 
 
-def _docs(path: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
-
-
 def _manifests() -> list[Path]:
     return sorted([*BASE.glob("*.yaml"), *EXAMPLES.glob("*.yaml")])
 
 
 def _resources(custom: bool = False) -> list[tuple[Path, dict[str, Any]]]:
-    return [(p, d) for p in _manifests() if p.name != "kustomization.yaml" for d in _docs(p)
+    return [(p, d) for p in _manifests() if p.name != "kustomization.yaml" for d in yaml_docs(p)
             if ((d["apiVersion"], d["kind"]) in CUSTOM_KINDS) == custom]
 
 
@@ -64,11 +60,11 @@ def test_validation_catches_a_broken_manifest() -> None:
     import kubernetes_validate
     from kubernetes_validate.utils import ValidationError
 
-    (wrong_type,) = _docs(BASE / "deployment.yaml")
+    (wrong_type,) = yaml_docs(BASE / "deployment.yaml")
     wrong_type["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "x"
     with pytest.raises(ValidationError):
         kubernetes_validate.validate(wrong_type, KUBERNETES_VERSION, strict=True)
-    (unknown_field,) = _docs(BASE / "deployment.yaml")
+    (unknown_field,) = yaml_docs(BASE / "deployment.yaml")
     unknown_field["spec"]["replicaz"] = 2  # strict: a misspelt field is an error too
     with pytest.raises(ValidationError):
         kubernetes_validate.validate(unknown_field, KUBERNETES_VERSION, strict=True)
@@ -79,14 +75,14 @@ def test_only_custom_resources_go_unvalidated() -> None:
 
 
 def test_kustomization_lists_every_base_file() -> None:
-    (kustomization,) = _docs(BASE / "kustomization.yaml")
+    (kustomization,) = yaml_docs(BASE / "kustomization.yaml")
     listed = set(kustomization["resources"])
     present = {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == present
 
 
 def _container(name: str = "edge-embed") -> dict[str, Any]:
-    (deployment,) = _docs(BASE / "deployment.yaml")
+    (deployment,) = yaml_docs(BASE / "deployment.yaml")
     spec = deployment["spec"]["template"]["spec"]
     return {"pod": spec, **next(c for c in spec["containers"] if c["name"] == name)}
 
@@ -106,7 +102,7 @@ def test_deployment_matches_the_server() -> None:
     # The read-only root keeps a writable /tmp.
     assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"])
     assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"]
-    (configmap,) = _docs(BASE / "configmap.yaml")
+    (configmap,) = yaml_docs(BASE / "configmap.yaml")
     env = configmap["data"]
     drain = float(env.get("EDGE_EMBED_DRAIN_TIMEOUT", DRAIN_TIMEOUT_S))
     assert pod["terminationGracePeriodSeconds"] > drain
@@ -115,7 +111,7 @@ def test_deployment_matches_the_server() -> None:
 
 def test_configmap_is_what_the_server_accepts() -> None:
     """Every EDGE_EMBED_* the ConfigMap sets is a setting the server parses without error."""
-    (configmap,) = _docs(BASE / "configmap.yaml")
+    (configmap,) = yaml_docs(BASE / "configmap.yaml")
     env = {k: str(v) for k, v in configmap["data"].items()}
     assert all(k.startswith("EDGE_EMBED_") for k in env)
     settings = parse_settings([], environ=env)
@@ -124,15 +120,15 @@ def test_configmap_is_what_the_server_accepts() -> None:
 
 
 def test_service_monitor_scrapes_the_service() -> None:
-    (monitor,) = _docs(EXAMPLES / "servicemonitor.yaml")
-    (service,) = _docs(BASE / "service.yaml")
+    (monitor,) = yaml_docs(EXAMPLES / "servicemonitor.yaml")
+    (service,) = yaml_docs(BASE / "service.yaml")
     ports = {p["name"] for p in service["spec"]["ports"]}
     for endpoint in monitor["spec"]["endpoints"]:
         assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
 
 
 def test_compose_sidecar_shares_the_network_and_the_server_stays_on_loopback() -> None:
-    (compose,) = _docs(DEPLOY / "compose" / "compose.yaml")
+    (compose,) = yaml_docs(DEPLOY / "compose" / "compose.yaml")
     services = compose["services"]
     server, app = services["edge-embed"], services["app"]
     assert app["network_mode"] == "service:edge-embed"

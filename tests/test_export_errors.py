@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,20 +17,7 @@ from pathlib import Path
 import pytest
 
 from edge_embed.export import packaged
-from tests.fixtures.tiny import build_tiny_model
-
-ROOT = Path(__file__).resolve().parent.parent
-# A refusal happens before any model runs; a minute covers importing torch on a busy machine.
-CLI_TIMEOUT_S = 120
-
-
-def run_export(*args: str, quiet: bool = True) -> subprocess.CompletedProcess[str]:
-    """The CLI in a subprocess; --quiet so that stderr holds only the error line."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGE_EMBED_DEBUG": ""}
-    flags = ["--quiet"] if quiet else []
-    return subprocess.run([sys.executable, "-m", "edge_embed.export", *args, *flags], cwd=ROOT,
-                          env=env,
-                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+from tests.fixtures.tiny import CLI_TIMEOUT_S, ROOT, build_tiny_model, run_export
 
 
 def assert_refused(result: subprocess.CompletedProcess[str], *needles: str) -> str:

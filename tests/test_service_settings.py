@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.runtime import ALLOW_SPINNING_KEY, SPINNING, session_options
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.runtime import ALLOW_SPINNING_KEY, SPINNING, session_options
 from edge_embed.service.settings import parse_settings
 
 
@@ -48,7 +48,7 @@ def test_spinning_refuses_other_values(tiny_bundle: Path, argv: list[str],
 
 
 def test_thread_plan_fills_the_cpus_with_what_is_not_given() -> None:
-    from edge_embed.service.cpus import DEFAULT_MAX_RUNS, plan_threads
+    from edge_embed.core.cpus import DEFAULT_MAX_RUNS, plan_threads
 
     # Neither flag: one single-threaded run per CPU, up to the cap (then threads share the rest).
     assert plan_threads(2, None, None) == (1, 2)

@@ -27,11 +27,12 @@ import pytest
 from onnx import numpy_helper
 from tokenizers import Tokenizer
 
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.evalset import load_eval_set
+from edge_embed.core.tooling import Reporter
 from edge_embed.export import torch_model
-from edge_embed.export.parity import MIN_COSINE, load_eval_set, measure
-from edge_embed.export.tooling import Reporter
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.encoder import BundleModel
+from edge_embed.export.parity import MIN_COSINE, measure
 from tests.fixtures.tiny import (
     COMMITTED_BUNDLES,
     TINY_BUNDLE_ID,
