@@ -31,9 +31,6 @@ TASK = "feature-extraction"
 LIBRARY = "transformers"
 OUTPUT = "last_hidden_state"
 MODEL_FILE = "model.onnx"
-# Where a graph's weights go when they do not fit in it (protobuf stops at 2 GB), or when asked:
-# one file beside the graph, optimum's name for it (model.onnx_data); quantize writes the same.
-EXTERNAL_DATA_SUFFIX = "_data"
 # optimum's own switch for writing external data below the 2 GB it needs it at (read when the
 # export runs).
 _FORCE_EXTERNAL_ENV = "FORCE_ONNX_EXTERNAL_DATA"

@@ -22,7 +22,13 @@ from typing import Any
 import onnx
 
 from edge_embed.core import canary
-from edge_embed.core.bundle import Manifest, Precision, Quantization, load_manifest
+from edge_embed.core.bundle import (
+    EXTERNAL_DATA_SUFFIX,
+    Manifest,
+    Precision,
+    Quantization,
+    load_manifest,
+)
 from edge_embed.core.encoder import BundleModel
 from edge_embed.core.errors import BundleError, UnsupportedGraphInput
 from edge_embed.core.evalset import EvalSet, load_eval_set
@@ -37,7 +43,6 @@ from edge_embed.core.tooling import (
     now,
     tool_versions,
 )
-from edge_embed.export.onnx_export import EXTERNAL_DATA_SUFFIX
 
 from .evaluate import Evaluation, Reference, evaluate, figures, reference
 from .fusion import fuse

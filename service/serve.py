@@ -19,6 +19,7 @@ from aiohttp import web
 
 from edge_embed.core.errors import StartupError
 
+from .app import AUTH, CONNECTIONS, REGISTRY, RUNTIME, STATE, auth_warning, create_app
 from .limits import LINGER_S
 from .settings import Settings, parse_settings
 
@@ -36,8 +37,6 @@ def setup_logging(level: str) -> None:
 
 
 def _startup_log(app: web.Application, settings: Settings, port: int) -> None:
-    from .app import AUTH, REGISTRY, RUNTIME, auth_warning
-
     for served in app[REGISTRY]:
         m, p = served.model.manifest, served.model.providers
         log.info("bundle %s", orjson.dumps({
@@ -60,8 +59,6 @@ def _startup_log(app: web.Application, settings: Settings, port: int) -> None:
 async def listen(app: web.Application, settings: Settings
                  ) -> tuple[web.AppRunner, asyncio.Server]:
     """The app started and listening; each connection guarded (service/connections.py)."""
-    from .app import CONNECTIONS
-
     limits = settings.connections
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE_S,
                            handle_signals=False, keepalive_timeout=limits.keepalive_timeout_s,
@@ -78,8 +75,6 @@ async def listen(app: web.Application, settings: Settings
 
 
 async def serve(settings: Settings, app: web.Application) -> int:
-    from .app import STATE
-
     runner, server = await listen(app, settings)
     port = settings.port
     with contextlib.suppress(Exception):
@@ -108,8 +103,6 @@ async def serve(settings: Settings, app: web.Application) -> int:
 def main(argv: Sequence[str] | None = None, prog: str = "edge-embed serve") -> int:
     settings = parse_settings(argv, prog)
     setup_logging(settings.log_level)
-    from .app import create_app  # after logging: loading bundles logs
-
     try:
         app = create_app(settings)
     except StartupError as exc:

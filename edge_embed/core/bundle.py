@@ -23,6 +23,9 @@ MANIFEST_NAME = "bundle.json"
 FORMAT = "edge-embed.bundle"
 # Bump on any change a reader of an older version would misread; readers refuse unknown ones.
 FORMAT_VERSION = 1
+# Where a graph's weights go when they do not fit in it (protobuf stops at 2 GB), or when asked:
+# one file beside the graph, named as optimum names it (model.onnx_data); quantize writes the same.
+EXTERNAL_DATA_SUFFIX = "_data"
 
 Pooling = Literal["mean", "cls", "last"]
 Precision = Literal["fp32", "fp16", "int8"]
