@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .server import process_rss
+from edge_embed.service.process import process_rss
 
 # Rows per window: the local job's shard (what it holds in memory at once) and the raw
 # baseline's unit of sorting.

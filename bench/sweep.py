@@ -31,12 +31,13 @@ from edge_embed.core.bundle import Manifest, load_manifest
 from edge_embed.core.cpus import plan_lone_threads, plan_threads, usable_cpus
 from edge_embed.core.runtime import graph_level_name
 from edge_embed.core.tooling import ToolError, check_bundles, run_cli
+from edge_embed.service.process import ServerError
 from edge_embed.service.settings import Settings
 
 from . import workloads
 from .report import _fmt, _grid, write_json
 from .run import PAIRS, Say, _client, _paired_ratios, _summary, add_run_options
-from .server import BatchCounters, Server, ServerError
+from .server import BatchCounters, Server
 from .stats import Window
 from .worker import Worker, WorkerError
 

@@ -1,6 +1,6 @@
 """What the live-server tests (reliability, hostile input, auth, fuzzing) send and read back.
 
-The server itself is tests.fixtures.server.Live (bench.server.Server underneath): a real
+The server itself is tests.fixtures.server.Live (service/process.py underneath): a real
 listening socket, a real process to signal, its log captured whole. These helpers talk to it
 with the standard library: raw requests whose errors are results, /metrics parsed, OpenAI error
 bodies checked.

@@ -12,9 +12,9 @@ from contextlib import contextmanager
 
 import pytest
 
-from edge_embed.bench.server import free_port
 from edge_embed.service.address import DEFAULT_PORT
 from edge_embed.service.healthcheck import check, health_url
+from edge_embed.service.process import free_port
 from edge_embed.service.settings import parse_settings
 
 

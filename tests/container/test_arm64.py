@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_embed.bench.server import free_port
 from edge_embed.core.bundle import load_manifest
 from edge_embed.core.encoder import BundleModel
+from edge_embed.service.process import free_port
 from tests.container import engine
 
 pytestmark = pytest.mark.arm64

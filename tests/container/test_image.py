@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_embed.bench.server import Server, free_port
 from edge_embed.core.bundle import MANIFEST_NAME
 from edge_embed.core.canary import CANARY_FILE
 from edge_embed.core.files import sha256
 from edge_embed.quantize.repro import manifest_without_build
+from edge_embed.service.process import ServiceProcess, free_port
 from edge_embed.service.settings import DRAIN_TIMEOUT_S
 from tests.container import engine
 from tests.container.sizes import MAX_ABOVE_BASE_BYTES
@@ -115,7 +115,7 @@ def embed(url: str, model: str, texts: list[str] = TEXTS) -> np.ndarray:
 
 def host_ready_s() -> float:
     """The same bundle served by a host process: start to /ready, the baseline for the image."""
-    with Server(models() / BUNDLE) as server:
+    with ServiceProcess(models() / BUNDLE) as server:
         return server.wait_ready(READY_TIMEOUT_S, engine.READY_POLL_S)
 
 
