@@ -13,11 +13,14 @@ and the run fails if torch or the export stack got imported after all.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import sys
 from functools import cache
 from pathlib import Path
 
 import pytest
+
+from tests.package_view import PACKAGE, ROOT, package_dirs
 
 pytest_plugins = [
     "tests.fixtures.tiny",       # tiny random BERT + WordPiece tokenizer, fp32 bundle (export)
@@ -85,6 +88,22 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
             and imports_export_stack(collection_path)):
         return True
     return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite tests this checkout: edge_embed and each mapped subpackage must import from its
+    folder here, not from another checkout's editable install, a wheel or a stale build/ copy."""
+    expected = {PACKAGE: ROOT / PACKAGE, **{f"{PACKAGE}.{name}": ROOT / folder
+                                           for name, folder in package_dirs().items()}}
+    wrong = []
+    for module, folder in expected.items():
+        spec = importlib.util.find_spec(module)
+        found = Path(spec.origin).resolve().parent if spec and spec.origin else None
+        if found != folder:
+            wrong.append(f"{module} from {found}, not {folder}")
+    if wrong:
+        raise pytest.UsageError("this checkout's package is not what imports: " + "; ".join(wrong)
+                                + " (`pip install -e .` here, as `make install` does)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -9,6 +9,7 @@ import re
 from edge_embed import __version__
 from tests.fixtures.deploy import yaml_docs
 from tests.fixtures.server import ROOT
+from tests.package_view import package_dirs
 
 DOCKERFILE = ROOT / "deploy" / "container" / "Dockerfile"
 DEPLOY = ROOT / "deploy"
@@ -80,12 +81,11 @@ def test_build_context_carries_what_the_dockerfile_copies() -> None:
 
 
 def test_the_wheel_built_in_the_image_has_every_subpackage() -> None:
-    """edge_embed/ links the top-level folders in; a folder the build does not copy would be a
-    dangling link there, and the wheel would silently lack that subpackage."""
+    """pyproject.toml maps top-level folders into edge_embed (package-dir); a folder the build
+    stage does not copy would fail the wheel's build there."""
     copied = {args.split()[0] for op, args in _stage("build") if op == "COPY"}
-    for link in sorted((ROOT / "edge_embed").iterdir()):
-        if link.is_symlink():
-            assert link.resolve().name in copied, f"the build stage does not copy {link.name}/"
+    folders = {"edge_embed", "pyproject.toml", *package_dirs().values()}
+    assert folders <= copied, f"the build stage does not copy {sorted(folders - copied)}"
 
 
 def test_the_model_image_gets_its_bundle_from_the_build_not_the_host() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -19,19 +20,34 @@ import pytest
 
 import edge_embed
 from tests.fixtures.server import ROOT
+from tests.package_view import package_dirs
 
 # The folders that live at the top of the repository and are importable only as edge_embed.*.
 SUBPACKAGES = ("core", "service", "export", "quantize", "bench", "corpus")
 BUILD_TIMEOUT_S = 300
 
 
+def _checkout_files() -> list[str]:
+    """What git holds or would add here (tracked, and new files not ignored)."""
+    return subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                          cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of the checkout's files, as a clone or the container build has them: a
+    # build/ folder left here by an earlier build keeps modules since deleted, and setuptools
+    # would pack them again.
+    src = tmp_path_factory.mktemp("src")
+    for name in _checkout_files():
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
     # No build isolation: the venv's setuptools (the dev extra pins a new enough one) builds it
-    # offline, exactly from this checkout.
+    # offline.
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                             "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+                             "--no-build-isolation", "-q", "-w", str(out), str(src)],
                             capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-2000:]
     (built,) = out.glob("edge_embed-*.whl")
@@ -48,6 +64,14 @@ def test_wheel_installs_one_top_level_package(wheel: Path) -> None:
     assert roots == {"edge_embed", dist_info}, roots
     for package in SUBPACKAGES:
         assert f"edge_embed/{package}/__init__.py" in names, package
+    # Every module of each mapped folder, at its place in the package, and nothing else there.
+    files = _checkout_files()
+    for package, folder in package_dirs().items():
+        modules = {f"edge_embed/{package}/{f.removeprefix(folder + '/')}" for f in files
+                   if f.startswith(folder + "/") and f.count("/") == 1 and f.endswith(".py")}
+        packed = {n for n in names if n.startswith(f"edge_embed/{package}/")
+                  and n.endswith(".py")}
+        assert modules and packed == modules, (package, sorted(packed ^ modules))
     # Data and markers the tools and type checkers read from the installed package.
     assert "edge_embed/core/data/eval.jsonl" in names
     assert "edge_embed/py.typed" in names
@@ -101,3 +125,14 @@ def test_serving_never_imports_the_corpus_extras() -> None:
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_package_is_real_folders() -> None:
+    """No links: the subpackages are mapped by the build (pyproject.toml's package-dir), so a
+    checkout without symlink support works and tools that read imports see the folders."""
+    staged = subprocess.run(["git", "ls-files", "-s"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.splitlines()
+    links = [line.split("\t")[-1] for line in staged if line.startswith("120000 ")]
+    assert links == [], links
+    mapped = {f"edge_embed.{name}" for name in package_dirs()}
+    assert {f"edge_embed.{p}" for p in SUBPACKAGES if p != "core"} == mapped

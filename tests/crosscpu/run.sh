@@ -17,6 +17,9 @@ name=$(basename "$bundle")
 # Haswell: AVX2 and FMA, no AVX-512 (TCG warns about a few flags it lacks; harmless here)
 qemu-x86_64-static -cpu Haswell "$py" -m edge_embed.quantize.crosscpu embed "$bundle" \
   "$out/$name.avx2.npy" 2> >(grep -v "TCG doesn't support" >&2)
+# The root has the runtime's packages but not ours: the package as installed, as links into the
+# checkout (relative, so they resolve where it is mounted), goes on its PYTHONPATH.
+"$py" "$here/tests/package_view.py" "$here/build/crosscpu-view"
 # the checkout and the bundle, read-only inside the arm64 root
 for d in mnt/repo mnt/bundle mnt/out; do mkdir -p "$root/$d"; done
 mount --bind -o ro "$here" "$root/mnt/repo"
@@ -26,7 +29,7 @@ mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
 # unmounted on the way out: a `rm -rf` of the root must not walk into the checkout or /proc
 trap 'umount "$root/mnt/repo" "$root/mnt/bundle" "$root/mnt/out" "$root/proc"' EXIT
 # onnxruntime's cpuinfo finds no /sys in the root and says so: expected, not an error
-chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin PYTHONPATH=/mnt/repo /opt/rt/bin/python -m \
+chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin PYTHONPATH=/mnt/repo/build/crosscpu-view /opt/rt/bin/python -m \
   edge_embed.quantize.crosscpu embed /mnt/bundle "/mnt/out/$name.arm64.npy" 2> >(grep -v cpuinfo >&2)
 record=()
 if [ "${RECORD:-0}" = 1 ]; then record=(--record "$bundle"); fi
