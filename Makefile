@@ -40,15 +40,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[export,model,bench,dev]'
 	touch $@
 
-# The fast test loop's venv: the runtime and the dev tools, no torch. A venv that already has
-# everything (make install) is reused as it is.
+# The fast test loop's and lint's venv: the runtime and the dev tools (matplotlib too, which
+# mypy checks bench/ against), no torch. A venv that already has everything (make install) is
+# reused as it is.
 install-fast:
 	if [ -f $(VENV)/.installed ]; then $(MAKE) install; else $(MAKE) $(VENV)/.installed-fast; fi
 
 $(VENV)/.installed-fast: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $@
 
 # The serving runtime alone (no export stack): what an edge box or sidecar image carries.
@@ -143,9 +144,10 @@ test-cross-cpu: model
 test-fast: install-fast
 	$(BIN)/pytest -q --fast $(PYTEST_ARGS)
 
-# mypy reads the package from a view of links under build/lint (tests/package_view.py), as
-# installed: it cannot follow the package-dir mapping; its messages name the files in the checkout.
-lint: install
+# No torch needed (pyproject.toml's mypy section says what that costs). mypy reads the package
+# from a view of links under build/lint (tests/package_view.py), as installed: it cannot follow
+# the package-dir mapping; its messages name the files in the checkout.
+lint: install-fast
 	$(BIN)/ruff check edge_embed service export quantize bench corpus tests
 	$(PY) tests/package_view.py build/lint --mypy $(BIN)/mypy
 

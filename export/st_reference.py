@@ -43,7 +43,7 @@ def _load(folder: Path, trust_remote_code: bool) -> Any:
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.set_verbosity_error()
     logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
     try:
         return SentenceTransformer(str(folder), device="cpu", local_files_only=True,

@@ -28,7 +28,7 @@ def source_tokenizer(folder: Path, trust_remote_code: bool = False) -> Any:
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
+        return AutoTokenizer.from_pretrained(
             str(folder), use_fast=True, local_files_only=True,
             trust_remote_code=trust_remote_code)
     except Exception as exc:  # tokenizer loading raises many kinds

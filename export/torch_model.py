@@ -49,13 +49,13 @@ def load(folder: Path, trust_remote_code: bool = False) -> PreTrainedModel:
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # "some weights were not used" is noise for an encoder
+    hf_logging.set_verbosity_error()  # "some weights were not used" is noise for an encoder
     try:
         model: PreTrainedModel = AutoModel.from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise load_error(weights, exc) from None
-    model.eval()  # type: ignore[no-untyped-call]
+    model.eval()
     return model
 
 

@@ -59,7 +59,7 @@ def test_tokenizer_reproduces_eos_and_padding_side(built: Built) -> None:
     from transformers import AutoTokenizer
 
     name = built.twin.name
-    reference = AutoTokenizer.from_pretrained(str(built.folder))  # type: ignore[no-untyped-call]
+    reference = AutoTokenizer.from_pretrained(str(built.folder))
     tok = BundleModel(built.fp32).tokenizer
     assert tok.padding_side == SIDES[name] == reference.padding_side
     for text in TEXTS:

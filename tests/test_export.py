@@ -159,7 +159,7 @@ def test_plain_hf_model_parity_with_transformers(tiny_hf_model: Path, tmp_path: 
 
     out = tmp_path / "hf"
     assert main([str(tiny_hf_model), "--out", str(out), "--quiet"]) == 0
-    tok = AutoTokenizer.from_pretrained(str(tiny_hf_model))  # type: ignore[no-untyped-call]
+    tok = AutoTokenizer.from_pretrained(str(tiny_hf_model))
     model = AutoModel.from_pretrained(str(tiny_hf_model)).eval()
     batch = tok(TEXTS, padding=True, truncation=True, max_length=TINY_POSITIONS,
                 return_tensors="pt")

@@ -98,11 +98,11 @@ def test_unsupported_architecture(tmp_path: Path) -> None:
     import torch
     from transformers import BertGenerationConfig, BertGenerationEncoder
 
-    config = BertGenerationConfig(  # type: ignore[no-untyped-call]
+    config = BertGenerationConfig(
         vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=64)
     torch.manual_seed(0)
-    model = BertGenerationEncoder(config)  # type: ignore[no-untyped-call]
+    model = BertGenerationEncoder(config)
     model.save_pretrained(str(tmp_path / "gen"))
     result = run_export(str(tmp_path / "gen"), "--out", str(tmp_path / "out"))
     assert_refused(result, "model_type 'bert-generation' is not supported")
