@@ -71,7 +71,7 @@ install-openvino: $(OPENVINO_VENV)/.installed
 $(OPENVINO_VENV)/.installed: pyproject.toml
 	test -x $(OPENVINO_VENV)/bin/python || $(PYTHON) -m venv $(OPENVINO_VENV)
 	$(OPENVINO_VENV)/bin/pip install -q --upgrade pip
-	$(OPENVINO_VENV)/bin/pip install -q -e '.[openvino,dev]' 'onnx>=1.17'
+	$(OPENVINO_VENV)/bin/pip install -q -e '.[openvino,dev]'
 	$(OPENVINO_VENV)/bin/pip uninstall -q -y onnxruntime
 	$(OPENVINO_VENV)/bin/pip install -q --force-reinstall --no-deps 'onnxruntime-openvino'
 	touch $@
