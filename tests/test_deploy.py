@@ -150,7 +150,7 @@ def test_api_keys_come_from_a_secret() -> None:
     readme = _readme()
     assert f"kubectl create secret generic {SECRET}" in readme, "README: how to create it"
     assert f"--from-literal={ref['key']}=" in readme and "secretGenerator" in readme
-    (configmap,) = _docs(BASE / "configmap.yaml")
+    (configmap,) = yaml_docs(BASE / "configmap.yaml")
     env_vars = {k: str(v) for k, v in configmap["data"].items()}
     assert "EDGE_EMBED_API_KEY" not in env_vars  # never in a ConfigMap
     # what the Secret holds is what the server reads: comma-separated keys, each checked
@@ -163,9 +163,9 @@ def test_api_keys_come_from_a_secret() -> None:
 
 
 def test_network_policy_admits_only_labelled_clients() -> None:
-    (policy,) = _docs(BASE / "networkpolicy.yaml")
+    (policy,) = yaml_docs(BASE / "networkpolicy.yaml")
     pod = _container()["pod"]
-    (deployment,) = _docs(BASE / "deployment.yaml")
+    (deployment,) = yaml_docs(BASE / "deployment.yaml")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     spec = policy["spec"]
     assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
@@ -200,7 +200,7 @@ def test_no_http_probe_names_a_host() -> None:
 
 
 def test_sidecar_probes_reach_a_loopback_server(tiny_bundle: Path) -> None:
-    (deployment,) = _docs(EXAMPLES / "sidecar.yaml")
+    (deployment,) = yaml_docs(EXAMPLES / "sidecar.yaml")
     (c,) = [c for c in deployment["spec"]["template"]["spec"]["containers"]
             if c["name"] == "edge-embed"]
     env = {e["name"]: str(e["value"]) for e in c["env"]}
