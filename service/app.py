@@ -177,6 +177,8 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
                                         thread_name_prefix="edge-embed-model")
     tokenizer_executor = ThreadPoolExecutor(runtime.tokenizer_threads,
                                             thread_name_prefix="edge-embed-tokenize")
+    # Short requests' own lane: never queued behind long documents (service/embeddings.py).
+    short_tokenizer_executor = ThreadPoolExecutor(1, thread_name_prefix="edge-embed-tokenize-s")
     engines = Engines()
     in_flight = InFlight()
     for served in app[REGISTRY]:
@@ -189,7 +191,8 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
         engine.start()
     app[ENGINES] = engines
     app[EMBEDDINGS] = EmbeddingsPath(app[REGISTRY], engines, app[CACHE], metrics,
-                                     settings.requests, tokenizer_executor)
+                                     settings.requests, tokenizer_executor,
+                                     short_tokenizer_executor)
     loop = asyncio.get_running_loop()
     lone_sessions: list[asyncio.Future[None]] = []
     try:
@@ -214,7 +217,10 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(Exception):
                 await built
         model_executor.shutdown(wait=True)
-        tokenizer_executor.shutdown(wait=True)
+        # Tokenizing not yet started belongs to requests that are gone by now: dropped, not
+        # waited for.
+        for executor in (tokenizer_executor, short_tokenizer_executor):
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def _check_canaries(served: ServedModel, executor: ThreadPoolExecutor,

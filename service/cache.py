@@ -44,6 +44,7 @@ class Cached:
     original_tokens: int
     expires: float
     size: int
+    exact: bool = True  # False: original_tokens is a lower bound
 
 
 class EmbeddingCache:
@@ -74,7 +75,7 @@ class EmbeddingCache:
         return entry
 
     def put(self, key: Hashable, vector: F32, used_tokens: int, original_tokens: int,
-            ttl: float | None = None, key_size: int = 0) -> None:
+            ttl: float | None = None, key_size: int = 0, exact: bool = True) -> None:
         life = self.ttl if ttl is None else ttl
         if not self.enabled or life <= 0:
             return
@@ -84,7 +85,8 @@ class EmbeddingCache:
             return
         if key in self._items:
             self._remove(key)
-        self._items[key] = Cached(vec, used_tokens, original_tokens, self._clock() + life, size)
+        self._items[key] = Cached(vec, used_tokens, original_tokens, self._clock() + life, size,
+                                 exact)
         self.bytes += size
         while len(self._items) > self.max_entries or self.bytes > self.max_bytes:
             oldest = next(iter(self._items))

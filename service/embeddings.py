@@ -19,6 +19,7 @@ queued.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -54,6 +55,9 @@ from .schema import (
 # call_soon_threadsafe, loop wake-up) that one-sentence requests at concurrency 1 would pay.
 # Anything longer goes to the thread, so the loop never stalls on a big request.
 INLINE_TOKENIZE_CHARS = 512
+# Requests up to this many characters go to their own tokenizer thread: a sentence or a page is
+# never queued behind the long documents of other requests (~10 ms of tokenizing at most).
+SHORT_TOKENIZE_CHARS = 16_384
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class _Work:
     vectors: F32
     used: list[int]
     original: list[int]
+    exact: list[bool]  # False: original is a lower bound (the tokenizer stopped counting)
 
     @property
     def single(self) -> bool:
@@ -101,13 +106,15 @@ class _Work:
 
 class EmbeddingsPath:
     def __init__(self, registry: Registry, engines: Engines, cache: EmbeddingCache,
-                 metrics: Metrics, limits: RequestLimits, tokenizer_executor: Executor) -> None:
+                 metrics: Metrics, limits: RequestLimits, tokenizer_executor: Executor,
+                 short_tokenizer_executor: Executor | None = None) -> None:
         self.registry = registry
         self.engines = engines
         self.cache = cache
         self.metrics = metrics
         self.limits = limits
         self.tokenizer_executor = tokenizer_executor
+        self.short_tokenizer_executor = short_tokenizer_executor or tokenizer_executor
 
     async def __call__(self, raw: bytes, caller: Caller) -> EmbeddingResult:
         limits = self.limits
@@ -124,7 +131,7 @@ class EmbeddingsPath:
                      truncate=limits.truncate if req.truncate is None else req.truncate,
                      vectors=np.empty((n, req.dimensions or manifest.dimensions),
                                       dtype=np.float32),
-                     used=[0] * n, original=[0] * n)
+                     used=[0] * n, original=[0] * n, exact=[True] * n)
         keys = self._keys(work) if self._caching(req) else None
         misses = self._lookup(work, keys, caller.log) if keys is not None else list(range(n))
         if misses:
@@ -155,6 +162,7 @@ class EmbeddingsPath:
             else:
                 work.vectors[i] = entry.vector
                 work.used[i], work.original[i] = entry.used_tokens, entry.original_tokens
+                work.exact[i] = entry.exact
         hits = len(keys) - len(misses)
         if hits:
             self.metrics.cache.labels("hit").inc(hits)
@@ -167,7 +175,7 @@ class EmbeddingsPath:
         ttl = work.req.cache_control.ttl
         for i in computed:
             self.cache.put(keys[i], work.vectors[i], work.used[i], work.original[i], ttl=ttl,
-                           key_size=keys[i].size())
+                           key_size=keys[i].size(), exact=work.exact[i])
 
     # ---- tokenize, admit, run ----------------------------------------------------------------
     async def _compute(self, work: _Work, misses: list[int], caller: Caller) -> None:
@@ -178,22 +186,33 @@ class EmbeddingsPath:
         model = work.served.model
         items = [work.req.inputs[i] for i in misses]
         limit = model.manifest.max_tokens
-        estimate = sum(estimate_tokens(len(item), isinstance(item, str), limit)
+        estimate = sum(estimate_tokens(len(item), isinstance(item, str), limit,
+                                       model.tokenizer.scan_bound(len(item))
+                                       if isinstance(item, str) else 0)
                        for item in items)
+        chars = sum(len(item) for item in items)
         with engine.admitted(len(items), estimate, time_left_s=deadline - loop.time(),
                              timeout_s=timeout) as ticket:
             tokenize_start = time.perf_counter()
-            if sum(len(item) for item in items) <= INLINE_TOKENIZE_CHARS:
+            if chars <= INLINE_TOKENIZE_CHARS:
                 tokens = _tokenize(model.tokenizer, items, work.prompt)
             else:
-                try:
-                    tokens = await asyncio.wait_for(loop.run_in_executor(
-                        self.tokenizer_executor, _tokenize, model.tokenizer, items, work.prompt),
-                        max(0.0, deadline - loop.time()))
-                except TimeoutError:
-                    raise self._timeout() from None
+                executor = (self.short_tokenizer_executor if chars <= SHORT_TOKENIZE_CHARS
+                            else self.tokenizer_executor)
+                late: list[Tokenized] | None = None
+                # A timeout cancels the work if it has not started; if it has, the thread
+                # still skips it once the request's deadline passed or its client left.
+                with contextlib.suppress(TimeoutError):
+                    late = await asyncio.wait_for(loop.run_in_executor(
+                        executor, _tokenize_unless_late, model.tokenizer, items, work.prompt,
+                        deadline, caller.is_gone), max(0.0, deadline - loop.time()))
+                if late is None:
+                    self.metrics.rejected.labels("timeout").inc()
+                    raise self._timeout()
+                tokens = late
             for i, tok in zip(misses, tokens, strict=True):
                 work.used[i], work.original[i] = len(tok.ids), tok.original_tokens
+                work.exact[i] = tok.exact
             caller.log.phases.append(Phase(
                 "tokenize", tokenize_start, time.perf_counter(),
                 {"edge_embed.inputs": len(items),
@@ -227,7 +246,8 @@ class EmbeddingsPath:
             for i, (used, original) in enumerate(zip(work.used, work.original, strict=True)):
                 if original > used:
                     raise InvalidRequest(
-                        f"'{work.where(i)}' has {original} tokens, over this model's limit of "
+                        f"'{work.where(i)}' has {_count(original, work.exact[i])} tokens, over "
+                        f"this model's limit of "
                         f"{limit}; shorten it or send truncate: true to have it cut.",
                         param="input", code="context_length_exceeded")
         total = sum(work.used)
@@ -239,9 +259,9 @@ class EmbeddingsPath:
     # ---- the answer --------------------------------------------------------------------------
     def _result(self, work: _Work, log: RequestLog) -> EmbeddingResult:
         limit = work.served.model.manifest.max_tokens
-        warnings = tuple(_truncation_warning(i, original, used, limit)
-                         for i, (used, original) in enumerate(zip(work.used, work.original,
-                                                                  strict=True))
+        warnings = tuple(_truncation_warning(i, original, used, limit, exact)
+                         for i, (used, original, exact) in enumerate(zip(
+                             work.used, work.original, work.exact, strict=True))
                          if original > used)
         total = sum(work.used)
         model_id = work.served.id
@@ -276,8 +296,25 @@ def _tokenize(tokenizer: TextTokenizer, items: Sequence[TextInput], prompt: str)
     return [t for t in out if t is not None]
 
 
-def _truncation_warning(index: int, original: int, used: int, limit: int) -> dict[str, Any]:
+def _count(tokens: int, exact: bool) -> str:
+    return str(tokens) if exact else f"at least {tokens}"
+
+
+def _tokenize_unless_late(tokenizer: TextTokenizer, items: Sequence[TextInput], prompt: str,
+                          deadline: float, is_gone: Callable[[], bool]) -> list[Tokenized] | None:
+    """`_tokenize` in the tokenizer thread; None, at no cost, for a request already timed out
+    (`deadline`: the event loop's clock, time.monotonic) or whose client went away."""
+    if time.monotonic() >= deadline or is_gone():
+        return None
+    return _tokenize(tokenizer, items, prompt)
+
+
+def _truncation_warning(index: int, original: int, used: int, limit: int,
+                        exact: bool = True) -> dict[str, Any]:
+    """`original_tokens` is exact up to COUNT_TOKENS_FACTOR x the limit; past it, a lower bound
+    and `original_tokens_exact` is false."""
     return {"index": index, "code": "input_truncated",
-            "message": f"input {index} has {original} tokens; it was cut to the model's limit "
-                       f"of {limit} tokens (send truncate: false to get an error instead).",
-            "original_tokens": original, "used_tokens": used}
+            "message": f"input {index} has {_count(original, exact)} tokens; it was cut to the "
+                       f"model's limit of {limit} tokens (send truncate: false to get an error "
+                       "instead).",
+            "original_tokens": original, "original_tokens_exact": exact, "used_tokens": used}

@@ -129,6 +129,10 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                 "Warning": {"type": "object", "properties": {
                     "index": {"type": "integer"}, "code": {"type": "string"},
                     "message": {"type": "string"}, "original_tokens": {"type": "integer"},
+                    "original_tokens_exact": {
+                        "type": "boolean",
+                        "description": "false: original_tokens is a lower bound (the server "
+                                       "counts an input's tokens up to 4x the model's limit)"},
                     "used_tokens": {"type": "integer"}}},
                 "EmbeddingResponse": {
                     "type": "object", "required": ["object", "data", "model", "usage"],
