@@ -179,6 +179,7 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
                                             thread_name_prefix="edge-embed-tokenize")
     # Short requests' own lane: never queued behind long documents (service/embeddings.py).
     short_tokenizer_executor = ThreadPoolExecutor(1, thread_name_prefix="edge-embed-tokenize-s")
+    parse_executor = ThreadPoolExecutor(1, thread_name_prefix="edge-embed-parse")
     engines = Engines()
     in_flight = InFlight()
     for served in app[REGISTRY]:
@@ -192,7 +193,7 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
     app[ENGINES] = engines
     app[EMBEDDINGS] = EmbeddingsPath(app[REGISTRY], engines, app[CACHE], metrics,
                                      settings.requests, tokenizer_executor,
-                                     short_tokenizer_executor)
+                                     short_tokenizer_executor, parse_executor)
     loop = asyncio.get_running_loop()
     lone_sessions: list[asyncio.Future[None]] = []
     try:
@@ -219,7 +220,7 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
         model_executor.shutdown(wait=True)
         # Tokenizing not yet started belongs to requests that are gone by now: dropped, not
         # waited for.
-        for executor in (tokenizer_executor, short_tokenizer_executor):
+        for executor in (tokenizer_executor, short_tokenizer_executor, parse_executor):
             executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -273,10 +274,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 async def embeddings(request: web.Request) -> web.Response:
     app = request.app
     started = asyncio.get_running_loop().time()
-    raw = await read_body(request, app[SETTINGS].requests.max_body_bytes)
+    path = app[EMBEDDINGS]
+    with path.bodies.hold(request.content_length):  # a 503 before a large body is read
+        req = await path.parse(await read_body(request, app[SETTINGS].requests.max_body_bytes))
     transport = request.transport
     rlog = request[LOG_KEY]
-    result = await app[EMBEDDINGS](raw, Caller(
+    result = await path(req, Caller(
         key=request.get(KEY_KEY), log=rlog, started=started,
         is_gone=lambda: transport is None or transport.is_closing()))
     return web.Response(body=result.body(rlog.request_id), content_type=_JSON,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +33,9 @@ from .auth import ApiKey, Authenticator
 from .cache import CacheKey, EmbeddingCache
 from .encoder import TextTokenizer, Tokenized
 from .engine import Engines, Job
-from .errors import InvalidRequest, RequestTimeout
+from .errors import InvalidRequest, RequestTimeout, Unavailable
 from .feeds import I64
-from .limits import RequestLimits
+from .limits import LARGE_BODY_BYTES, RequestLimits
 from .metrics import Metrics
 from .middleware import Phase, RequestLog
 from .models import Registry, ServedModel
@@ -58,6 +58,37 @@ INLINE_TOKENIZE_CHARS = 512
 # Requests up to this many characters go to their own tokenizer thread: a sentence or a page is
 # never queued behind the long documents of other requests (~10 ms of tokenizing at most).
 SHORT_TOKENIZE_CHARS = 16_384
+# Bodies up to this size are parsed on the event loop (well under a millisecond); larger ones
+# on the parse thread, so that the loop keeps answering (/health, /ready) while a 16 MB body
+# is parsed and checked.
+INLINE_PARSE_BYTES = 64 * 1024
+# A client refused for want of a body slot may retry this soon: a 16 MB body parses in ~1 s.
+BODY_RETRY_AFTER_S = 1
+
+
+class BodySlots:
+    """At most `limit` large bodies (LARGE_BODY_BYTES, or of unknown length) read and parsed at
+    once; the next is refused before its body is read. Event loop only: a plain count."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    @contextlib.contextmanager
+    def hold(self, length: int | None) -> Iterator[None]:
+        if length is not None and length < LARGE_BODY_BYTES:
+            yield
+            return
+        if self.held >= self.limit:
+            raise Unavailable(f"The server is reading {self.held} large request bodies, its "
+                              f"limit; retry in {BODY_RETRY_AFTER_S} s.", param="body",
+                              headers={"Retry-After": str(BODY_RETRY_AFTER_S),
+                                       "Connection": "close"})
+        self.held += 1
+        try:
+            yield
+        finally:
+            self.held -= 1
 
 
 @dataclass(frozen=True)
@@ -107,7 +138,8 @@ class _Work:
 class EmbeddingsPath:
     def __init__(self, registry: Registry, engines: Engines, cache: EmbeddingCache,
                  metrics: Metrics, limits: RequestLimits, tokenizer_executor: Executor,
-                 short_tokenizer_executor: Executor | None = None) -> None:
+                 short_tokenizer_executor: Executor | None = None,
+                 parse_executor: Executor | None = None) -> None:
         self.registry = registry
         self.engines = engines
         self.cache = cache
@@ -115,11 +147,22 @@ class EmbeddingsPath:
         self.limits = limits
         self.tokenizer_executor = tokenizer_executor
         self.short_tokenizer_executor = short_tokenizer_executor or tokenizer_executor
+        self.parse_executor = parse_executor or tokenizer_executor
+        self.bodies = BodySlots(limits.max_large_bodies)
 
-    async def __call__(self, raw: bytes, caller: Caller) -> EmbeddingResult:
+    async def parse(self, raw: bytes) -> EmbeddingRequest:
+        """The request in `raw`; a large body on the parse thread, off the event loop."""
+        if len(raw) <= INLINE_PARSE_BYTES:
+            return self._parse(raw)
+        return await asyncio.get_running_loop().run_in_executor(self.parse_executor,
+                                                                self._parse, raw)
+
+    def _parse(self, raw: bytes) -> EmbeddingRequest:
+        return parse_request(parse_body(raw), max_inputs=self.limits.max_inputs,
+                             max_input_chars=self.limits.max_input_chars)
+
+    async def __call__(self, req: EmbeddingRequest, caller: Caller) -> EmbeddingResult:
         limits = self.limits
-        req = parse_request(parse_body(raw), max_inputs=limits.max_inputs,
-                            max_input_chars=limits.max_input_chars)
         served = self.registry.get(req.model)
         Authenticator.allow(caller.key, served.names)
         caller.log.model, caller.log.inputs = served.id, len(req.inputs)
@@ -149,8 +192,10 @@ class EmbeddingsPath:
     def _keys(self, work: _Work) -> list[CacheKey]:
         manifest = work.served.model.manifest
         # A prompt is put before text only; token ids go to the model as sent.
-        return [CacheKey(work.served.id, item, work.prompt if isinstance(item, str) else "",
-                         manifest.max_tokens, work.req.dimensions)
+        return [CacheKey(work.served.id, item, work.prompt, manifest.max_tokens,
+                         work.req.dimensions) if isinstance(item, str) else
+                CacheKey(work.served.id, item.tobytes(), "", manifest.max_tokens,
+                         work.req.dimensions)
                 for item in work.req.inputs]
 
     def _lookup(self, work: _Work, keys: list[CacheKey], log: RequestLog) -> list[int]:

@@ -142,12 +142,13 @@ class TextTokenizer:
                 return text[:enc.offsets[j][0]]
         return text
 
-    def wrap_ids(self, ids: Sequence[int]) -> Tokenized:
+    def wrap_ids(self, ids: Sequence[int] | I64) -> Tokenized:
         """Token-id input (the model's own vocabulary): add the special tokens, cut to the limit."""
         original = len(self.prefix) + len(ids) + len(self.suffix)
         room = self.max_tokens - len(self.prefix) - len(self.suffix)
-        body = list(ids[:room]) if original > self.max_tokens else list(ids)
-        return Tokenized(np.asarray(self.prefix + body + self.suffix, dtype=np.int64), original)
+        body = np.asarray(ids[:room] if original > self.max_tokens else ids, dtype=np.int64)
+        return Tokenized(np.concatenate([np.asarray(self.prefix, dtype=np.int64), body,
+                                         np.asarray(self.suffix, dtype=np.int64)]), original)
 
 
 class BundleModel:

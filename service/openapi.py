@@ -117,7 +117,9 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                        "description": "query or passage: the bundle's prompts"},
                         "cache_control": {"type": "object", "nullable": True, "properties": {
                             "no_cache": {"type": "boolean"},
-                            "ttl": {"type": "number", "minimum": 0}}},
+                            "ttl": {"type": "number", "minimum": 0,
+                                    "description": "seconds; cut to the server's "
+                                                   f"{settings.cache.max_ttl_s:g} s at most"}}},
                     },
                 },
                 "Embedding": {"type": "object", "required": ["object", "index", "embedding"],
