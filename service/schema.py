@@ -32,7 +32,7 @@ TextInput = str | I64
 # orjson call for a third of a second and took ~160 MB.
 BIG_ARRAY_BYTES = 64 * 1024
 # One chunk: a few milliseconds of orjson, so the event loop gets the GIL between them.
-CHUNK_BYTES = 256 * 1024
+CHUNK_BYTES = 64 * 1024
 # What the text of an array of JSON integers is made of (whitespace, digits, '-', ',').
 _INT_ARRAY_BYTES = np.zeros(256, dtype=bool)
 _INT_ARRAY_BYTES[list(b" \t\r\n0123456789-,")] = True

@@ -9,30 +9,29 @@ stays bounded; afterwards it serves normally.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
-import orjson
 import pytest
 
-from edge_embed.service.limits import LARGE_BODY_BYTES, MAX_BODY_BYTES, MAX_INPUT_CHARS
+from edge_embed.service.limits import LARGE_BODY_BYTES, MAX_BODY_BYTES
 from tests.fixtures.server import Live, live_server
-from tests.reliability_server import http
+from tests.reliability_server import http, post_bodies, token_ids_body
 
-# Token ids below every tiny vocabulary, 3 bytes each with the comma: many ids per byte.
-ID_RANGE = 100
 # The body's size: just under the limit, so that it is read and parsed whole.
 BODY_BYTES = MAX_BODY_BYTES - 64 * 1024
 HEALTH_FLOOD = 8
 RSS_FLOOD = 20
 # /health answers within this much above the worst of its idle answers measured just before
-# (the machine is shared: the idle worst is its own noise).
+# (the machine is shared: the idle worst is its own noise), 95 % of the time; and never later
+# than HEALTH_WORST_S (a shared 2-core box deschedules the server now and then; a parse on the
+# event loop held it for seconds).
 HEALTH_LIMIT_S = 0.1
+HEALTH_SHARE = 0.95
+HEALTH_WORST_S = 0.5
 HEALTH_POLL_S = 0.02
 IDLE_PROBES = 20
 # RSS growth over the idle server during the flood of RSS_FLOOD bodies: what MAX_LARGE_BODIES
@@ -41,39 +40,19 @@ IDLE_PROBES = 20
 RSS_GROWTH_LIMIT = 200 * 1024 * 1024
 RSS_POLL_S = 0.05
 CLIENT_TIMEOUT_S = 120.0
+# What a flood of large bodies may get: never a 5xx but 503 (a body slot), never no answer.
 OK_STATUSES = {200, 413, 429, 503}
-
-
-def token_body(seed: int) -> bytes:
-    """Just under BODY_BYTES of token-id inputs, each MAX_INPUT_CHARS ids long at most."""
-    per_input = MAX_INPUT_CHARS
-    ids = [(seed + k) % ID_RANGE for k in range(per_input)]
-    one = orjson.dumps(ids)
-    inputs = max(1, (BODY_BYTES - 64) // (len(one) + 1))
-    return orjson.dumps({"model": "tiny", "input": [ids] * inputs, "cache_control":
-                         {"no_cache": True}})
 
 
 @pytest.fixture(scope="module")
 def bodies() -> list[bytes]:
-    return [token_body(i) for i in range(RSS_FLOOD)]
+    return [token_ids_body(i, "tiny", BODY_BYTES) for i in range(RSS_FLOOD)]
 
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle: Path) -> Iterator[Live]:
     with live_server([tiny_bundle]) as live:
         yield live
-
-
-async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, str]:
-    try:
-        async with session.post(url, data=body, headers={"Content-Type": "application/json"},
-                                timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)) as r:
-            await r.read()
-            retry = r.headers.get("Retry-After", "")
-            return r.status, retry
-    except aiohttp.ClientError as exc:
-        return 0, type(exc).__name__
 
 
 def _health_times(base: str, stop: threading.Event, times: list[float]) -> None:
@@ -85,12 +64,6 @@ def _health_times(base: str, stop: threading.Event, times: list[float]) -> None:
         assert status == 200
         times.append(time.perf_counter() - start)
         time.sleep(HEALTH_POLL_S)
-
-
-async def _send(base: str, bodies: list[bytes]) -> list[tuple[int, str]]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        return list(await asyncio.gather(*(_post(session, f"{base}/v1/embeddings", b)
-                                           for b in bodies)))
 
 
 def _flood(base: str, bodies: list[bytes]) -> tuple[list[tuple[int, str]], list[float],
@@ -106,7 +79,7 @@ def _flood(base: str, bodies: list[bytes]) -> tuple[list[tuple[int, str]], list[
     probe = threading.Thread(target=_health_times, args=(base, stop, during))
     probe.start()
     try:
-        answers = asyncio.run(_send(base, bodies))
+        answers = post_bodies(f"{base}/v1/embeddings", bodies)
     finally:
         stop.set()
         probe.join()
@@ -117,13 +90,16 @@ def test_health_answers_while_big_token_id_bodies_are_parsed(server: Live,
                                                              bodies: list[bytes]) -> None:
     assert len(bodies[0]) > MAX_BODY_BYTES * 0.9
     answers, idle, during = _flood(server.url, bodies[:HEALTH_FLOOD])
+    ranked = sorted(during)
+    share = ranked[int(len(ranked) * HEALTH_SHARE)]
     report = (f"answers {answers}; /health idle worst {max(idle) * 1000:.0f} ms, during the "
-              f"flood worst {max(during) * 1000:.0f} ms over {len(during)} probes")
+              f"flood {HEALTH_SHARE:.0%} within {share * 1000:.0f} ms, worst "
+              f"{max(during) * 1000:.0f} ms over {len(during)} probes")
     print("\n" + report)
     assert {s for s, _ in answers} <= OK_STATUSES and 200 in {s for s, _ in answers}, report
     assert all(retry for s, retry in answers if s == 503), report
     assert len(during) >= 3, report
-    assert max(during) <= max(idle) + HEALTH_LIMIT_S, report
+    assert share <= max(idle) + HEALTH_LIMIT_S and max(during) <= HEALTH_WORST_S, report
     assert server.status("/ready") == 200
 
 
