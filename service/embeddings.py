@@ -33,7 +33,7 @@ from .auth import ApiKey, Authenticator
 from .cache import CacheKey, EmbeddingCache
 from .encoder import TextTokenizer, Tokenized
 from .engine import Engines, Job
-from .errors import InvalidRequest, RequestTimeout, Unavailable
+from .errors import InvalidRequest, Overloaded, RequestTimeout
 from .feeds import I64
 from .limits import LARGE_BODY_BYTES, RequestLimits
 from .metrics import Metrics
@@ -68,11 +68,13 @@ BODY_RETRY_AFTER_S = 1
 
 class BodySlots:
     """At most `limit` large bodies (LARGE_BODY_BYTES, or of unknown length) read and parsed at
-    once; the next is refused before its body is read. Event loop only: a plain count."""
+    once; the next gets 429 before its body is read, as a request the queue has no room for.
+    Event loop only: a plain count."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_refuse: Callable[[], None] = lambda: None) -> None:
         self.limit = limit
         self.held = 0
+        self.on_refuse = on_refuse
 
     @contextlib.contextmanager
     def hold(self, length: int | None) -> Iterator[None]:
@@ -80,7 +82,8 @@ class BodySlots:
             yield
             return
         if self.held >= self.limit:
-            raise Unavailable(f"The server is reading {self.held} large request bodies, its "
+            self.on_refuse()
+            raise Overloaded(f"The server is reading {self.held} large request bodies, its "
                               f"limit; retry in {BODY_RETRY_AFTER_S} s.", param="body",
                               headers={"Retry-After": str(BODY_RETRY_AFTER_S),
                                        "Connection": "close"})
@@ -148,7 +151,8 @@ class EmbeddingsPath:
         self.tokenizer_executor = tokenizer_executor
         self.short_tokenizer_executor = short_tokenizer_executor or tokenizer_executor
         self.parse_executor = parse_executor or tokenizer_executor
-        self.bodies = BodySlots(limits.max_large_bodies)
+        self.bodies = BodySlots(limits.max_large_bodies,
+                                metrics.rejected.labels("overloaded").inc)
 
     async def parse(self, raw: bytes) -> EmbeddingRequest:
         """The request in `raw`; a large body on the parse thread, off the event loop."""

@@ -182,7 +182,7 @@ _SCALARS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--max-input-chars", _positive_int, "characters (or token ids) per input, before tokenizing"),
     ("--max-body-bytes", _positive_int, "request body size; larger bodies get 413"),
     ("--max-large-bodies", _positive_int, "bodies of 1 MiB or more read and parsed at once; "
-     "the next gets 503 with Retry-After before it is read"),
+     "the next gets 429 with Retry-After before it is read"),
     ("--batch-tokens", _positive_int, "padded tokens (longest x count) per model run"),
     ("--batch-inputs", _positive_int, "inputs per model run"),
     ("--batch-delay-ms", _non_negative_float, "wait to fill a batch when the worker is idle"),
