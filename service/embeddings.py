@@ -366,8 +366,8 @@ def _tokenize_unless_late(tokenizer: TextTokenizer, items: Sequence[TextInput], 
 
 def _truncation_warning(index: int, original: int, used: int, limit: int,
                         exact: bool = True) -> dict[str, Any]:
-    """`original_tokens` is exact up to COUNT_TOKENS_FACTOR x the limit; past it, a lower bound
-    and `original_tokens_exact` is false."""
+    """`original_tokens` is exact up to the tokenizer's `count_cap`; past it, a lower bound and
+    `original_tokens_exact` is false."""
     return {"index": index, "code": "input_truncated",
             "message": f"input {index} has {_count(original, exact)} tokens; it was cut to the "
                        f"model's limit of {limit} tokens (send truncate: false to get an error "

@@ -25,6 +25,9 @@ from .runtime import ProviderChoice, RuntimeOptions, Sessions, create_sessions
 # past that only as "at least": counting a 64 K-character text whole cost ~50x what the model
 # needs of it (the first 256 tokens of ~1 K characters), in the one tokenizer thread.
 COUNT_TOKENS_FACTOR = 4
+# ... and up to at least this many, whatever the limit: a small model's (32 tokens) would stop
+# counting within a paragraph.
+COUNT_TOKENS_MIN = 1024
 # The first prefix tokenized is this many characters per token to count: English averages 4-5
 # per WordPiece/BPE token, so one pass covers most texts; a text with fewer tokens in it (long
 # runs of spaces, one huge word) gets a prefix twice as long, and so on to its end.
@@ -90,11 +93,11 @@ class TextTokenizer:
         """Each text's ids cut to the limit, and its token count, from a bounded prefix.
 
         A text is tokenized from its start, a prefix at a time (doubling), until the prefix is
-        the whole text or holds more than `COUNT_TOKENS_FACTOR` x the limit in complete words;
-        so the work is bounded by the token limit, not by the text's length, and the count is
-        exact up to that bound (a lower bound, `exact=False`, past it).
+        the whole text or holds more than `count_cap` tokens in complete words; so the work is
+        bounded by the token limit, not by the text's length, and the count is exact up to that
+        bound (a lower bound, `exact=False`, past it).
         """
-        cap = self.max_tokens * COUNT_TOKENS_FACTOR
+        cap = self.count_cap
         out: list[Tokenized | None] = [None] * len(texts)
         over: dict[int, tuple[str, Encoding]] = {}  # over the limit: the prefix and its encoding
         pending = list(range(len(texts)))
@@ -125,10 +128,15 @@ class TextTokenizer:
                                    exact=done.exact)
         return [t for t in out if t is not None]
 
+    @property
+    def count_cap(self) -> int:
+        """Tokens counted exactly: COUNT_TOKENS_FACTOR x the limit, COUNT_TOKENS_MIN at least."""
+        return max(self.max_tokens * COUNT_TOKENS_FACTOR, COUNT_TOKENS_MIN)
+
     def scan_bound(self, chars: int) -> int:
         """At most how many characters `encode` reads of a text of `chars` characters, in the
         common case of a text whose first prefix holds enough tokens (both passes)."""
-        first = self.max_tokens * COUNT_TOKENS_FACTOR * PREFIX_CHARS_PER_TOKEN
+        first = self.count_cap * PREFIX_CHARS_PER_TOKEN
         return min(chars, first) + min(chars, self.max_tokens * PREFIX_CHARS_PER_TOKEN)
 
     def _kept_words(self, text: str, enc: Encoding) -> str:

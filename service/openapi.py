@@ -134,7 +134,8 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                     "original_tokens_exact": {
                         "type": "boolean",
                         "description": "false: original_tokens is a lower bound (the server "
-                                       "counts an input's tokens up to 4x the model's limit)"},
+                                       "counts an input's tokens up to 4x the model's limit, "
+                                       "1024 at least)"},
                     "used_tokens": {"type": "integer"}}},
                 "EmbeddingResponse": {
                     "type": "object", "required": ["object", "data", "model", "usage"],

@@ -1,6 +1,7 @@
 """Tokenizing reads a bounded prefix of each text: the same ids as the tokenizer's own
-truncation of the whole text, the exact token count up to COUNT_TOKENS_FACTOR x the limit, a
-lower bound flagged as such past it, and work bounded by the limit, not by the text's length.
+truncation of the whole text, the exact token count up to the tokenizer's `count_cap` (4x the
+limit, 1024 at least), a lower bound flagged as such past it, and work bounded by the limit, not
+by the text's length.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from tokenizers import Tokenizer
 
-from edge_embed.service.encoder import COUNT_TOKENS_FACTOR, BundleModel, TextTokenizer
+from edge_embed.service.encoder import BundleModel, TextTokenizer
 from tests.fixtures.server import MakeClient
 from tests.fixtures.tiny import CORPUS
 
@@ -59,12 +60,12 @@ def test_ids_as_the_tokenizers_own_cut_and_counts_exact_up_to_the_bound(
     for text, tok in zip(texts, got, strict=True):
         everything = len(full.encode(text).ids)
         assert tok.ids.tolist() == cut.encode(text).ids, text[:60]
-        if everything <= limit * COUNT_TOKENS_FACTOR:
+        if everything <= tokenizer.count_cap:
             assert (tok.original_tokens, tok.exact) == (everything, True), text[:60]
         elif tok.exact:
             assert tok.original_tokens == everything, text[:60]
         else:  # a lower bound, past the bound
-            assert limit * COUNT_TOKENS_FACTOR < tok.original_tokens <= everything, text[:60]
+            assert tokenizer.count_cap < tok.original_tokens <= everything, text[:60]
     assert any(not t.exact for t in got)  # the long texts did stop the count
 
 
@@ -94,13 +95,13 @@ async def test_the_warning_says_when_the_count_is_a_lower_bound(
     client = await make_client()
     limit = tokenizer.max_tokens
     near = " ".join(["fox"] * (limit * 2))  # counted whole: exact
-    far = " ".join(["fox"] * (limit * COUNT_TOKENS_FACTOR * 4))
+    far = " ".join(["fox"] * (tokenizer.count_cap * 4))
     resp = await client.post("/v1/embeddings", json={"model": "tiny", "input": [near, far]})
     assert resp.status == 200
     first, second = (await resp.json())["warnings"]
     assert (first["original_tokens"], first["original_tokens_exact"]) == (limit * 2 + 2, True)
     assert second["original_tokens_exact"] is False
-    assert second["original_tokens"] > limit * COUNT_TOKENS_FACTOR
+    assert second["original_tokens"] > tokenizer.count_cap
     assert f"at least {second['original_tokens']} tokens" in second["message"]
     resp = await client.post("/v1/embeddings", json={"model": "tiny", "input": far,
                                                      "truncate": False})
