@@ -1,9 +1,10 @@
 """The embeddings request path, in one place: parse → authorize → validate → cache → tokenize →
 admit → engine → pool → encode.
 
-`EmbeddingsPath` takes a request's raw body and who is calling, and returns an
-`EmbeddingResult` (or raises an `ApiError`); the HTTP layer (app.py) only reads the body and
-writes the answer.
+`EmbeddingsPath.parse` turns a request's raw body into an `EmbeddingRequest` (a large one off the
+event loop); the path then takes it and who is calling, and returns an `EmbeddingResult` (or
+raises an `ApiError`). The HTTP layer (app.py) only reads the body, holding one of the
+`BodySlots` while it reads and parses a large one, and writes the answer.
 
 Every check of the request itself (schema, key, model, `dimensions`, `input_type`, token ids)
 runs before the cache is consulted. The checks that need token counts (an over-long input under

@@ -376,6 +376,8 @@ class ModelEngine:
             self._jobs.remove(job)
             self.queued_inputs -= len(job.rows)
             self.queued_tokens -= job.tokens
+        if taken:
+            self._queue_gauge.set(self.queued_inputs)
         return window, tokens
 
     def _take_window(self) -> list[tuple[Job, int]]:
