@@ -224,10 +224,12 @@ def test_twenty_big_token_id_bodies_under_512_mib() -> None:
                         [(bundle, IN_IMAGE)], extra=["--memory", MEMORY_LIMIT]) as c:
         c.wait_ready(READY_TIMEOUT_S)
         answers = post_bodies(f"{c.url}/v1/embeddings", bodies)
-        report = f"{c.name} under --memory {MEMORY_LIMIT}: {answers}"
+        running, oom, code = c.inspect(
+            "{{.State.Running}} {{.State.OOMKilled}} {{.State.ExitCode}}").split()
+        report = (f"{c.name} under --memory {MEMORY_LIMIT}: {answers}; running {running}, "
+                  f"OOM-killed {oom}, exit code {code}")
         print("\n" + report)
-        assert c.inspect("{{.State.OOMKilled}}") == "false", report
-        assert c.inspect("{{.State.Running}}") == "true", report + "\n" + c.logs()
+        assert (running, oom) == ("true", "false"), report + "\n" + c.logs()
         assert {s for s, _ in answers} <= FLOOD_STATUSES, report
         assert all(retry for s, retry in answers if s in (429, 503)), report
         # Served normally after.
