@@ -3,7 +3,7 @@
 Three systems embed the same corpus (the mixed-lengths workload's length distribution, written
 once as JSON Lines), each in a fresh worker process, interleaved round by round so that a
 neighbour's load on a shared machine falls on all of them alike:
-- `raw`: the bundle through service.encoder.BundleModel in the service's thread layout,
+- `raw`: the bundle through core.encoder.BundleModel in the service's thread layout,
   window by window: tokenize, sort by length, fixed batches of the engine's BATCH_INPUTS, the
   service's concurrent runs; no reading, no Parquet, no manifest. The ceiling.
 - `local`: `edge-embed embed` in-process mode, end to end (validation pass, hashing, Parquet,
@@ -51,9 +51,10 @@ QUICK_MULTIPLE = 4
 
 def corpus_texts(bundle: Path, rows: int) -> list[str]:
     """`rows` texts with the mixed workload's lengths, from seeded workload builds."""
+    # imported here, not at the top: the workers, which import this module, never need them
     from tokenizers import Tokenizer
 
-    from edge_embed.service.bundle import load_manifest
+    from edge_embed.core.bundle import load_manifest
 
     from .workloads import SEED, build
 
@@ -70,13 +71,15 @@ def corpus_texts(bundle: Path, rows: int) -> list[str]:
 
 
 # ---- the worker (one system, one run, in its own process) -----------------------------------
+# Each system imports its stack inside its function: a worker process holds only what it
+# measures (the local worker's RSS is sampled), not the other systems' modules.
 def _raw(bundle: Path, corpus: Path, window: int) -> int:
     import orjson
 
-    from edge_embed.service.cpus import plan_threads, usable_cpus
-    from edge_embed.service.encoder import BundleModel
+    from edge_embed.core.cpus import plan_threads, usable_cpus
+    from edge_embed.core.encoder import BundleModel
+    from edge_embed.core.runtime import RuntimeOptions
     from edge_embed.service.limits import BATCH_INPUTS
-    from edge_embed.service.runtime import RuntimeOptions
 
     threads, runs = plan_threads(usable_cpus(), None, None)
     model = BundleModel(bundle, RuntimeOptions(intra_op_threads=threads))
@@ -99,8 +102,8 @@ def _job(bundle: Path, corpus: Path, window: int, out: Path, ray_mode: bool) -> 
     args = [str(corpus), "--model", str(bundle), "--out", str(out), "--shard-rows",
             str(window), "--quiet"]
     if ray_mode:
+        from edge_embed.core.cpus import usable_cpus
         from edge_embed.corpus.ray_runner import start_local_ray
-        from edge_embed.service.cpus import usable_cpus
 
         start_local_ray(usable_cpus())
         args.append("--ray")

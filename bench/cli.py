@@ -9,13 +9,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge_embed.export.tooling import ToolError, run_cli
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.errors import BundleError
+from edge_embed.core.tooling import ToolError, check_bundles, run_cli
 
+from .bulk import main as bulk_main
 from .chart import chart
 from .report import table, write_json
-from .run import Config, Plan, run
+from .run import Config, Plan, add_run_options, run
+from .sweep import main as sweep_main
 from .workloads import NAMES
 
 RESULT_JSON = "bench.json"
@@ -27,16 +27,12 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], epilog=(
         f"`{prog} sweep --help`: the tuning sweep, each knob's values against the defaults; "
         f"`{prog} bulk --help`: the corpus job against raw onnxruntime"))
-    p.add_argument("--int8", type=Path, required=True, metavar="BUNDLE",
-                   help="the bundle under test (the default int8 bundle)")
-    p.add_argument("--fp32", type=Path, metavar="BUNDLE", help="the fp32 bundle, served too")
+    add_run_options(p, int8="the bundle under test (the default int8 bundle)",
+                    fp32="the fp32 bundle, served too",
+                    window="seconds per system per workload per round",
+                    rounds="interleaved rounds (median reported)")
     p.add_argument("--source", type=Path, metavar="DIR",
                    help="the sentence-transformers folder, for the torch baseline")
-    p.add_argument("--out", type=Path, default=Path("bench/results"))
-    p.add_argument("--quick", action="store_true",
-                   help="a seconds-long smoke run (tests); figures are not meaningful")
-    p.add_argument("--window", type=float, help="seconds per system per workload per round")
-    p.add_argument("--rounds", type=int, help="interleaved rounds (median reported)")
     p.add_argument("--memory-seconds", type=float, help="length of the memory run (0: skip)")
     p.add_argument("--cold-runs", type=int, help="cold starts measured, median reported (0: skip)")
     p.add_argument("--workload", action="append", default=[], choices=NAMES,
@@ -59,25 +55,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def check_bundles(bundles: dict[str, Path | None]) -> None:
-    """One line naming the flag for a bundle that is missing or broken, before anything starts."""
-    for flag, path in bundles.items():
-        if path is not None:
-            try:
-                load_manifest(path)
-            except BundleError as exc:
-                raise ToolError(f"{flag}: {exc}") from None
-
-
 def main(argv: list[str] | None = None, prog: str = "edge-embed bench") -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sweep"]:
-        from .sweep import main as sweep_main  # its own options; imported only when asked for
-
         return sweep_main(argv[1:], prog=f"{prog} sweep")
     if argv[:1] == ["bulk"]:
-        from .bulk import main as bulk_main  # the corpus job (needs the corpus extra)
-
         return bulk_main(argv[1:], prog=f"{prog} bulk")
     args = parser(prog).parse_args(argv)
 
@@ -99,7 +81,8 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed bench") -> int:
         cfg = Config(int8=args.int8, out=args.out, fp32=args.fp32, source=args.source, plan=plan,
                      quick=args.quick, server_args=args.server_arg,
                      memory_reference_args=args.memory_reference_arg, encoding=args.encoding,
-                     only=args.workload, peer_cache=args.peer_cache, today=not args.no_today)
+                     only=args.workload, peer_cache=args.peer_cache,
+                     single_thread_runs=not args.no_today)
         if args.runtime_venv is not None:
             cfg.runtime_venv = args.runtime_venv
         args.out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """In-process baselines: the same inputs embedded with no server in between.
 
-`--kind ort`: the bundle through service.encoder.BundleModel (tokenize, onnxruntime, pool,
+`--kind ort`: the bundle through core.encoder.BundleModel (tokenize, onnxruntime, pool,
 normalize), the session built exactly as the service builds it and run in the service's layout
 (as many batches at once as the service has concurrent runs, each on its intra-op threads; the
 service's lone session, for a request that is the whole load, is not used here): the ceiling
@@ -27,16 +27,18 @@ from .worker import serve
 from .workloads import Workload
 
 if TYPE_CHECKING:
-    from edge_embed.service.encoder import BundleModel
+    from edge_embed.core.encoder import BundleModel
 
 Embed = Callable[[Sequence[str]], object]
 
 
+# Each embedder imports its stack inside it: a worker process loads only the system it measures
+# (onnxruntime or torch, never both).
 def ort_embedder(bundle: Path) -> tuple[Embed, int]:
     """The embedder and how many batches to run at once: the service's default thread plan."""
-    from edge_embed.service.cpus import plan_threads, usable_cpus
-    from edge_embed.service.encoder import BundleModel
-    from edge_embed.service.runtime import RuntimeOptions
+    from edge_embed.core.cpus import plan_threads, usable_cpus
+    from edge_embed.core.encoder import BundleModel
+    from edge_embed.core.runtime import RuntimeOptions
 
     threads, runs = plan_threads(usable_cpus(), None, None)
     model = BundleModel(bundle, RuntimeOptions(intra_op_threads=threads))
@@ -45,9 +47,9 @@ def ort_embedder(bundle: Path) -> tuple[Embed, int]:
 
 def peer_embedder(bundle: Path) -> Embed:
     """One session with every usable CPU (and no second one), one batch at a time."""
-    from edge_embed.service.cpus import usable_cpus
-    from edge_embed.service.encoder import BundleModel
-    from edge_embed.service.runtime import RuntimeOptions
+    from edge_embed.core.cpus import usable_cpus
+    from edge_embed.core.encoder import BundleModel
+    from edge_embed.core.runtime import RuntimeOptions
 
     return _embed(BundleModel(bundle, RuntimeOptions(intra_op_threads=usable_cpus())))
 
@@ -67,7 +69,7 @@ def st_embedder(source: Path) -> Embed:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from edge_embed.service.cpus import usable_cpus
+    from edge_embed.core.cpus import usable_cpus
 
     torch.set_num_threads(usable_cpus())
     model = SentenceTransformer(str(source), device="cpu")

@@ -16,11 +16,11 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_embed.quantize.machine import measured_on
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.errors import ProviderError
+from edge_embed.core.runtime import RuntimeOptions
+from edge_embed.core.tooling import measured_on
 from edge_embed.quantize.speedtest import measure_models
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.errors import ProviderError
-from edge_embed.service.runtime import RuntimeOptions
 
 # Interleaved rounds: onnxruntime int8 under OpenVINO runs 4-8x slower than on the CPU provider,
 # so each round of four configurations takes several seconds on 2 cores.

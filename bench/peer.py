@@ -15,8 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.files import sha256
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.files import sha256
 
 PEER_SUFFIX = "-peer-int8"
 # bundle.json field naming the fp32 graph (sha256) the cached peer graph was quantized from.

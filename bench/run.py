@@ -8,6 +8,7 @@ median over rounds.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import tempfile
@@ -19,8 +20,8 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from edge_embed.quantize.machine import measured_on
-from edge_embed.service.bundle import load_manifest
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.tooling import measured_on
 
 from . import install_size, workloads
 from .peer import peer_bundle
@@ -71,11 +72,23 @@ class Config:
     peer_cache: Path | None = None
     # Serve the int8 bundle a second time in the layout before the lone session (every run on
     # one single-threaded session), measured beside the default in the same rounds.
-    today: bool = True
+    single_thread_runs: bool = True
 
+
+
+def add_run_options(p: argparse.ArgumentParser, *, int8: str, fp32: str, window: str,
+                    rounds: str) -> None:
+    """The options every measuring command takes (bench, bench sweep), with their own help."""
+    p.add_argument("--int8", type=Path, required=True, metavar="BUNDLE", help=int8)
+    p.add_argument("--fp32", type=Path, metavar="BUNDLE", help=fp32)
+    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument("--quick", action="store_true",
+                   help="a seconds-long smoke run (tests); figures are not meaningful")
+    p.add_argument("--window", type=float, help=window)
+    p.add_argument("--rounds", type=int, help=rounds)
 
 # The flags that give the layout before the lone session: no second session.
-TODAY_ARGS = ("--lone-threads=1",)
+SINGLE_THREAD_RUNS_ARGS = ("--lone-threads=1",)
 
 
 Say = Callable[[str], None]
@@ -190,9 +203,9 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
 
         say("starting the services and baselines")
         servers = {"service_int8": Server(cfg.int8, logs / "service_int8.log", cfg.server_args)}
-        if cfg.today:
+        if cfg.single_thread_runs:
             servers["service_int8_today"] = Server(cfg.int8, logs / "service_int8_today.log",
-                                                   [*cfg.server_args, *TODAY_ARGS])
+                                                   [*cfg.server_args, *SINGLE_THREAD_RUNS_ARGS])
         # The memory run's server starts now, in parallel with the others, and idles until its
         # turn: RSS "after warm-up" is taken the moment it reports ready.
         mem_server = (Server(cfg.int8, logs / "memory-default.log", cfg.server_args)

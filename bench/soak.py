@@ -28,7 +28,7 @@ import aiohttp
 from edge_embed.bench.load import model_id
 from edge_embed.bench.server import Server
 from edge_embed.bench.wordlist import WORDS
-from edge_embed.service.bundle import load_manifest
+from edge_embed.core.bundle import load_manifest
 
 # A bounded few minutes, not hours: 3 min covers the arena's warm-up and two thirds
 # of steady state on the 2-core build machine.

@@ -27,16 +27,15 @@ from typing import Any
 from tokenizers import Tokenizer
 
 import edge_embed.service
-from edge_embed.export.tooling import ToolError, run_cli
-from edge_embed.service.bundle import Manifest, load_manifest
-from edge_embed.service.cpus import plan_lone_threads, plan_threads, usable_cpus
-from edge_embed.service.runtime import graph_level_name
+from edge_embed.core.bundle import Manifest, load_manifest
+from edge_embed.core.cpus import plan_lone_threads, plan_threads, usable_cpus
+from edge_embed.core.runtime import graph_level_name
+from edge_embed.core.tooling import ToolError, check_bundles, run_cli
 from edge_embed.service.settings import Settings
 
 from . import workloads
-from .cli import check_bundles
 from .report import _fmt, _grid, write_json
-from .run import PAIRS, Say, _client, _paired_ratios, _summary
+from .run import PAIRS, Say, _client, _paired_ratios, _summary, add_run_options
 from .server import BatchCounters, Server, ServerError
 from .stats import Window
 from .worker import Worker, WorkerError
@@ -53,7 +52,7 @@ DEFAULTS = Settings()
 # leaves a core to the event loop and the tokenizer; two is all of this 2-core box.
 THREAD_COUNTS = (1, 2)
 # The other way to use the cores: this many model runs at once, CPUs / runs threads each (the
-# default layout, service.cpus.plan_threads, is added wherever it is not among these).
+# default layout, core.cpus.plan_threads, is added wherever it is not among these).
 CONCURRENT_RUNS = 2
 GRAPH_LEVELS = ("basic", "extended", "all")
 # Around the default 1024 (4 MiniLM-long texts, 32 x 32 short ones), up to 32 x 256.
@@ -138,7 +137,7 @@ def _numeric_values(flag: str, values: Sequence[float], default: float) -> tuple
 def thread_values(cpus: int) -> tuple[Value, ...]:
     """Runs x threads layouts, each given with both flags (so that none depends on the other's
     default): one run on every CPU, one run on one thread, and CONCURRENT_RUNS runs sharing the
-    CPUs; the default layout (service.cpus.plan_threads) among them."""
+    CPUs; the default layout (core.cpus.plan_threads) among them."""
     default = plan_threads(cpus, DEFAULTS.threads, DEFAULTS.concurrent_runs)
     layouts = {(c, 1) for c in (*THREAD_COUNTS, cpus) if c <= cpus}
     if cpus >= CONCURRENT_RUNS:
@@ -507,15 +506,10 @@ def table(result: dict[str, Any]) -> str:
 def parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--int8", type=Path, required=True, metavar="BUNDLE",
-                   help="the default bundle, whose service every knob but one tunes")
-    p.add_argument("--fp32", type=Path, metavar="BUNDLE",
-                   help="the fp32 bundle, for its own graph optimization level")
-    p.add_argument("--out", type=Path, default=Path("bench/results"))
-    p.add_argument("--quick", action="store_true",
-                   help="a seconds-long smoke run (tests); figures are not meaningful")
-    p.add_argument("--window", type=float, help="seconds per side per workload per round")
-    p.add_argument("--rounds", type=int, help="interleaved rounds (median of ratios reported)")
+    add_run_options(p, int8="the default bundle, whose service every knob but one tunes",
+                    fp32="the fp32 bundle, for its own graph optimization level",
+                    window="seconds per side per workload per round",
+                    rounds="interleaved rounds (median of ratios reported)")
     p.add_argument("--knob", action="append", default=[], choices=KNOB_NAMES,
                    help="sweep only this knob (repeat); the A/A control always runs")
     return p

@@ -9,24 +9,20 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
-from edge_embed.export.tooling import run_cli
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.errors import BundleError
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.errors import BundleError
+from edge_embed.core.tooling import Reporter, run_cli
 
+from .embedder import Embedder
 from .errors import CorpusError, need_corpus_extra
-from .manifest import (
-    MANIFEST_NAME,
-    Spec,
-    bundle_identity,
-    input_identity,
-    summary,
-    write_json_atomic,
-)
-from .readers import FORMATS, Fields, Format, detect
-from .resume import begin, inspect
-from .shards import shard_name, shard_stats
+from .local import run_local
+from .manifest import MANIFEST_NAME, Spec, bundle_identity, input_identity, report, write_manifest
+from .ray_runner import run_ray
+from .readers import FORMATS, Fields, Format, Source, detect
+from .resume import begin, hold_output, inspect
+from .shards import shard_name
 from .validate import scan
 
 # Rows per shard: a few MB of vectors at 384 dimensions (10 K x 384 x 4 B = 15 MB), so that an
@@ -65,11 +61,6 @@ def parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def say(quiet: bool, prog: str, message: str) -> None:
-    if not quiet:
-        print(f"{prog}: {message}", file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None, prog: str = "edge-embed embed") -> int:
     args = parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
     return run_cli(prog, lambda: embed_command(args, prog))
@@ -77,6 +68,7 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed embed") -> int:
 
 def embed_command(args: argparse.Namespace, prog: str) -> int:
     need_corpus_extra()
+    reporter = Reporter(args.quiet, prog)
     if args.shard_rows < 1:
         raise CorpusError("--shard-rows must be at least 1")
     sources = [detect(path, cast(Format | None, args.format)) for path in args.inputs]
@@ -95,62 +87,35 @@ def embed_command(args: argparse.Namespace, prog: str) -> int:
         raise CorpusError(f"{exc.filename}: cannot be read ({exc.strerror})") from None
     spec = Spec(bundle_identity(args.model, manifest), inputs, fields,
                 truncate=not args.no_truncate, shard_rows=args.shard_rows, mode=mode)
+    with hold_output(args.out):
+        return _embed(args, reporter, sources, fields, spec)
+
+
+def _embed(args: argparse.Namespace, reporter: Reporter, sources: list[Source], fields: Fields,
+           spec: Spec) -> int:
+    """The run, with --out held (resume.hold_output)."""
     state = inspect(args.out, spec, args.overwrite)
     if state.finished:
-        say(args.quiet, prog, f"nothing to do: {args.out} already holds this run's complete "
-            f"output ({args.out / MANIFEST_NAME})")
+        reporter.step(f"nothing to do: {args.out} already holds this run's complete output "
+                      f"({args.out / MANIFEST_NAME})")
         return 0
-    if mode == "ray":
-        from .ray_runner import run_ray
-
-        return run_ray(args, prog, sources, fields, spec)
-    from .embedder import Embedder
-
+    if spec.mode == "ray":
+        return run_ray(args, reporter, sources, fields, spec)
     embedder = Embedder(args.model)
     try:
         counts = scan(sources, fields, None if spec.truncate else embedder.model.tokenizer)
         total = sum(counts)
         begin(args.out, spec, args.overwrite)
         done = frozenset() if args.overwrite else state.shards
-        from .local import run_local
-
         initial = sum(min(args.shard_rows, total - i * args.shard_rows)
                       for i in range(-(-total // args.shard_rows))
                       if shard_name(i) in done)
         if done:
-            say(args.quiet, prog, f"resuming: {len(done)} shard(s), {initial} rows already done")
-        with progress_bar(total, initial, args.quiet, prog) as bar:
+            reporter.step(f"resuming: {len(done)} shard(s), {initial} rows already done")
+        with reporter.bar(total, initial) as bar:
             names = run_local(sources, fields, args.out, embedder, args.shard_rows, total, done,
                               bar.update)
     finally:
         embedder.close()
-    report(args.quiet, prog, args.out, write_manifest(args.out, spec, names))
+    report(reporter, args.out, write_manifest(args.out, spec, names))
     return 0
-
-
-def report(quiet: bool, prog: str, out: Path, manifest: dict[str, Any]) -> None:
-    """The run's last words: what was written, and what was cut (as the service warns)."""
-    counts, cut = manifest["counts"], manifest["truncation"]
-    say(quiet, prog, f"wrote {counts['documents']} vectors in {counts['shards']} shard(s) to "
-        f"{out}")
-    if cut["truncated"]:
-        say(quiet, prog, f"{cut['truncated']} input(s) were cut to the model's limit of "
-            f"{cut['limit']} tokens (the longest had {cut['max_original_tokens']}); their rows "
-            "say truncated=true (pass --no-truncate to get an error instead)")
-
-
-def progress_bar(total: int, initial: int, quiet: bool, prog: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="inputs", desc=f"{prog}", disable=quiet,
-                file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-
-
-def write_manifest(out: Path, spec: Spec, names: list[str]) -> dict[str, Any]:
-    shards = [shard_stats(out, name) for name in names]
-    data = summary(spec, shards, rows=sum(s["rows"] for s in shards),
-                   tokens=sum(s["tokens"] for s in shards),
-                   truncated=sum(s["truncated"] for s in shards),
-                   max_original=max((s["max_original_tokens"] for s in shards), default=0))
-    write_json_atomic(out / MANIFEST_NAME, data)
-    return data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_embed.export.tooling import ToolError
+from edge_embed.core.tooling import ToolError
 
 
 class CorpusError(ToolError):

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_embed.service.bundle import Manifest
-from edge_embed.service.files import sha256
+from edge_embed.core.bundle import Manifest
+from edge_embed.core.files import sha256
+from edge_embed.core.tooling import Reporter
 
 from .readers import Fields, Source
+from .shards import shard_stats
 
 FORMAT = "edge-embed.corpus"
 # Bump when shards or manifests change in a way an older reader would misread.
@@ -117,3 +119,23 @@ def summary(spec: Spec, shards: list[dict[str, Any]], rows: int, tokens: int,
                            "max_original_tokens": max_original,
                            "policy": "cut" if spec.truncate else "refuse"},
             "shards": shards}
+
+
+def write_manifest(out: Path, spec: Spec, names: list[str]) -> dict[str, Any]:
+    shards = [shard_stats(out, name) for name in names]
+    data = summary(spec, shards, rows=sum(s["rows"] for s in shards),
+                   tokens=sum(s["tokens"] for s in shards),
+                   truncated=sum(s["truncated"] for s in shards),
+                   max_original=max((s["max_original_tokens"] for s in shards), default=0))
+    write_json_atomic(out / MANIFEST_NAME, data)
+    return data
+
+
+def report(reporter: Reporter, out: Path, manifest: dict[str, Any]) -> None:
+    """The run's last words: what was written, and what was cut (as the service warns)."""
+    counts, cut = manifest["counts"], manifest["truncation"]
+    reporter.step(f"wrote {counts['documents']} vectors in {counts['shards']} shard(s) to {out}")
+    if cut["truncated"]:
+        reporter.step(f"{cut['truncated']} input(s) were cut to the model's limit of "
+                      f"{cut['limit']} tokens (the longest had {cut['max_original_tokens']}); "
+                      "their rows say truncated=true (pass --no-truncate to get an error instead)")

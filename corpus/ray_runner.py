@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,12 +28,18 @@ from typing import Any
 
 import numpy as np
 
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.cpus import usable_cpus
+from edge_embed.core.encoder import TextTokenizer
+from edge_embed.core.tooling import Reporter
+
+from .embedder import Embedder
 from .errors import RAY_HINT, CorpusError
-from .manifest import Spec
+from .manifest import Spec, report, write_manifest
 from .ray_reading import ID, ROW, TEXT, FileRows, NumberingError, numbered_datasource
 from .readers import CSV_FIELD_LIMIT, Fields, Source
 from .resume import begin
-from .shards import RAY_SHARDS_DIR
+from .shards import RAY_SHARDS_DIR, ShardRows, table
 from .validate import scan
 
 # CPUs per actor: the service's measurement on 2 cores (two runs of one thread beat one run of
@@ -57,6 +64,10 @@ IO_TASK_CPUS = 0
 # new Python process (about 1 CPU-second) for the next one: measured on 2 cores, 10 restarts
 # and 10 of 72 CPU-seconds. The read, filter and write workers fit in this many.
 RAY_SPARE_WORKERS = 8
+# Every Parquet file starts and ends with these 4 bytes; the smallest whole file is the two of
+# them around a 4-byte footer length.
+PARQUET_MAGIC = b"PAR1"
+PARQUET_MIN_BYTES = 3 * len(PARQUET_MAGIC)
 # Links followed down an exception's causes (Ray wraps a task's error two or three deep).
 MAX_CAUSES = 16
 # pyarrow's JSON reader parses in blocks that must each hold whole lines: the CSV reader's field
@@ -68,15 +79,11 @@ class EmbedActor:
     """Loads the bundle once; embeds Arrow batches into the shard columns."""
 
     def __init__(self, bundle: str, cpus: int, id_field: str | None) -> None:
-        from .embedder import Embedder
-
         self.embedder = Embedder(Path(bundle), cpus=cpus)
         self.id_field = id_field
 
     def __call__(self, batch: Any) -> Any:
-        import pyarrow as pa
-
-        from .shards import ShardRows, table
+        import pyarrow as pa  # the `corpus` extra, imported where a batch is written
 
         texts = batch.column(TEXT).to_pylist()
         rows = batch.column(ROW).to_numpy()
@@ -132,10 +139,26 @@ def _read(ray: Any, sources: Sequence[Source], fields: Fields, files: FileRows) 
         override_num_blocks=len(paths), num_cpus=IO_TASK_CPUS)
 
 
+def _unfinished(path: Path) -> bool:
+    """Whether `path` is a Parquet file its writer never finished (shorter than a header and a
+    footer, or not ending in the footer's magic): what a killed writer leaves. A file that ends
+    as Parquet files end, or cannot be read at all, proves nothing of the kind."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size < PARQUET_MIN_BYTES:
+                return True
+            f.seek(-len(PARQUET_MAGIC), os.SEEK_END)
+            return f.read(len(PARQUET_MAGIC)) != PARQUET_MAGIC
+    except OSError:
+        return False
+
+
 def _done_rows(folder: Path) -> tuple[np.ndarray, list[Path], int]:
     """The distinct row numbers in the whole shards of `folder`, those files, and how many rows
-    they hold in all (more than the distinct numbers where a row was written twice); broken
-    files are removed."""
+    they hold in all (more than the distinct numbers where a row was written twice). A file a
+    killed writer left unfinished is removed; one that fails to read otherwise (an I/O error, a
+    file system away for a moment) is kept and the run stops, since its rows are done work."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -145,7 +168,12 @@ def _done_rows(folder: Path) -> tuple[np.ndarray, list[Path], int]:
         try:
             rows.append(pq.read_table(path, columns=["row"])["row"].to_numpy())
             files.append(path)
-        except (pa.ArrowInvalid, OSError):
+        except (pa.ArrowInvalid, OSError) as exc:
+            if not _unfinished(path):
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise CorpusError(f"{path}: cannot be read ({reason}); the shard is kept: run "
+                                  "again once it reads, or remove it to embed its rows "
+                                  "again") from None
             path.unlink()
     every = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
     return np.unique(every), files, len(every)
@@ -153,9 +181,7 @@ def _done_rows(folder: Path) -> tuple[np.ndarray, list[Path], int]:
 
 def start_local_ray(cpus: int | None = None) -> None:
     """A one-node Ray in this process for the job (`--ray` with no address, and the bench)."""
-    import ray
-
-    from edge_embed.service.cpus import usable_cpus
+    import ray  # the `ray` extra, hundreds of MB: only a --ray run needs it
 
     ray.init(num_cpus=cpus, log_to_driver=False, logging_level=logging.ERROR,
              include_dashboard=False, _system_config={
@@ -176,17 +202,12 @@ def _numbering_error(exc: BaseException) -> NumberingError | None:
     return found
 
 
-def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fields: Fields,
-            spec: Spec) -> int:
+def run_ray(args: argparse.Namespace, reporter: Reporter, sources: Sequence[Source],
+            fields: Fields, spec: Spec) -> int:
     try:
-        import ray
+        import ray  # the `ray` extra, hundreds of MB: only a --ray run needs it
     except ImportError:
         raise CorpusError(RAY_HINT) from None
-    from edge_embed.service.bundle import load_manifest
-    from edge_embed.service.encoder import TextTokenizer
-
-    from .cli import report, say, write_manifest
-
     manifest = load_manifest(args.model)
     tokenizer = (None if spec.truncate else
                  TextTokenizer(args.model / manifest.tokenizer_file, manifest.max_tokens))
@@ -200,7 +221,7 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
     shards = args.out / RAY_SHARDS_DIR
     done, _, _ = _done_rows(shards)
     if len(done):
-        say(args.quiet, prog, f"resuming: {len(done)} of {total} rows already written")
+        reporter.step(f"resuming: {len(done)} of {total} rows already written")
     if not ray.is_initialized():
         if args.ray:
             ray.init(address=args.ray, log_to_driver=False, logging_level=logging.ERROR)
@@ -259,6 +280,6 @@ def run_ray(args: argparse.Namespace, prog: str, sources: Sequence[Source], fiel
     if counted != total:
         raise CorpusError(f"--out {args.out}: the shards hold {counted} rows for {total} "
                           "inputs (a row written twice); pass --overwrite to start again")
-    report(args.quiet, prog, args.out, write_manifest(args.out, spec, names))
+    report(reporter, args.out, write_manifest(args.out, spec, names))
     return 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from edge_embed.service.encoder import TextTokenizer
+from edge_embed.core.encoder import TextTokenizer
 
 from .errors import CorpusError, at
 from .readers import Fields, Source, records, row_unit

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import cast
 
-from edge_embed.service.bundle import POOLINGS, Pooling
+from edge_embed.core.bundle import POOLINGS, Pooling
+from edge_embed.core.tooling import Reporter, run_tool, tool_parser
 
-from .tooling import Reporter, run_tool, tool_parser
-
-# Below this a model cannot hold even its special tokens and one word (service/bundle.py's floor).
+# Below this a model cannot hold even its special tokens and one word (core/bundle.py's floor).
 _MIN_TOKENS = 2
 
 
@@ -62,6 +61,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "edge-embed export") -> int:
     def body(args: argparse.Namespace) -> int:
+        # torch and transformers, seconds to import: not for --help or a refused argument
         from .pipeline import ExportOptions, run
 
         opts = ExportOptions(

@@ -5,16 +5,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from edge_embed.service import canary
-from edge_embed.service.bundle import Manifest, Quality
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.files import entries, sha256
+from edge_embed.core import canary
+from edge_embed.core.bundle import Manifest, Quality
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.files import entries, sha256
+from edge_embed.core.tooling import now, tool_versions
 
 from .onnx_export import ExportedGraph
 from .source import Source
 from .st_config import ModelSettings
 from .tokenizer import TOKENIZER_FILE
-from .tooling import now, tool_versions
 from .torch_model import weights_file
 
 # The offline stack's versions, recorded so a bundle can be rebuilt the same way.

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_embed.service.errors import UnsupportedGraphInput
-from edge_embed.service.feeds import check_inputs
-
-from .tooling import ToolError
+from edge_embed.core.errors import UnsupportedGraphInput
+from edge_embed.core.feeds import check_inputs
+from edge_embed.core.tooling import ToolError
 
 if TYPE_CHECKING:
     import onnx

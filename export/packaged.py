@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .tooling import ToolError, run_cli
+from edge_embed.core.tooling import ToolError, run_cli
 
 # pip may take a while on a slow mirror; a hang is a failure, not a wait forever.
 PIP_TIMEOUT_S = 1800
@@ -80,6 +79,10 @@ def fetch(name: str, out: Path) -> Path:
     out = out.resolve()
     if (out / "config.json").is_file():
         return out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        # not a model folder this tool wrote: someone else's, never to be replaced
+        raise ToolError(f"{out} exists and is not a model folder (no config.json); remove it "
+                        "or choose another output")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp_name:
         tmp = Path(tmp_name)
@@ -106,8 +109,8 @@ def fetch(name: str, out: Path) -> Path:
         for junk in JUNK:
             for path in folder.rglob(junk):
                 path.unlink()
-        if out.exists():
-            shutil.rmtree(out)
+        if out.exists():  # empty (checked above), or made meanwhile: rename refuses a full one
+            out.rmdir()
         folder.rename(out)
     return out
 

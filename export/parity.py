@@ -1,15 +1,13 @@
 """Check the exported graph against the torch model it came from, on the repo's evaluation set.
 
-Both sides get the same input arrays (the bundle's tokenizer, then service.feeds) and the same
-numpy pooling (service.pooling), so what is measured is the graph alone; the service's code path
-(service.encoder.BundleModel) runs the ONNX side, so the check covers the bundle exactly as it
+Both sides get the same input arrays (the bundle's tokenizer, then core.feeds) and the same
+numpy pooling (core.pooling), so what is measured is the graph alone; the service's code path
+(core.encoder.BundleModel) runs the ONNX side, so the check covers the bundle exactly as it
 will be served.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,20 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_embed.service.bundle import Quality
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.pooling import F32, finish, pool
-from edge_embed.service.runtime import RuntimeOptions
+from edge_embed.core.agreement import cosines, nn_agreement
+from edge_embed.core.bundle import Quality
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.pooling import finish, pool
+from edge_embed.core.runtime import RuntimeOptions
+from edge_embed.core.tooling import Reporter, ToolError
 
 from . import torch_model
-from .tooling import Reporter, ToolError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-# The evaluation set kept in the repo (several hundred inputs: paraphrases, one-word inputs,
-# long inputs, several languages), shared with quantize so both measure on the same texts.
-EVAL_SET = Path(__file__).resolve().parent.parent / "quantize" / "data" / "eval.jsonl"
 # A graph that is a faithful export agrees with torch to ~1e-7 (measured: within 3e-7 on
 # MiniLM); 0.9999 leaves room for kernel differences and still catches a wrong graph, a wrong
 # input, or a dropped token_type_ids.
@@ -43,94 +39,6 @@ OVER_LONG_MARGIN = 16
 # Times the evaluation texts may be repeated to make that input: a tokenizer that still makes
 # too few tokens drops most of the text, and the check says so rather than loop.
 OVER_LONG_ROUNDS = 100
-# Keys of an evaluation record that hold texts (pairs, queries and passages, plain texts).
-_TEXT_KEYS = ("text", "a", "b", "query", "passage", "positive", "negative", "sentence",
-              "sentence1", "sentence2", "texts")
-# Used when the repo's evaluation set is absent (an installed package without data files):
-# short, long, punctuation, digits, other languages.
-FALLBACK_TEXTS: tuple[str, ...] = (
-    "hello", "Paris", "42", "?!", "a",
-    "The quick brown fox jumps over the lazy dog.",
-    "A man is playing a guitar.", "Someone plays an instrument.",
-    "How do I reset my password?", "Steps to recover a forgotten account password.",
-    "The stock market fell sharply on Tuesday.", "Shares dropped at the start of the week.",
-    "Water boils at one hundred degrees Celsius at sea level.",
-    "Photosynthesis converts light energy into chemical energy.",
-    "query: what is the capital of France?", "passage: Paris is the capital of France.",
-    "Le chat dort sur le canapé.", "Der Hund spielt im Garten.", "El niño come una manzana.",
-    "東京は日本の首都です。", "Москва — столица России.", "Café, naïve, résumé, façade.",
-    "Error 404: the page could not be found.", "def add(a, b): return a + b",
-    "Numbers like 3.14159, 2718 and 1,000,000 appear in text too.",
-    "I love this product! It works great and arrived quickly.",
-    "Terrible service, the food was cold.",
-    " ".join(["This sentence is repeated to make a long input that reaches the model's limit."]
-             * 40),
-    " ".join(f"word{i}" for i in range(300)),
-    "The committee will meet again next month to review the proposal, and the minutes of the "
-    "previous meeting, which ran long, will be circulated beforehand to all members.",
-)
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    name: str
-    texts: tuple[str, ...]
-
-
-def _texts_of(record: Any) -> list[str]:
-    if isinstance(record, str):
-        return [record]
-    if not isinstance(record, dict):
-        return []
-    out: list[str] = []
-    for key in _TEXT_KEYS:
-        value = record.get(key)
-        if isinstance(value, str):
-            out.append(value)
-        elif isinstance(value, list):
-            out.extend(v for v in value if isinstance(v, str))
-    return out
-
-
-def load_eval_set(path: Path = EVAL_SET) -> EvalSet:
-    """The repo's evaluation texts (deduplicated, in file order), or the built-in list."""
-    if not path.is_file():
-        return EvalSet("built-in", FALLBACK_TEXTS)
-    raw = path.read_bytes()
-    texts: dict[str, None] = {}
-    for number, line in enumerate(raw.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ToolError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        texts.update((t, None) for t in _texts_of(record) if t.strip())
-    if not texts:
-        return EvalSet("built-in", FALLBACK_TEXTS)
-    digest = hashlib.sha256(raw).hexdigest()[:12]
-    # named as quantize names it ("<file>@<sha256 prefix>"), so manifests compare
-    return EvalSet(f"{path.name}@{digest}", tuple(texts))
-
-
-def _cosines(a: F32, b: F32) -> F32:
-    na = np.linalg.norm(a, axis=1)
-    nb = np.linalg.norm(b, axis=1)
-    return np.asarray((a * b).sum(axis=1) / np.maximum(na * nb, 1e-12), dtype=np.float32)
-
-
-def _nn_agreement(a: F32, b: F32) -> float:
-    """Share of inputs whose nearest other input (cosine) is the same under both models."""
-    if len(a) < 3:
-        return 1.0
-
-    def nearest(x: F32) -> Any:
-        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        sims = unit @ unit.T
-        np.fill_diagonal(sims, -np.inf)
-        return sims.argmax(axis=1)
-
-    return float((nearest(a) == nearest(b)).mean())
 
 
 def measure(bundle: Path, model: PreTrainedModel, texts: Sequence[str], eval_name: str,
@@ -154,10 +62,10 @@ def measure(bundle: Path, model: PreTrainedModel, texts: Sequence[str], eval_nam
                           manifest.pooling)
     got = finish(got, dimensions=None, normalized=manifest.normalize)
     want = finish(want, dimensions=None, normalized=manifest.normalize)
-    cos = _cosines(got, want)
+    cos = cosines(got, want, np.float32)
     return Quality(reference="torch", eval_set=eval_name, n_inputs=len(texts),
                    cosine_min=float(cos.min()), cosine_mean=float(cos.mean()),
-                   nn_agreement=_nn_agreement(got, want),
+                   nn_agreement=nn_agreement(got, want),
                    max_abs_diff=float(np.abs(got - want).max()))
 
 
@@ -181,7 +89,7 @@ class TokenReference:
 
 def over_long_text(tokenizer: Any, texts: Sequence[str], limit: int) -> str:
     """The first texts (repeated as needed) joined into one input of more than `limit` tokens."""
-    pool = list(texts) or list(FALLBACK_TEXTS)
+    pool = list(texts)
     lengths = tokenizer(pool, add_special_tokens=False, verbose=False)["input_ids"]
     want = limit + OVER_LONG_MARGIN
     chosen: list[str] = []

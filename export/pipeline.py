@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_embed.service.bundle import Pooling
+from edge_embed.core.bundle import Pooling
+from edge_embed.core.evalset import load_eval_set
+from edge_embed.core.tooling import Reporter, ToolError, atomic_output, check_output
 
 from . import manifest as manifest_mod
 from . import (
@@ -23,9 +25,8 @@ from . import (
     tokenizer,
     torch_model,
 )
-from .tooling import Reporter, ToolError, atomic_output, check_output
 
-# The bundle id rule of service/bundle.py (_ID_RE): what a derived id is cleaned to.
+# The bundle id rule of core/bundle.py (_ID_RE): what a derived id is cleaned to.
 _ID_CHARS = re.compile(r"[^a-z0-9._:/-]+")
 _ID_MAX = 128
 
@@ -73,7 +74,7 @@ def run(opts: ExportOptions, reporter: Reporter) -> Path:
     onnx_export.check_supported(settings.model_type)
     torch_model.weights_file(src.folder)
     bundle_id = opts.bundle_id or default_id(src.name)
-    eval_set = parity.load_eval_set()
+    eval_set = load_eval_set()
 
     source_tokenizer: Any
     if settings.library == "sentence-transformers":

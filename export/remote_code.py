@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edge_embed.core.tooling import ToolError
+
 from .st_config import read_json
-from .tooling import ToolError
 
 # The files whose `auto_map` makes transformers import code from the model folder or the hub.
 _CODE_MAPS = ("config.json", "tokenizer_config.json")

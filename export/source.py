@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .tooling import ToolError
+from edge_embed.core.tooling import ToolError
 
 # What a hub id looks like: "owner/name" (the hub's own naming rules: letters, digits, -_.).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")

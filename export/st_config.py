@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_embed.service.bundle import Pooling
-
-from .tooling import ToolError
+from edge_embed.core.bundle import Pooling
+from edge_embed.core.tooling import ToolError
 
 # sentence-transformers' module types we understand, as both folder formats name them; anything
 # else after the Transformer changes the vector in a way a bundle cannot reproduce (Dense

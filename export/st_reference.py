@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_embed.core.tooling import ToolError
+
 from . import parity
-from .tooling import ToolError
 from .torch_model import load_error, weights_file
 
 # Texts per tokenize call: each call pads to its longest input, so small calls keep the padded

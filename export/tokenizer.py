@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .tooling import ToolError
+from edge_embed.core.tooling import ToolError
 
 TOKENIZER_FILE = "tokenizer.json"
 

@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_embed.service.feeds import I64
-from edge_embed.service.pooling import F32
-
-from .tooling import ToolError
+from edge_embed.core.feeds import I64
+from edge_embed.core.pooling import F32
+from edge_embed.core.tooling import ToolError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -62,7 +61,7 @@ def load(folder: Path, trust_remote_code: bool = False) -> PreTrainedModel:
 
 def last_hidden_state(model: PreTrainedModel, arrays: Mapping[str, I64]) -> F32:
     """Token states [B, T, H] in float32 for the graph's input arrays: the reference the ONNX
-    graph must match, fed the very arrays the graph gets (service.feeds builds them), so that
+    graph must match, fed the very arrays the graph gets (core.feeds builds them), so that
     the two sides differ only in the graph; pooling is left to the caller, in numpy."""
     import torch
 

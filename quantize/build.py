@@ -21,30 +21,31 @@ from typing import Any
 
 import onnx
 
-from edge_embed.export.onnx_export import EXTERNAL_DATA_SUFFIX
-from edge_embed.export.tooling import (
+from edge_embed.core import canary
+from edge_embed.core.bundle import Manifest, Precision, Quantization, load_manifest
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.errors import BundleError, UnsupportedGraphInput
+from edge_embed.core.evalset import EvalSet, load_eval_set
+from edge_embed.core.feeds import check_inputs
+from edge_embed.core.files import entries
+from edge_embed.core.runtime import graph_level
+from edge_embed.core.tooling import (
     Reporter,
     ToolError,
     atomic_output,
+    measured_on,
     now,
     tool_versions,
 )
-from edge_embed.service import canary
-from edge_embed.service.bundle import Manifest, Precision, load_manifest
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.errors import BundleError, UnsupportedGraphInput
-from edge_embed.service.feeds import check_inputs
-from edge_embed.service.files import entries
-from edge_embed.service.runtime import graph_level
+from edge_embed.export.onnx_export import EXTERNAL_DATA_SUFFIX
 
-from .evalset import EvalSet, load_eval_set
 from .evaluate import Evaluation, Reference, evaluate, figures, reference
 from .fusion import fuse
 from .gates import RANK_CRITERION, Gates, Verdict, judge, quality_failures
 from .graph import F32, weight_matmuls
-from .machine import measured_on
 from .methods import AUTO, AUTO_ORDER, Quantized, apply, float16
 from .recipe import Recipe
+from .sensitivity import choose_fp32_matmuls
 from .smooth import smoothing
 from .targets import TargetError, resolve
 from .variants import DEFAULT
@@ -166,9 +167,7 @@ def _exclusions(opts: QuantizeOptions, method: str, model: onnx.ModelProto,
         return names, None
     if method != "pertoken":
         return [], None  # the measured search is built on the per-token graph
-    from .sensitivity import choose_fp32_matmuls
-
-    quantization = {"fused": fused}
+    quantization = Quantization.of({"fused": fused})
     level = graph_level(dataclasses.replace(manifest, quantization=quantization), "auto")
     search = choose_fp32_matmuls(model, manifest, opts.bundle, texts, level, reporter, variant,
                                  opts.recipe, smooth)
@@ -211,7 +210,7 @@ def _attempt(method: str, opts: QuantizeOptions, model: onnx.ModelProto, source:
     draft = dataclasses.replace(
         source, precision=opts.precision, model_file="model.onnx",
         inputs=tuple(i.name for i in result.model.graph.input),
-        quantization={"fused": fused}, quality=None, parity=None, canary=None)
+        quantization=Quantization.of({"fused": fused}), quality=None, parity=None, canary=None)
     draft.write(tmp)  # the evaluation loads the candidate as the service would
 
     def worth_probing(ev: Evaluation) -> bool:
@@ -322,8 +321,8 @@ def run(opts: QuantizeOptions) -> int:
         manifest = dataclasses.replace(
             source, id=bundle_id, aliases=opts.aliases or (), precision=opts.precision,
             model_file="model.onnx", inputs=tuple(i.name for i in result.model.graph.input),
-            quantization=quantization, quality=ev.quality(), parity=None, canary=canaries,
-            files=entries(tmp), tools=tool_versions("onnx"),
+            quantization=Quantization.of(quantization), quality=ev.quality(), parity=None,
+            canary=canaries, files=entries(tmp), tools=tool_versions("onnx"),
             # how long: the one build-time fact, kept apart from what reproduces byte for byte
             build={"created": now(), "seconds": round(time.monotonic() - started, 1),
                    "attempts": {a.method: round(a.seconds, 1) for a in attempts}})

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import cast
 
-from edge_embed.export.tooling import ToolError, run_tool, tool_parser
-from edge_embed.service.bundle import Precision
+from edge_embed.core.bundle import Precision
+from edge_embed.core.tooling import ToolError, run_tool, tool_parser
 
 from .gates import Gates
 from .methods import AUTO, METHODS
@@ -100,7 +100,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--no-fuse", action="store_true", help="quantize the graph as exported, "
                    "without onnxruntime's transformer fusions")
     p.add_argument("--eval-set", type=Path, help="a JSONL evaluation set (default: the one "
-                   "shipped in quantize/data/eval.jsonl)")
+                   "shipped in edge_embed/core/data/eval.jsonl)")
     p.add_argument("--external-data", action="store_true", help="write the weights to "
                    "model.onnx_data beside model.onnx (automatic past protobuf's 2 GB)")
     p.add_argument("--target", choices=TARGETS, default=AUTO_TARGET,
@@ -118,6 +118,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "edge-embed quantize") -> int:
     def body(args: argparse.Namespace) -> int:
+        # onnx and the quantizers (the export extra): not for --help or a refused argument
         from .build import EXIT_GATE, GateFailed, QuantizeOptions, run
 
         if args.precision == "fp16" and args.method not in (AUTO, "pertoken"):

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.canary import cosines
-from edge_embed.service.encoder import BundleModel
+from edge_embed.core.agreement import cosines
+from edge_embed.core.bundle import Quantization, load_manifest
+from edge_embed.core.encoder import BundleModel
 
 # Short texts of the kinds int8 finds hardest (one word, a phrase, a sentence, digits): the
 # evaluation set's worst cases are short inputs, and emulation is ~100x slower than native.
@@ -96,7 +96,7 @@ def record(bundle: Path, pairs: dict[str, float]) -> None:
     quantization = dict(manifest.quantization or {})
     quantization["cross_cpu"] = {"texts": len(TEXTS), "min_cosine": pairs,
                                  "worst": min(pairs.values())}
-    dataclasses.replace(manifest, quantization=quantization).write(bundle)
+    dataclasses.replace(manifest, quantization=Quantization.of(quantization)).write(bundle)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_embed.service import canary
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.pooling import F32
-from edge_embed.service.runtime import RuntimeOptions
+from edge_embed.core import canary
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.pooling import F32
+from edge_embed.core.runtime import RuntimeOptions
 
 QEMU = "qemu-x86_64"
 # Haswell: AVX2 and FMA, no AVX-512, no VNNI: the oldest CPU the AVX2 int8 kernels run on.

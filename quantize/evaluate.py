@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_embed.export.tooling import Reporter
-from edge_embed.service import canary
-from edge_embed.service.bundle import Quality
-from edge_embed.service.canary import cosines
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.pooling import F32
-from edge_embed.service.runtime import RuntimeOptions
+from edge_embed.core import canary
+from edge_embed.core.agreement import cosines, nn_agreement
+from edge_embed.core.bundle import Quality
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.evalset import EvalSet
+from edge_embed.core.pooling import F32
+from edge_embed.core.runtime import RuntimeOptions
+from edge_embed.core.tooling import Reporter
 
-from .evalset import EvalSet
 from .geometry import Geometry, measure
 
 # Batch-invariance probe: each probe input alone vs inside a padded batch of this many rows
@@ -75,18 +75,6 @@ class Evaluation:
                        "cosine_mean": round(s.cosine_mean, 6),
                        "worst": [[i, round(c, 6)] for i, c in s.worst]}
                 for kind, s in self.per_kind.items()}
-
-
-def nearest_neighbours(vectors: F32) -> np.ndarray:
-    """Index of each row's most similar other row (cosine)."""
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    sims = unit @ unit.T
-    np.fill_diagonal(sims, -np.inf)
-    return np.asarray(sims.argmax(axis=1))
-
-
-def nn_agreement(reference: F32, candidate: F32) -> float:
-    return float((nearest_neighbours(reference) == nearest_neighbours(candidate)).mean())
 
 
 def figures(ev: Evaluation) -> dict[str, object]:
@@ -166,7 +154,7 @@ class Reference:
     folder: Path
     vectors: F32
     invariance_min: float
-    # the bundle's canaries (service/canary.py) and the fp32 bundle's vectors for them
+    # the bundle's canaries (core/canary.py) and the fp32 bundle's vectors for them
     canary_texts: list[str] = field(default_factory=list)
     canary_vectors: F32 = field(default_factory=lambda: np.empty((0, 0), np.float32))
 

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 F64 = npt.NDArray[np.float64]
-# Guards the division for an all-zero vector (a degenerate output), as service.pooling does.
+# Guards the division for an all-zero vector (a degenerate output), as core.pooling does.
 _NORM_EPS = 1e-300
 
 

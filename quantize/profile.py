@@ -21,10 +21,10 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.runtime import RuntimeOptions, session_options
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.runtime import RuntimeOptions, session_options
+from edge_embed.core.tooling import measured_on
 
-from .machine import measured_on
 from .speedtest import eval_batches
 
 # Runs counted per workload after one warm-up run (packing weights, growing the arena):

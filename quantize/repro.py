@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edge_embed.service.bundle import MANIFEST_NAME
-from edge_embed.service.files import sha256
+from edge_embed.core.bundle import MANIFEST_NAME
+from edge_embed.core.files import sha256
 
 # The manifest field that records when and how long a build ran: the one thing allowed to differ.
 BUILD_FIELD = "build"

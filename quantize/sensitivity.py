@@ -14,8 +14,8 @@ FFN matmul in fp32 where two attention ones did as well for half the cost.
 The search must choose the same matmuls on every machine and every run: cosines are compared on
 a grid (SCORE_STEP), near-equal candidates are ties broken by a fixed order (TIE_STEPS), and the
 probes are picked the same way, so the last digits that differ between CPUs' int8 kernels
-cannot flip a choice. The feed and the pooling are the service's own (service.feeds,
-service.pooling), so what is measured here is what the service will compute.
+cannot flip a choice. The feed and the pooling are the service's own (core.feeds,
+core.pooling), so what is measured here is what the service will compute.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edge_embed.export.tooling import Reporter
-from edge_embed.service.bundle import Manifest
-from edge_embed.service.canary import cosines
-from edge_embed.service.encoder import TextTokenizer
-from edge_embed.service.feeds import build_feeds, check_inputs
-from edge_embed.service.pooling import F32, finish, pool_output
+from edge_embed.core.agreement import cosines
+from edge_embed.core.bundle import Manifest
+from edge_embed.core.encoder import TextTokenizer
+from edge_embed.core.feeds import build_feeds, check_inputs
+from edge_embed.core.pooling import F32, finish, pool_output
+from edge_embed.core.tooling import Reporter
 
 from .graph import weight_matmuls
 from .pertoken import quantize_pertoken

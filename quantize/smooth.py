@@ -25,8 +25,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from edge_embed.service.encoder import TextTokenizer
-from edge_embed.service.feeds import I64, PaddingSide, build_feeds, check_inputs
+from edge_embed.core.encoder import TextTokenizer
+from edge_embed.core.feeds import I64, PaddingSide, build_feeds, check_inputs
 
 from .graph import F32, WeightMatMul, weight_array, weight_matmuls
 

@@ -17,11 +17,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.feeds import I64
-from edge_embed.service.runtime import RuntimeOptions
-
-from .evalset import load_eval_set
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.evalset import load_eval_set
+from edge_embed.core.feeds import I64
+from edge_embed.core.runtime import RuntimeOptions
 
 # Batch 32: where short-input throughput peaks on 2 cores (int8 MiniLM: rising from 1260/s at
 # smaller batches to 2437/s at 32, lower at 64).

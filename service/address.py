@@ -7,6 +7,8 @@ arm64 emulation).
 
 from __future__ import annotations
 
+import ipaddress
+
 ENV_PREFIX = "EDGE_EMBED_"
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: exposing the server is an explicit choice
@@ -16,3 +18,13 @@ DEFAULT_PORT = 8000
 def env_name(flag: str) -> str:
     """`--max-inputs` -> `EDGE_EMBED_MAX_INPUTS`."""
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a server listening on `host` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name (or "" and wildcards): reachable from elsewhere
+        return False

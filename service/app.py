@@ -16,25 +16,37 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
+from edge_embed.core import canary
+from edge_embed.core.cpus import plan_lone_threads, plan_threads, usable_cpus
+
 from .. import __version__
-from . import canary
-from .auth import Authenticator, load_keys_file
+from .address import is_loopback
+from .auth import Authenticator, check_flag_keys, load_keys_file
 from .cache import EmbeddingCache
-from .cpus import plan_lone_threads, plan_threads, usable_cpus
+from .connections import ConnectionGuard
 from .embeddings import Caller, EmbeddingsPath
 from .engine import Engines, InFlight, ModelEngine
-from .errors import PayloadTooLarge, TracingUnavailable
+from .errors import (
+    ClientGone,
+    PayloadTooLarge,
+    RequestTimeout,
+    TracingUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from .metrics import Metrics
 from .middleware import (
-    KEY_KEY,
+    API_KEY,
     LOG_KEY,
     ServerState,
+    authenticate,
     make_gate_middleware,
     make_request_middleware,
 )
@@ -88,14 +100,18 @@ AUTH = web.AppKey("auth", Authenticator)
 CACHE = web.AppKey("cache", EmbeddingCache)
 STATE = web.AppKey("state", ServerState)
 RUNTIME = web.AppKey("runtime", Runtime)
+# What serve.py's listener wraps aiohttp's protocol in (service/connections.py).
+CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 # Set by the `_engines` clean-up context, which owns them: present while the app runs.
 ENGINES = web.AppKey("engines", Engines)
 EMBEDDINGS = web.AppKey("embeddings", EmbeddingsPath)
-# Each model's canary check (service/canary.py), made at warm-up.
+# Each model's canary check (core/canary.py), made at warm-up.
 CANARIES = web.AppKey("canaries", dict[str, canary.CanaryReport])
 
 
 def build_authenticator(settings: Settings) -> Authenticator:
+    """The keys of --api-key and --api-keys-file; an unusable one is refused (ApiKeyError)."""
+    check_flag_keys(settings.api_keys)
     keys: list[tuple[str, frozenset[str] | None]] = [(k, None) for k in settings.api_keys]
     if settings.api_keys_file is not None:
         keys += load_keys_file(settings.api_keys_file)
@@ -106,14 +122,17 @@ def create_app(settings: Settings, registry: Registry | None = None,
                runtime: Runtime | None = None,
                auth: Authenticator | None = None) -> web.Application:
     tracing = _tracing(settings)  # first: a missing extra is refused before bundles load
+    if auth is None:  # before the bundles too: a bad key is refused at once
+        auth = build_authenticator(settings)
     runtime = runtime or Runtime.plan(settings)
     if registry is None:
         options = settings.runtime_options(runtime.intra_op_threads, runtime.lone_threads)
         registry = Registry.load(settings.models, options, settings.verify_files)
     metrics = Metrics()
     state = ServerState()
-    auth = auth or build_authenticator(settings)
-    middlewares = [make_request_middleware(metrics, state, settings.access_log),
+    connections = ConnectionGuard(settings.connections, metrics.dropped_connections)
+    middlewares = [connections.middleware(),
+                   make_request_middleware(metrics, state, settings.access_log),
                    make_gate_middleware(auth, state)]
     if tracing is not None:  # outermost: its span covers everything the others do
         middlewares.insert(0, tracing.middleware())
@@ -128,6 +147,7 @@ def create_app(settings: Settings, registry: Registry | None = None,
     app[CACHE] = EmbeddingCache(settings.cache)
     app[STATE] = state
     app[RUNTIME] = runtime
+    app[CONNECTIONS] = connections
     app[CANARIES] = {}
     _cache_gauges(app)
     app.cleanup_ctx.append(_engines)
@@ -165,6 +185,9 @@ def _cache_gauges(app: web.Application) -> None:
     state = app[STATE]
     Gauge("edge_embed_inflight_requests", "HTTP requests being handled",
           registry=registry).set_function(lambda: state.inflight)
+    connections = app[CONNECTIONS]
+    Gauge("edge_embed_open_connections", "Open client connections",
+          registry=registry).set_function(lambda: connections.open)
 
 
 async def _engines(app: web.Application) -> AsyncIterator[None]:
@@ -234,7 +257,7 @@ async def _check_canaries(served: ServedModel, executor: ThreadPoolExecutor,
         return canary.CanaryReport("absent")
     loop = asyncio.get_running_loop()
     measured = await loop.run_in_executor(executor, canary.measure, model, canaries)
-    return canary.judge(model.folder, model.manifest, measured, on_failure)
+    return canary.check_gate(model.folder, model.manifest, measured, on_failure)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -250,23 +273,44 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type=_JSON)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `limit` (never read whole first)."""
+def require_json(request: web.Request) -> None:
+    """415 unless the body is declared JSON (parameters such as charset allowed): a form or
+    text/plain POST, which a web page may send cross-site without a preflight, is refused."""
+    if request.content_type != _JSON:
+        sent = request.headers.get("Content-Type", "")
+        raise UnsupportedMediaType(
+            f"Content-Type must be {_JSON}, got {sent[:100]!r}." if sent
+            else f"Content-Type must be {_JSON}; the request has none.", param="Content-Type")
+
+
+async def read_body(request: web.Request, limit: int, timeout_s: float,
+                    started: float) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` (never read whole first), and
+    with 408 (the connection closed) unless all of it arrives within `timeout_s` of `started`
+    (the loop's clock): a client trickling its body holds a request slot that long at most."""
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"The request body is {length} bytes; the limit is {limit}.",
                               param="body")
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = await request.content.readany()
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.",
-                                  param="body")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout_at(started + timeout_s):
+            while True:
+                chunk = await request.content.readany()
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.",
+                                          param="body")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {timeout_s:g} s "
+                             f"({size} bytes came).", param="body",
+                             headers={"Connection": "close"}) from None
+    except ConnectionResetError:  # aiohttp's word for a client that left mid-body
+        raise ClientGone("The client closed the connection while sending the body.") from None
     return b"".join(chunks)
 
 
@@ -274,20 +318,23 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 async def embeddings(request: web.Request) -> web.Response:
     app = request.app
     started = asyncio.get_running_loop().time()
+    settings = app[SETTINGS]
+    require_json(request)
     path = app[EMBEDDINGS]
-    with path.bodies.hold(request.content_length):  # a 503 before a large body is read
-        req = await path.parse(await read_body(request, app[SETTINGS].requests.max_body_bytes))
+    with path.bodies.hold(request.content_length):  # a 429 before a large body is read
+        req = await path.parse(await read_body(request, settings.requests.max_body_bytes,
+                                               settings.connections.body_timeout_s, started))
     transport = request.transport
     rlog = request[LOG_KEY]
     result = await path(req, Caller(
-        key=request.get(KEY_KEY), log=rlog, started=started,
+        key=request.get(API_KEY), log=rlog, started=started,
         is_gone=lambda: transport is None or transport.is_closing()))
     return web.Response(body=result.body(rlog.request_id), content_type=_JSON,
                         headers={TRUNCATED_HEADER: str(len(result.warnings))})
 
 
 async def list_models(request: web.Request) -> web.Response:
-    key = request.get(KEY_KEY)
+    key = request.get(API_KEY)
     created = int(request.app[RUNTIME].started)
     canaries = request.app[CANARIES]
     data = [s.info(created, _canary_json(canaries, s.id)) for s in request.app[REGISTRY]
@@ -296,8 +343,8 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    served = request.app[REGISTRY].get(request.match_info["model"])
-    Authenticator.allow(request.get(KEY_KEY), served.names)
+    served = request.app[REGISTRY].get(request.match_info["model"],
+                                        partial(Authenticator.may_use, request.get(API_KEY)))
     return _json(served.info(int(request.app[RUNTIME].started),
                              _canary_json(request.app[CANARIES], served.id)))
 
@@ -317,19 +364,44 @@ def _model_health(app: web.Application, served: ServedModel) -> dict[str, Any]:
     return status
 
 
+def auth_warning(settings: Settings, auth: Authenticator) -> str | None:
+    """What to say when anyone who reaches the server may use it, or None."""
+    if auth.enabled or is_loopback(settings.host):
+        return None
+    return (f"no API keys are configured and the server listens on {settings.host}: anyone "
+            "who can reach it may use it; set --api-key or --api-keys-file")
+
+
 async def health(request: web.Request) -> web.Response:
     """Liveness: every engine's workers are running (a dead one means: restart the process).
 
     A model served although its canaries failed (--canary-failure serve) makes the status
-    "failed-serving": alive, and loud about it."""
-    models = {s.id: _model_health(request.app, s) for s in request.app[REGISTRY]}
+    "failed-serving": alive, and loud about it. With auth on, a caller without a key (a probe)
+    or with a wrong key gets the status alone; the detail (models, faults) goes to a key, for
+    its own models."""
+    app = request.app
+    auth = app[AUTH]
+    try:  # a probe sends no key; a wrong one is answered as a probe, never failed
+        key = authenticate(request, auth)
+    except Unauthorized:
+        key = None
+    models = {s.id: _model_health(app, s) for s in app[REGISTRY]}
     alive = all(m["alive"] for m in models.values())
     faults = sum(int(m.get("faults", 0)) for m in models.values())
     failed = any((m.get("canary") or {}).get("status") == "failed-serving"
                  for m in models.values())
     status = ("dead" if not alive else "failed-serving" if failed
               else "degraded" if faults else "ok")
-    return _json({"status": status, "models": models}, 200 if alive else 503)
+    code = 200 if alive else 503
+    if auth.enabled and key is None:
+        return _json({"status": status}, code)
+    body: dict[str, Any] = {"status": status, "auth": "on" if auth.enabled else "off",
+                            "models": {s.id: models[s.id] for s in app[REGISTRY]
+                                       if Authenticator.may_use(key, s.names)}}
+    warning = auth_warning(app[SETTINGS], auth)
+    if warning is not None:
+        body["warnings"] = [warning]
+    return _json(body, code)
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -352,15 +424,17 @@ async def ready(request: web.Request) -> web.Response:
 async def info(request: web.Request) -> web.Response:
     app = request.app
     settings = app[SETTINGS]
+    key = request.get(API_KEY)
+    served = [s for s in app[REGISTRY] if Authenticator.may_use(key, s.names)]
     return _json({
         "name": "edge-embed", "version": __version__, "limits": settings.limits(),
         "threads": app[RUNTIME].info(),
         "providers": {"requested": list(settings.providers),
                       "fallback_allowed": settings.provider_fallback,
-                      "models": {s.id: list(s.model.providers.used) for s in app[REGISTRY]},
+                      "models": {s.id: list(s.model.providers.used) for s in served},
                       "fell_back": {s.id: s.model.providers.message
-                                    for s in app[REGISTRY] if s.model.providers.fell_back}},
-        "models": [s.id for s in app[REGISTRY]],
+                                    for s in served if s.model.providers.fell_back}},
+        "models": [s.id for s in served],
         "auth": app[AUTH].enabled,
         "cache": {"enabled": app[CACHE].enabled, "entries": len(app[CACHE]),
                   "bytes": app[CACHE].bytes},

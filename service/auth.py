@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import Forbidden, KeysFileError, Unauthorized
+from .errors import ApiKeyError, KeysFileError, Unauthorized
 
-# Paths anyone may call: probes and scrapers do not carry keys.
+log = logging.getLogger("edge_embed.auth")
+
+# Paths anyone may call: probes and scrapers do not carry keys. /health answers them with its
+# status alone; its detail needs a key (service/app.py).
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+# A key shorter than this is guessable by brute force over HTTP; 16 characters is the floor
+# of a random token (`openssl rand -hex 8`), and every generator in the README makes longer.
+MIN_KEY_CHARS = 16
+# Permission bits of a keys file that let a user other than its owner read or change the keys.
+_SHARED_MODE_BITS = stat.S_IRWXG | stat.S_IRWXO
 
 
 @dataclass(frozen=True)
@@ -33,20 +43,63 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot be an API key (never quoting it), or None."""
+    if not key:
+        return "the key is empty"
+    if any(c.isspace() for c in key):
+        return "the key contains whitespace"
+    if len(key) < MIN_KEY_CHARS:
+        return f"the key has {len(key)} characters; at least {MIN_KEY_CHARS} are required"
+    return None
+
+
+def check_flag_keys(keys: Iterable[str]) -> None:
+    """Refuse an unusable key from --api-key / EDGE_EMBED_API_KEY, naming which one."""
+    for n, key in enumerate(keys, 1):
+        problem = key_problem(key)
+        if problem is not None:
+            raise ApiKeyError(f"--api-key (or EDGE_EMBED_API_KEY) #{n}: {problem}")
+
+
+def _uncomment(line: str) -> str:
+    """`line` without its comment: `#` starts one at the line's start or after whitespace only,
+    so a key may contain `#`."""
+    for i, char in enumerate(line):
+        if char == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i]
+    return line
+
+
+def warn_if_shared(path: Path) -> None:
+    """A WARNING when users other than the owner may read or change the keys file."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # reading it reports the problem
+    if mode & _SHARED_MODE_BITS:
+        log.warning("the API keys file %s has mode %s: users other than its owner may read or "
+                    "change the keys; chmod 600 it", path, oct(stat.S_IMODE(mode)))
+
+
 def load_keys_file(path: Path) -> list[tuple[str, frozenset[str] | None]]:
-    """`KEY [model,model,...]` per line; `#` starts a comment."""
+    """`KEY [model,model,...]` per line; `#` at a line's start or after whitespace starts a
+    comment."""
+    warn_if_shared(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise KeysFileError(f"{path}: cannot read the API keys file ({exc})") from None
     out: list[tuple[str, frozenset[str] | None]] = []
     for n, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
+        parts = _uncomment(line).split()
+        if not parts:
             continue
-        parts = line.split()
         if len(parts) > 2:
             raise KeysFileError(f"{path}:{n}: expected 'KEY' or 'KEY model1,model2'")
+        problem = key_problem(parts[0])
+        if problem is not None:
+            raise KeysFileError(f"{path}:{n}: {problem}")
         models = frozenset(m for m in parts[1].split(",") if m) if len(parts) == 2 else None
         out.append((parts[0], models))
     return out
@@ -83,13 +136,7 @@ class Authenticator:
         return found
 
     @staticmethod
-    def allow(key: ApiKey | None, model_names: Iterable[str]) -> None:
-        """403 unless `key` may use the model (known by any of `model_names`)."""
-        if key is None or key.models is None:
-            return
-        if key.models.isdisjoint(model_names):
-            raise Forbidden("This API key is not allowed to use this model.", param="model")
-
-    @staticmethod
     def may_use(key: ApiKey | None, model_names: Iterable[str]) -> bool:
+        """Whether `key` may use the model known by `model_names`; a model it may not use is,
+        to that key, a model that does not exist (404, never a 403 that confirms it)."""
         return key is None or key.models is None or not key.models.isdisjoint(model_names)

@@ -19,8 +19,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from edge_embed.core.pooling import F32
+
 from .limits import CacheLimits
-from .pooling import F32
 
 # Per-entry bookkeeping besides the key and the vector: the `Cached` object and the ordered
 # dict's slot and link (measured with tracemalloc, tests/test_service_cache.py).

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from edge_embed import __version__
+
 SUBCOMMANDS = {
     "export": ("edge_embed.export.cli",
                "export a Hugging Face / sentence-transformers model to a bundle"),
@@ -29,8 +31,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(USAGE)
         return 0 if args else 2
     if args[0] in ("-V", "--version"):
-        from .. import __version__
-
         print(f"edge-embed {__version__}")
         return 0
     name = args[0]

@@ -25,22 +25,24 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from edge_embed.core.encoder import TextTokenizer, Tokenized
+from edge_embed.core.feeds import I64
+from edge_embed.core.pooling import F32
+
 from .admission import estimate_tokens
 from .auth import ApiKey, Authenticator
 from .cache import CacheKey, EmbeddingCache
-from .encoder import TextTokenizer, Tokenized
 from .engine import Engines, Job
 from .errors import InvalidRequest, Overloaded, RequestTimeout
-from .feeds import I64
 from .limits import LARGE_BODY_BYTES, RequestLimits
 from .metrics import Metrics
 from .middleware import Phase, RequestLog
 from .models import Registry, ServedModel
-from .pooling import F32
 from .schema import (
     EmbeddingRequest,
     EncodingFormat,
@@ -168,8 +170,7 @@ class EmbeddingsPath:
 
     async def __call__(self, req: EmbeddingRequest, caller: Caller) -> EmbeddingResult:
         limits = self.limits
-        served = self.registry.get(req.model)
-        Authenticator.allow(caller.key, served.names)
+        served = self.registry.get(req.model, partial(Authenticator.may_use, caller.key))
         caller.log.model, caller.log.inputs = served.id, len(req.inputs)
         manifest = served.model.manifest
         vocab = served.model.tokenizer.vocab_size

@@ -34,14 +34,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.feeds import I64
+from edge_embed.core.pooling import F32
+
 from .admission import RUN_COST_TOKENS, RUNNING_SHARE_LEFT, Meter, judge
 from .batching import cut_sorted, padded_width
-from .encoder import BundleModel
 from .errors import ApiError, ClientGone, InternalError, Overloaded, Unavailable
-from .feeds import I64
 from .limits import BatchPolicy, QueueLimits
 from .metrics import Metrics
-from .pooling import F32
 
 log = logging.getLogger("edge_embed.engine")
 
@@ -569,5 +570,5 @@ class ModelEngine:
             self.drop(job, "fault")
 
 
-class Engines(dict[str, ModelEngine]):
-    """The running engines by model id; created and stopped by the app's clean-up context."""
+# The running engines by model id; created and stopped by the app's clean-up context.
+Engines = dict[str, ModelEngine]

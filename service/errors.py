@@ -1,57 +1,23 @@
-"""The service's exceptions, all of them, in one module.
+"""The service's exceptions.
 
 Two families:
 - `ApiError`: every client-visible failure, rendered in the OpenAI error shape
   `{"error": {"message", "type", "param", "code"}}`. The official clients map the status to their
   exception classes (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError, 429
   RateLimitError, …) and show `message`; `param` names the offending field.
-- `StartupError`: what stops the process before it serves (a bad bundle, a missing provider,
-  an unreadable keys file): one line on stderr naming the file and field, exit code 2.
+- `StartupError` (edge_embed/core/errors.py, with the bundle's and the runtime's own): what
+  stops the process before it serves (a bad bundle, a missing provider, an unreadable keys
+  file): one line on stderr naming the file and field, exit code 2.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from edge_embed.core.errors import StartupError
 
 
 # ---- start-up --------------------------------------------------------------------------------
-class StartupError(Exception):
-    """The server cannot start as configured; the message says what to fix."""
-
-
-class BundleError(StartupError, ValueError):
-    """A bundle that cannot be served; the message names the file and, where known, the field."""
-
-    def __init__(self, path: Path | str, message: str, field_name: str | None = None) -> None:
-        self.path = Path(path)
-        self.field = field_name
-        where = f"{self.path}" + (f": field '{field_name}'" if field_name else "")
-        super().__init__(f"{where}: {message}")
-
-
-class BundleFileError(BundleError):
-    """A file of a bundle that is not the one its manifest lists: missing, truncated, replaced."""
-
-
-class CanaryFailed(StartupError):
-    """A bundle's canaries, embedded on this machine, disagree with their reference vectors."""
-
-    def __init__(self, bundle: Path | str, agreement: float, gate: float) -> None:
-        self.bundle = Path(bundle)
-        self.agreement = agreement
-        self.gate = gate
-        # the flag is spelled here rather than imported: errors.py imports nothing of ours
-        super().__init__(
-            f"{self.bundle}: canary check failed: the canaries' agreement with their reference "
-            f"vectors on this machine is {agreement:.6f}, below the bundle's gate {gate:.6f}; "
-            "this machine's kernels (or a changed runtime) do not reproduce the vectors the "
-            "bundle was built and measured with. Rebuild or re-quantize the bundle on this "
-            "kind of CPU, or start with --canary-failure serve (EDGE_EMBED_CANARY_FAILURE=serve) "
-            "to serve it anyway")
-
-
 class TracingUnavailable(StartupError):
     """--otlp-endpoint was given, but the OpenTelemetry packages are not installed."""
 
@@ -61,25 +27,13 @@ class TracingUnavailable(StartupError):
             f"installed ({missing}): pip install 'edge-embed[otel]', or start without the flag")
 
 
-class ProviderError(StartupError, RuntimeError):
-    """A requested execution provider is not in the installed onnxruntime (or did not start)."""
+class ApiKeyError(StartupError, ValueError):
+    """An API key that cannot be used (empty, too short, with whitespace); the message names
+    where it was given, never the key."""
 
 
-class KeysFileError(StartupError, ValueError):
+class KeysFileError(ApiKeyError):
     """The API keys file cannot be read or has a malformed line."""
-
-
-class UnsupportedGraphInput(ValueError):
-    """The graph declares an input the feed builder (service/feeds.py) has no value for.
-
-    Raised where a graph is read (export, quantize, loading a bundle); each caller turns it into
-    its own refusal naming the file.
-    """
-
-    def __init__(self, name: str, filled: Sequence[str]) -> None:
-        self.name = name
-        super().__init__(f"the model's graph declares the input '{name}', which edge-embed cannot "
-                         f"fill (it fills {', '.join(filled)})")
 
 
 # ---- per request -----------------------------------------------------------------------------
@@ -118,12 +72,6 @@ class Unauthorized(ApiError):
     status = 401
     type = "invalid_request_error"
     code = "invalid_api_key"
-
-
-class Forbidden(ApiError):
-    status = 403
-    type = "invalid_request_error"
-    code = "model_not_allowed"
 
 
 class NotFound(ApiError):

@@ -1,9 +1,12 @@
-"""`python -m edge_embed.service.healthcheck`: exit 0 when the server answers GET /health with
-200, else 1 with the reason on stderr. The container image's HEALTHCHECK: it needs no curl, and
-it finds the server where the server itself listens, from EDGE_EMBED_HOST and EDGE_EMBED_PORT
-(the image configures the server through these, never through flags).
+"""`python -m edge_embed.service.healthcheck [--ready]`: exit 0 when the server answers GET /health
+(with --ready: /ready) with 200, else 1 with the reason on stderr. The container image's
+HEALTHCHECK: it needs no curl, and it finds the server where the server itself listens, from
+EDGE_EMBED_HOST and EDGE_EMBED_PORT (the image configures the server through these, never
+through flags).
 
 Standard library only (see service/address.py): it runs every few seconds beside the server.
+It is also the exec probe of a server that listens on the pod's loopback (a sidecar), which an
+httpGet probe, sent from the node, cannot reach.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from .address import DEFAULT_HOST, DEFAULT_PORT, env_name
 
@@ -22,13 +25,13 @@ LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 TIMEOUT_S = 4.0
 
 
-def health_url(environ: Mapping[str, str]) -> str:
+def health_url(environ: Mapping[str, str], path: str = "/health") -> str:
     host = environ.get(env_name("--host"), DEFAULT_HOST)
     host = LOOPBACK.get(host, host)
     port = environ.get(env_name("--port"), str(DEFAULT_PORT))
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}/health"
+    return f"http://{host}:{port}{path}"
 
 
 def check(url: str, timeout: float = TIMEOUT_S) -> str | None:
@@ -43,8 +46,12 @@ def check(url: str, timeout: float = TIMEOUT_S) -> str | None:
     return None if status == 200 else f"{url}: HTTP {status}"
 
 
-def main() -> int:
-    problem = check(health_url(os.environ))
+def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args not in ([], ["--ready"]):
+        sys.stderr.write("usage: python -m edge_embed.service.healthcheck [--ready]\n")
+        return 2
+    problem = check(health_url(os.environ, "/ready" if args else "/health"))
     if problem is not None:
         sys.stderr.write(f"unhealthy: {problem}\n")
         return 1

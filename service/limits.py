@@ -3,7 +3,8 @@
 - `RequestLimits`: what one request may ask (the request path checks them);
 - `QueueLimits`: what the engine admits (by time, against the request's deadline);
 - `BatchPolicy`: how the engine forms model runs;
-- `CacheLimits`: how much the embedding cache holds.
+- `CacheLimits`: how much the embedding cache holds;
+- `ConnectionLimits`: how long a client may take to send, and how many connections stay open.
 
 Every default is a named constant with the reason for its number, so that an operator changing
 one knows what they trade. Settings (flags and `EDGE_EMBED_*`) build these objects; nothing else
@@ -128,3 +129,36 @@ class CacheLimits:
     @property
     def enabled(self) -> bool:
         return self.entries > 0 and self.bytes > 0 and self.ttl_s > 0
+
+
+# ---- connections ---------------------------------------------------------------------------
+# A request's headers (a few hundred bytes) arrive in one packet from any real client; 10 s
+# covers retransmits on a bad link. Counted from a connection's opening, then from the first
+# byte of each later request: a client trickling its headers holds a connection this long.
+HEADER_TIMEOUT_S = 10.0
+# The whole body must arrive within this many seconds of the request's start (408 otherwise,
+# and the connection closed); the request timeout starts after it. A full request (2048 inputs,
+# ~2 MB) needs 1.6 Mbit/s, a 16 MiB body 13 Mbit/s: far below any link a server is fed over.
+BODY_TIMEOUT_S = 10.0
+# An idle keep-alive connection is closed after this long. Longer than the 60 s idle timeout
+# of common load balancers, so that they close first (no request raced onto a closing socket);
+# nginx's default too. aiohttp's own (3630 s) kept idle connections for an hour.
+KEEPALIVE_TIMEOUT_S = 75.0
+# Open connections at once; past it a connection is answered 503 and closed at accept. Above
+# the flood test's 600 clients at once, which admission, not the socket count, must answer
+# (429 with Retry-After); the start raises the open-file limit to fit it where it is lower.
+MAX_CONNECTIONS = 1024
+# Open files besides the connections: bundle files, the log, the threads' and /proc's.
+FILES_BESIDE_CONNECTIONS = 256
+# After an early answer (413, 408) the rest of a body is read and dropped this long before the
+# connection closes, so that a client still sending reads the answer instead of a reset; short,
+# so that a slow sender is not kept past its timeout for long (aiohttp's own: 10 s).
+LINGER_S = 2.0
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    header_timeout_s: float = HEADER_TIMEOUT_S
+    body_timeout_s: float = BODY_TIMEOUT_S
+    keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S
+    max_connections: int = MAX_CONNECTIONS

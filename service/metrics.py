@@ -45,6 +45,10 @@ class Metrics:
         self.dropped = Counter("edge_embed_dropped_inputs",
                                "Queued inputs dropped before the model (timeout, client gone)",
                                ["model", "reason"], registry=r)
+        self.dropped_connections = Counter(
+            "edge_embed_dropped_connections",
+            "Connections closed before a request was handled (limit, header_timeout)",
+            ["reason"], registry=r)
         self.engine_faults = Counter("edge_embed_engine_faults", "Model runs that raised",
                                      ["model"], registry=r)
         self.canary_agreement = Gauge(

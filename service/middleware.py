@@ -82,7 +82,7 @@ class ServerState:
 
 
 LOG_KEY = web.RequestKey("log", RequestLog)
-KEY_KEY = web.RequestKey("api_key", ApiKey)  # set only when keys are configured
+API_KEY = web.RequestKey("api_key", ApiKey)  # set only when keys are configured
 
 
 def error_response(error: ApiError, request_id: str) -> web.Response:
@@ -172,6 +172,14 @@ def _finish(request: web.Request, rlog: RequestLog, status: int, start: float,
         access_log.info(orjson.dumps(line).decode())
 
 
+def authenticate(request: web.Request, auth: Authenticator) -> ApiKey | None:
+    """The request's key (kept on the request), or 401; None when auth is off."""
+    key = auth.check(request.headers.get("Authorization"))
+    if key is not None:
+        request[API_KEY] = key
+    return key
+
+
 def make_gate_middleware(auth: Authenticator, state: ServerState) -> Any:
     """Draining (503) first, then the API key; the probes and /metrics stay open."""
 
@@ -182,9 +190,7 @@ def make_gate_middleware(auth: Authenticator, state: ServerState) -> Any:
         if state.draining:
             raise Unavailable("The server is shutting down; retry on another instance.",
                               headers={"Retry-After": "1", "Connection": "close"})
-        key = auth.check(request.headers.get("Authorization"))
-        if key is not None:
-            request[KEY_KEY] = key
+        authenticate(request, auth)
         return await handler(request)
 
     return gate_middleware

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import files
+from edge_embed.core import files
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.errors import BundleError
+from edge_embed.core.files import VerifyMode
+from edge_embed.core.runtime import RuntimeOptions
+
 from .advice import bundle_warnings
-from .bundle import load_manifest
-from .encoder import BundleModel
-from .errors import BundleError, ModelNotFound
-from .files import VerifyMode
-from .runtime import RuntimeOptions
+from .errors import ModelNotFound
 
 log = logging.getLogger("edge_embed.models")
 
@@ -91,10 +93,13 @@ class Registry:
     def __iter__(self) -> Iterator[ServedModel]:
         return iter(self.models)
 
-    def get(self, name: str) -> ServedModel:
+    def get(self, name: str,
+            visible: Callable[[Sequence[str]], bool] = lambda names: True) -> ServedModel:
+        """The model called `name`, if `visible` (given its names) lets the caller see it; else
+        404 listing only the names of the models the caller may see."""
         served = self._by_name.get(name)
-        if served is None:
-            known = ", ".join(sorted(self._by_name))
+        if served is None or not visible(served.names):
+            known = ", ".join(sorted(n for s in self.models if visible(s.names) for n in s.names))
             raise ModelNotFound(f"The model '{name[:200]}' does not exist. Served: {known}.",
                                 param="model")
         return served

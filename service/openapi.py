@@ -25,7 +25,7 @@ def _ok(description: str, ref: str) -> dict[str, Any]:
 
 _COMMON_ERRORS = {
     "401": _err("Missing or wrong API key (WWW-Authenticate: Bearer)"),
-    "404": _err("Unknown model or path"),
+    "404": _err("Unknown model (or one the API key may not use) or path"),
     "405": _err("Method not allowed"),
     "500": _err("A server fault; the message carries the request id"),
     "503": _err("Not ready, draining or engine stopped"),
@@ -46,9 +46,9 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                         "description": "How many inputs were cut at the model's token limit",
                         "schema": {"type": "integer"}}}},
             "400": _err("Invalid request (names the field and item)"),
-            "403": _err("The API key may not use this model"),
             "408": _err("The request did not finish within the request timeout"),
             "413": _err("Body over the size limit"),
+            "415": _err("Content-Type is not application/json"),
             "429": _err("Overloaded: queue full (Retry-After)"),
             **_COMMON_ERRORS,
         },
@@ -71,7 +71,6 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                 "parameters": [{"name": "model", "in": "path", "required": True,
                                 "schema": {"type": "string"}}],
                 "responses": {"200": _ok("Model", "Model"),
-                              "403": _err("The API key may not use this model"),
                               **_COMMON_ERRORS}}},
             "/health": {"get": {"operationId": "health", "summary": "Liveness",
                                 "responses": {"200": probe, "503": probe}}},

@@ -18,10 +18,11 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from .bundle import Manifest
+from edge_embed.core.bundle import Manifest
+from edge_embed.core.feeds import I64
+from edge_embed.core.pooling import F32
+
 from .errors import InvalidRequest
-from .feeds import I64
-from .pooling import F32
 
 EncodingFormat = Literal["float", "base64"]
 # Text, or the model's own token ids: a read-only int64 array (8 bytes an id, where a tuple of
@@ -285,7 +286,11 @@ def parse_request(data: Any, *, max_inputs: int, max_input_chars: int) -> Embedd
     if extra is not None:
         if not isinstance(extra, dict):
             raise _invalid("'extra_body' must be an object.", "extra_body")
-        # The seed APIs pass `extra_body` through verbatim: its keys count as the request's own.
+        # The seed APIs pass `extra_body` through verbatim: its keys count as the request's own,
+        # except the model: a gateway that checks the top-level `model` must see the one used.
+        if "model" in extra and extra["model"] != data.get("model"):
+            raise _invalid("'extra_body.model' differs from 'model': extra_body may not change "
+                           "the model; send it in 'model' only.", "extra_body")
         data = {**data, **extra}
     model = data.get("model")
     if not isinstance(model, str) or not model:

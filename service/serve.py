@@ -17,7 +17,9 @@ from collections.abc import Sequence
 import orjson
 from aiohttp import web
 
-from .errors import StartupError
+from edge_embed.core.errors import StartupError
+
+from .limits import LINGER_S
 from .settings import Settings, parse_settings
 
 log = logging.getLogger("edge_embed.serve")
@@ -34,7 +36,7 @@ def setup_logging(level: str) -> None:
 
 
 def _startup_log(app: web.Application, settings: Settings, port: int) -> None:
-    from .app import REGISTRY, RUNTIME
+    from .app import AUTH, REGISTRY, RUNTIME, auth_warning
 
     for served in app[REGISTRY]:
         m, p = served.model.manifest, served.model.providers
@@ -49,20 +51,39 @@ def _startup_log(app: web.Application, settings: Settings, port: int) -> None:
     log.info("threads %s", orjson.dumps(app[RUNTIME].info()).decode())
     log.info("limits %s", orjson.dumps(settings.limits()).decode())
     log.info("listening on http://%s:%d (auth %s)", settings.host, port,
-             "on" if settings.api_keys or settings.api_keys_file else "off")
+             "on" if app[AUTH].enabled else "off")
+    open_warning = auth_warning(settings, app[AUTH])
+    if open_warning is not None:
+        log.warning("%s", open_warning)
+
+
+async def listen(app: web.Application, settings: Settings
+                 ) -> tuple[web.AppRunner, asyncio.Server]:
+    """The app started and listening; each connection guarded (service/connections.py)."""
+    from .app import CONNECTIONS
+
+    limits = settings.connections
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE_S,
+                           handle_signals=False, keepalive_timeout=limits.keepalive_timeout_s,
+                           lingering_time=LINGER_S)
+    await runner.setup()
+    assert runner.server is not None  # set by setup()
+    app[CONNECTIONS].fit_open_files()
+    loop = asyncio.get_running_loop()
+    # Our own listener rather than a TCPSite: the protocol factory is wrapped, so that
+    # connections are counted and capped at accept, below aiohttp.
+    server = await loop.create_server(app[CONNECTIONS].protocol(runner.server), settings.host,
+                                      settings.port, reuse_address=True)
+    return runner, server
 
 
 async def serve(settings: Settings, app: web.Application) -> int:
     from .app import STATE
 
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE_S,
-                           handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
-    await site.start()
+    runner, server = await listen(app, settings)
     port = settings.port
     with contextlib.suppress(Exception):
-        port = runner.addresses[0][1]
+        port = server.sockets[0].getsockname()[1]
     _startup_log(app, settings, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -78,6 +99,7 @@ async def serve(settings: Settings, app: web.Application) -> int:
             await asyncio.wait_for(state.idle.wait(), settings.drain_timeout)
         except TimeoutError:
             log.warning("drain timeout: %d request(s) still in flight", state.inflight)
+    server.close()  # no new connections; aiohttp's clean-up closes the open ones
     await runner.cleanup()
     log.info("stopped")
     return 0

@@ -15,15 +15,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-# Re-exported: the names the rest of the service and the tests take from here.
-from .address import DEFAULT_HOST as DEFAULT_HOST
-from .address import DEFAULT_PORT as DEFAULT_PORT
-from .address import ENV_PREFIX as ENV_PREFIX
-from .address import env_name as env_name
-from .canary import CANARY_FAILURES, CanaryFailure
-from .files import VERIFY_MODES, VerifyMode
-from .limits import BatchPolicy, CacheLimits, QueueLimits, RequestLimits
-from .runtime import PROVIDERS, SPINNING, RuntimeOptions
+from edge_embed.core.canary import CANARY_FAILURES, CanaryFailure
+from edge_embed.core.files import VERIFY_MODES, VerifyMode
+from edge_embed.core.runtime import PROVIDERS, SPINNING, RuntimeOptions
+
+from .address import DEFAULT_HOST, DEFAULT_PORT, env_name
+from .limits import BatchPolicy, CacheLimits, ConnectionLimits, QueueLimits, RequestLimits
 
 # Kubernetes gives 30 s between SIGTERM and SIGKILL by default; 20 s leaves room to exit.
 DRAIN_TIMEOUT_S = 20.0
@@ -46,6 +43,7 @@ class Settings:
     queue: QueueLimits = field(default_factory=QueueLimits)
     batching: BatchPolicy = field(default_factory=BatchPolicy)
     cache: CacheLimits = field(default_factory=CacheLimits)
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     drain_timeout: float = DRAIN_TIMEOUT_S
     providers: tuple[str, ...] = ("cpu",)
     provider_fallback: bool = False
@@ -60,8 +58,8 @@ class Settings:
     worker_restarts: int = WORKER_RESTARTS
     log_level: str = "info"
     access_log: bool = True
-    verify_files: VerifyMode = "sha256"  # what start-up checks of each file (service/files.py)
-    # a model whose canaries disagree at start-up (service/canary.py): refuse it, or serve loudly
+    verify_files: VerifyMode = "sha256"  # what start-up checks of each file (core/files.py)
+    # a model whose canaries disagree at start-up (core/canary.py): refuse it, or serve loudly
     canary_failure: CanaryFailure = "refuse"
     otlp_endpoint: str | None = None  # OTLP/HTTP collector for traces (service/tracing.py)
 
@@ -77,7 +75,7 @@ class Settings:
         """The limits a client may run into, by group (for /info and the start-up log)."""
         return {"requests": asdict(self.requests), "queue": asdict(self.queue),
                 "batching": asdict(self.batching), "cache": asdict(self.cache),
-                "drain_timeout": self.drain_timeout}
+                "connections": asdict(self.connections), "drain_timeout": self.drain_timeout}
 
 
 def _positive_int(text: str) -> int:
@@ -191,6 +189,13 @@ _SCALARS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--request-timeout", _positive_float, "seconds before a request gets 408"),
     ("--admit-deadline-share", _share, "admit a request only if the work ahead of it and its "
      "own end within this share of its timeout, at the measured throughput (else 429)"),
+    ("--header-timeout", _positive_float, "seconds for a connection's request headers to "
+     "arrive (from its opening, then from a request's first byte) before it is closed"),
+    ("--body-timeout", _positive_float, "seconds for a request's whole body to arrive before "
+     "408 and the connection closed"),
+    ("--keepalive-timeout", _positive_float, "seconds an idle keep-alive connection stays open"),
+    ("--max-connections", _positive_int, "open connections at once; more are answered 503 and "
+     "closed"),
     ("--drain-timeout", _non_negative_float, "seconds to finish in-flight requests on SIGTERM"),
     ("--cache-entries", _non_negative_int, "embedding cache entries (0: no cache)"),
     ("--cache-bytes", _non_negative_int, "embedding cache size in bytes"),
@@ -247,9 +252,14 @@ _GROUPED: dict[str, tuple[str, str]] = {
     "--cache-bytes": ("cache", "bytes"),
     "--cache-ttl": ("cache", "ttl_s"),
     "--cache-max-ttl": ("cache", "max_ttl_s"),
+    "--header-timeout": ("connections", "header_timeout_s"),
+    "--body-timeout": ("connections", "body_timeout_s"),
+    "--keepalive-timeout": ("connections", "keepalive_timeout_s"),
+    "--max-connections": ("connections", "max_connections"),
 }
 _GROUPS: dict[str, Any] = {"requests": RequestLimits(), "queue": QueueLimits(),
-                           "batching": BatchPolicy(), "cache": CacheLimits()}
+                           "batching": BatchPolicy(), "cache": CacheLimits(),
+                           "connections": ConnectionLimits()}
 _GRAPH_LEVELS = ("auto", "disable", "basic", "extended", "all")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -297,7 +307,9 @@ def parse_settings(argv: Sequence[str] | None, prog: str = "edge-embed serve",
     if not models:
         parser.error("at least one --model BUNDLE is required (or EDGE_EMBED_MODEL)")
     values["models"] = tuple(models)
-    keys = ns.api_key or from_env("--api-key", lambda s: [k for k in s.split(",") if k])
+    # Every comma-separated item, empty ones too: an empty key is refused, never dropped (an
+    # empty EDGE_EMBED_API_KEY must not turn auth off unnoticed).
+    keys = ns.api_key if ns.api_key is not None else from_env("--api-key", lambda s: s.split(","))
     values["api_keys"] = tuple(keys or ())
     providers = ([p for group in ns.provider for p in group] if ns.provider
                  else from_env("--provider", _providers))

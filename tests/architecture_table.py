@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_embed.export.parity import load_eval_set
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.canary import cosines
-from edge_embed.service.encoder import BundleModel
+from edge_embed.core.agreement import cosines
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.evalset import load_eval_set
 from tests.fixtures.encoders import FORMATS, TWINS, build_twin
 from tests.fixtures.quantized import build_quantized
 from tests.fixtures.tiny import build_tiny_bundle

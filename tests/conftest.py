@@ -47,8 +47,7 @@ EXPORT_BUILDERS = frozenset({
 })
 # The markers whose tests the fast loop leaves out.
 FAST_EXCLUDES = ("export", "slow", "ray")
-# What the fast loop must never have imported (the torch-free part of the export stack, such as
-# edge_embed.export.tooling, is fine).
+# What the fast loop must never have imported (the torch-free core, edge_embed.core, is fine).
 HEAVY_MODULES = ("torch", "transformers", "optimum", "sentence_transformers", "onnx")
 
 

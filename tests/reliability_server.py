@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from typing import Any
 
 
 def scrape(base: str, headers: dict[str, str] | None = None) -> str:
@@ -88,6 +89,19 @@ def http(method: str, url: str, *, headers: dict[str, str] | None = None,
     except ValueError:
         parsed = raw.decode("utf-8", "replace")
     return status, head, parsed
+
+
+def get(url: str, timeout: float = 30.0) -> tuple[int, Any]:
+    """(status, parsed JSON body) of a GET, errors included."""
+    status, _, body = http("GET", url, timeout=timeout)
+    return status, body
+
+
+def get_json(url: str, timeout: float = 30.0) -> Any:
+    """The parsed JSON body of a GET that must answer 200."""
+    status, body = get(url, timeout)
+    assert status == 200, f"GET {url}: {status} {body}"
+    return body
 
 
 def token_ids_body(seed: int, model: str, size: int, low: int = 0, span: int = 100) -> bytes:

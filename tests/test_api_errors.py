@@ -27,7 +27,9 @@ def assert_error(status: int, body: Any, expect_status: int, param: str | None =
 
 async def raw(client: Any, data: bytes, path: str = "/v1/embeddings",
               headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    resp = await client.post(path, data=data, headers=headers or {})
+    resp = await client.post(path, data=data,
+                             headers={"Content-Type": "application/json"} if headers is None
+                             else headers)
     return resp.status, await resp.json(content_type=None)
 
 
@@ -111,7 +113,8 @@ async def test_body_too_large(make_client: MakeClient) -> None:
         for _ in range(10):
             yield b"a" * 500
 
-    resp = await client.post("/v1/embeddings", data=chunks())
+    resp = await client.post("/v1/embeddings", data=chunks(),
+                             headers={"Content-Type": "application/json"})
     assert_error(resp.status, await resp.json(), 413, "body")
     # The server is unaffected.
     resp = await client.post("/v1/embeddings", json={"model": "tiny", "input": "ok"})
@@ -137,5 +140,69 @@ async def test_unknown_path_and_wrong_method(make_client: MakeClient) -> None:
 
 async def test_every_error_has_a_request_id_header(make_client: MakeClient) -> None:
     client = await make_client()
-    resp = await client.post("/v1/embeddings", data=b"{", headers={"X-Request-Id": "abc-123"})
+    resp = await client.post("/v1/embeddings", data=b"{", headers={
+        "X-Request-Id": "abc-123", "Content-Type": "application/json"})
     assert resp.status == 400 and resp.headers["X-Request-Id"] == "abc-123"
+
+
+GOOD_BODY = b'{"model": "tiny", "input": "x"}'
+
+
+@pytest.mark.parametrize("content_type", [
+    None, "text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x", "application/octet-stream", "application/jsonx",
+    "application/vnd.api+json", "json"])
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/embeddings", "/api/embeddings",
+                                  "/api/v2/embeddings"])
+async def test_a_post_not_declared_json_is_415(make_client: MakeClient, path: str,
+                                               content_type: str | None) -> None:
+    client = await make_client()
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    resp = await client.post(path, data=GOOD_BODY, headers=headers)
+    body = await resp.json(content_type=None)
+    assert_error(resp.status, body, 415, "Content-Type", "unsupported_media_type",
+                 "application/json")
+    assert body["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/json", "application/json; charset=utf-8", "Application/JSON",
+    "application/json;charset=UTF-8"])
+async def test_json_with_parameters_is_accepted(make_client: MakeClient,
+                                                content_type: str) -> None:
+    client = await make_client()
+    resp = await client.post("/v1/embeddings", data=GOOD_BODY,
+                             headers={"Content-Type": content_type})
+    assert resp.status == 200, await resp.text()
+
+
+async def test_415_comes_after_the_key(make_client: MakeClient) -> None:
+    key = "sk-test-0123456789abcdef"
+    client = await make_client(api_keys=(key,))
+    resp = await client.post("/v1/embeddings", data=GOOD_BODY,
+                             headers={"Content-Type": "text/plain"})
+    assert resp.status == 401
+    resp = await client.post("/v1/embeddings", data=GOOD_BODY, headers={
+        "Content-Type": "text/plain", "Authorization": f"Bearer {key}"})
+    assert resp.status == 415
+
+
+@pytest.mark.parametrize("body", [
+    {"model": "tiny", "input": "x", "extra_body": {"model": "tiny-cls"}},
+    {"model": "tiny", "input": "x", "extra_body": {"model": "no-such-model"}},
+    {"model": "tiny", "input": "x", "extra_body": {"model": None}},
+    {"input": "x", "extra_body": {"model": "tiny"}},
+])
+async def test_extra_body_may_not_change_the_model(make_client: MakeClient,
+                                                   body: dict[str, Any]) -> None:
+    client = await make_client()
+    resp = await client.post("/v1/embeddings", json=body)
+    assert_error(resp.status, await resp.json(), 400, "extra_body", "invalid_request",
+                 "'extra_body.model' differs from 'model'")
+
+
+async def test_extra_body_may_repeat_the_model(make_client: MakeClient) -> None:
+    client = await make_client()
+    resp = await client.post("/v1/embeddings", json={
+        "model": "tiny-cls", "input": "x", "extra_body": {"model": "tiny-cls"}})
+    assert resp.status == 200 and (await resp.json())["model"] == "tiny-cls"

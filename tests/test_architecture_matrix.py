@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_embed.core.encoder import BundleModel
 from edge_embed.service.app import create_app
-from edge_embed.service.encoder import BundleModel
 from tests.fixtures.encoders import FORMATS, TWINS
 from tests.fixtures.matrix import Builds, Built, settings_for
 from tests.fixtures.server import AiohttpClient

@@ -36,6 +36,7 @@ def server(tiny_bundle: Path, tiny_cls_bundle: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     keys_file = tmp_path_factory.mktemp("auth") / "keys.txt"
     keys_file.write_text(f"# limited key\n{LIMITED_KEY} tiny\n", encoding="utf-8")
+    keys_file.chmod(0o640)  # readable by the group: the start-up log warns about it
     with live_server([tiny_bundle, tiny_cls_bundle], [
         "--api-key", ADMIN_KEY, "--api-keys-file", str(keys_file), "--log-level", "debug",
         "--access-log"]) as live:
@@ -70,10 +71,61 @@ def test_embeddings_matrix(server: Live, route: str) -> None:
     status, _, body = embed(server, route, ADMIN_KEY, model="tiny-cls")
     assert status == 200, body
     status, _, body = embed(server, route, LIMITED_KEY, model="tiny-cls")
-    assert status == 403, (route, status, body)
-    assert_openai_error(body, 403, type_="invalid_request_error")
+    assert_hidden(status, body, "tiny-cls")
     # The refusal comes before the model: an unknown model with no key is 401, not 404.
     assert_401(*embed(server, route, None, model="no-such-model"))
+
+
+def assert_hidden(status: int, body: object, model: str) -> None:
+    """A 404 that names only what the limited key may use: nothing says `model` exists."""
+    assert status == 404, (status, body)
+    err = assert_openai_error(body, 404, type_="invalid_request_error")
+    assert err["code"] == "model_not_found" and err["param"] == "model", err
+    message = str(err["message"])
+    served = message.split("Served:", 1)[1]
+    assert [n.strip(" .") for n in served.split(",")] == ["tiny"], message
+    assert "tiny-cls" not in served, message
+
+
+def test_a_model_the_key_may_not_use_looks_absent(server: Live) -> None:
+    """403 vs 404 would tell a limited key which models exist; both are the same 404."""
+    hidden = embed(server, "/v1/embeddings", LIMITED_KEY, model="tiny-cls")
+    absent = embed(server, "/v1/embeddings", LIMITED_KEY, model="no-such-model")
+    assert_hidden(hidden[0], hidden[2], "tiny-cls")
+    assert_hidden(absent[0], absent[2], "tiny-cls")
+    h_err, a_err = (assert_openai_error(b[2], 404) for b in (hidden, absent))
+    assert str(h_err["message"]).replace("tiny-cls", "X") == \
+        str(a_err["message"]).replace("no-such-model", "X")
+    status, _, body = http("GET", server.url + "/v1/models/tiny-cls", headers=bearer(LIMITED_KEY))
+    assert_hidden(status, body, "tiny-cls")
+    # the admin key sees everything, and a 404 lists every model to it
+    status, _, body = embed(server, "/v1/embeddings", ADMIN_KEY, model="no-such-model")
+    err = assert_openai_error(body, 404)
+    assert status == 404 and "tiny-cls" in str(err["message"])
+
+
+def test_info_lists_only_the_keys_models(server: Live) -> None:
+    _, _, body = http("GET", server.url + "/info", headers=bearer(LIMITED_KEY))
+    assert isinstance(body, dict)
+    assert body["models"] == ["tiny"] and set(body["providers"]["models"]) == {"tiny"}, body
+    _, _, body = http("GET", server.url + "/info", headers=bearer(ADMIN_KEY))
+    assert isinstance(body, dict) and body["models"] == ["tiny", "tiny-cls"], body
+
+
+def test_health_detail_needs_a_key_and_shows_its_models(server: Live) -> None:
+    for key in (None, WRONG_KEY):
+        status, _, body = http("GET", server.url + "/health", headers=bearer(key))
+        assert status == 200 and body == {"status": "ok"}, body
+    status, _, body = http("GET", server.url + "/health", headers=bearer(LIMITED_KEY))
+    assert status == 200 and isinstance(body, dict), body
+    assert body["status"] == "ok" and body["auth"] == "on" and set(body["models"]) == {"tiny"}
+    _, _, body = http("GET", server.url + "/health", headers=bearer(ADMIN_KEY))
+    assert isinstance(body, dict) and set(body["models"]) == {"tiny", "tiny-cls"}, body
+
+
+def test_a_keys_file_the_group_may_read_is_warned_about_at_start(server: Live) -> None:
+    lines = [line for line in server.log_text().splitlines() if " WARNING " in line]
+    assert any("keys.txt" in line and "0o640" in line for line in lines), lines
 
 
 @pytest.mark.parametrize("route", PROTECTED_GETS)

@@ -23,8 +23,8 @@ from edge_embed.bench.stats import percentile
 from edge_embed.bench.sweep import KNOB_NAMES, thread_values
 from edge_embed.bench.targets import evaluate
 from edge_embed.bench.worker import Worker
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.runtime import graph_level_name
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.runtime import graph_level_name
 from edge_embed.service.settings import Settings
 
 SYSTEMS = {"service_int8", "service_int8_today", "service_fp32", "ort_int8", "peer_int8"}

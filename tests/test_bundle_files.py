@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from edge_embed.service.bundle import MANIFEST_NAME, FileEntry, load_manifest, parse_manifest
-from edge_embed.service.errors import BundleError, BundleFileError, StartupError
-from edge_embed.service.files import verify
+from edge_embed.core.bundle import MANIFEST_NAME, FileEntry, load_manifest, parse_manifest
+from edge_embed.core.errors import BundleError, BundleFileError, StartupError
+from edge_embed.core.files import verify
+from edge_embed.core.runtime import RuntimeOptions
 from edge_embed.service.models import Registry
-from edge_embed.service.runtime import RuntimeOptions
 from edge_embed.service.settings import parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,37 +11,23 @@ import json
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from edge_embed.service import canary
-from edge_embed.service.bundle import MANIFEST_NAME, load_manifest, parse_manifest
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.errors import BundleError
-from edge_embed.service.files import sha256
+from edge_embed.core import canary
+from edge_embed.core.bundle import MANIFEST_NAME, load_manifest, parse_manifest
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.errors import BundleError
+from edge_embed.core.files import sha256
 from edge_embed.service.settings import parse_settings
 from tests.fixtures.server import ROOT, live_server
+from tests.reliability_server import get, scrape
 
 # A refused start-up exits long before this; a hung one fails the test instead of the suite.
 START_TIMEOUT_S = 60
-
-
-def get(url: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
-        text: str = response.read().decode()
-    return text
 
 
 def rewrite(bundle: Path, out: Path, change: Any) -> Path:
@@ -114,10 +100,10 @@ def test_malformed_canary_file_is_refused_naming_file_and_field(tiny_bundle: Pat
 # ---- the start-up check, over HTTP ------------------------------------------------------------
 def test_untampered_bundle_passes_with_agreement_one(tiny_bundle: Path) -> None:
     with live_server([tiny_bundle]) as live:
-        status, health = get(live.base_url + "/health")
-        _, models = get(live.base_url + "/v1/models")
-        metrics = scrape(live.base_url)
-        log = live.log()
+        status, health = get(live.url + "/health")
+        _, models = get(live.url + "/v1/models")
+        metrics = scrape(live.url)
+        log = live.log_text()
     expected = {"status": "pass", "agreement": 1.0, "gate": canary.FP32_GATE, "count": 6,
                 "build_agreement": 1.0}
     assert status == 200 and health["status"] == "ok"
@@ -144,11 +130,11 @@ def test_tampered_reference_serves_loudly_when_told_to(tampered: Path, tiny_cls_
                                                        ) -> None:
     with live_server([tampered, tiny_cls_bundle],
                      env={"EDGE_EMBED_CANARY_FAILURE": "serve"}) as live:
-        status, health = get(live.base_url + "/health")
-        ready, _ = get(live.base_url + "/ready")
-        _, model = get(live.base_url + "/v1/models/tiny")
-        metrics = scrape(live.base_url)
-        log = live.log()
+        status, health = get(live.url + "/health")
+        ready, _ = get(live.url + "/ready")
+        _, model = get(live.url + "/v1/models/tiny")
+        metrics = scrape(live.url)
+        log = live.log_text()
     assert status == 200 and ready == 200  # alive and ready: the operator chose to serve it
     assert health["status"] == "failed-serving"
     report = health["models"]["tiny"]["canary"]
@@ -168,9 +154,9 @@ def test_bundle_without_canaries_loads_and_reports_absent(tiny_bundle: Path,
     (old / MANIFEST_NAME).write_text(json.dumps(manifest), encoding="utf-8")
     (old / canary.CANARY_FILE).unlink()
     with live_server([old]) as live:
-        status, health = get(live.base_url + "/health")
-        _, models = get(live.base_url + "/v1/models")
-        metrics = scrape(live.base_url)
+        status, health = get(live.url + "/health")
+        _, models = get(live.url + "/v1/models")
+        metrics = scrape(live.url)
     assert status == 200 and health["status"] == "ok"
     assert health["models"]["tiny"]["canary"] == {"status": "absent"}
     assert models["data"][0]["canary"] == {"status": "absent"}

@@ -5,12 +5,9 @@ the image's name; and the build context carries what the Dockerfile copies. No e
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any
-
-import yaml
 
 from edge_embed import __version__
+from tests.fixtures.deploy import yaml_docs
 from tests.fixtures.server import ROOT
 
 DOCKERFILE = ROOT / "deploy" / "container" / "Dockerfile"
@@ -42,30 +39,26 @@ def _one(stage: str, op: str) -> str:
     return args
 
 
-def _docs(path: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
-
-
 def test_user_port_and_bundle_match_the_manifests() -> None:
-    (deployment,) = _docs(DEPLOY / "kubernetes" / "base" / "deployment.yaml")
+    (deployment,) = yaml_docs(DEPLOY / "kubernetes" / "base" / "deployment.yaml")
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert _one("server", "USER") == f"{pod['securityContext']['runAsUser']}:" \
         f"{pod['securityContext']['runAsGroup']}"
     assert _one("server", "EXPOSE") == str(container["ports"][0]["containerPort"])
     assert "EDGE_EMBED_HOST=0.0.0.0" in _one("server", "ENV").split()
-    (compose,) = _docs(DEPLOY / "compose" / "compose.yaml")
+    (compose,) = yaml_docs(DEPLOY / "compose" / "compose.yaml")
     served = compose["services"]["edge-embed"]
     assert _one("minilm", "ENV") == f"EDGE_EMBED_MODEL={served['environment']['EDGE_EMBED_MODEL']}"
     assert served["user"] == _one("server", "USER")
-    (configmap,) = _docs(DEPLOY / "kubernetes" / "base" / "configmap.yaml")
+    (configmap,) = yaml_docs(DEPLOY / "kubernetes" / "base" / "configmap.yaml")
     assert _one("minilm", "ENV") == f"EDGE_EMBED_MODEL={configmap['data']['EDGE_EMBED_MODEL']}"
 
 
 def test_manifests_name_this_versions_model_image() -> None:
-    (kustomization,) = _docs(DEPLOY / "kubernetes" / "base" / "kustomization.yaml")
+    (kustomization,) = yaml_docs(DEPLOY / "kubernetes" / "base" / "kustomization.yaml")
     assert kustomization["images"] == [{"name": "edge-embed", "newTag": f"{__version__}-minilm"}]
-    (compose,) = _docs(DEPLOY / "compose" / "compose.yaml")
+    (compose,) = yaml_docs(DEPLOY / "compose" / "compose.yaml")
     assert compose["services"]["edge-embed"]["image"] == f"edge-embed:{__version__}-minilm"
 
 

@@ -13,24 +13,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from edge_embed.core.encoder import BundleModel
 from edge_embed.corpus.cli import main
-from edge_embed.service.encoder import BundleModel
-from tests.fixtures.corpus import documents, read_output, service_vectors, write_jsonl
+from tests.fixtures.corpus import (
+    documents,
+    embed_corpus,
+    read_output,
+    service_vectors,
+    write_jsonl,
+)
 from tests.fixtures.server import live_server
 
 N = 300
 SHARD = 64
 
 
-def embed(*args: str | Path | int) -> int:
-    return main([str(a) for a in args] + ["--quiet"])
-
-
 def test_jsonl_to_parquet(tmp_path: Path, tiny_bundle: Path) -> None:
     texts = documents(N)
     src = write_jsonl(tmp_path / "docs.jsonl", texts)
     out = tmp_path / "out"
-    assert embed(src, "--model", tiny_bundle, "--out", out, "--shard-rows", SHARD) == 0
+    assert embed_corpus(src, "--model", tiny_bundle, "--out", out, "--shard-rows", SHARD) == 0
     ids, vectors, manifest = read_output(out)
     assert ids == list(range(N))
     schema = pq.read_schema(out / "part-00000.parquet")
@@ -70,7 +72,7 @@ def test_formats_agree_and_id_field(tmp_path: Path, tiny_bundle: Path) -> None:
     results = {}
     for suffix, extra in runs.items():
         out = tmp_path / f"out-{suffix}"
-        assert embed(tmp_path / f"a.{suffix}", "--model", tiny_bundle, "--out", out,
+        assert embed_corpus(tmp_path / f"a.{suffix}", "--model", tiny_bundle, "--out", out,
                      *extra) == 0
         results[suffix] = read_output(out)
     for suffix in ("csv", "parquet"):
@@ -97,7 +99,7 @@ def test_bad_input_names_file_and_row(tmp_path: Path, tiny_bundle: Path,
     src = tmp_path / f"bad.{suffix}"
     src.write_text(content, encoding="utf-8")
     out = tmp_path / "out"
-    assert embed(src, "--model", tiny_bundle, "--out", out, *extra) == 2
+    assert embed_corpus(src, "--model", tiny_bundle, "--out", out, *extra) == 2
     err = capsys.readouterr().err
     assert f"{src}: {message}" in err
     assert "Traceback" not in err
@@ -107,16 +109,16 @@ def test_bad_input_names_file_and_row(tmp_path: Path, tiny_bundle: Path,
 def test_unreadable_and_unknown_inputs(tmp_path: Path, tiny_bundle: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    assert embed(tmp_path / "missing.jsonl", "--model", tiny_bundle, "--out", out) == 2
+    assert embed_corpus(tmp_path / "missing.jsonl", "--model", tiny_bundle, "--out", out) == 2
     assert "missing.jsonl: no such file" in capsys.readouterr().err
     (tmp_path / "x.docx").write_text("hello\n")
-    assert embed(tmp_path / "x.docx", "--model", tiny_bundle, "--out", out) == 2
+    assert embed_corpus(tmp_path / "x.docx", "--model", tiny_bundle, "--out", out) == 2
     assert "unknown format '.docx'" in capsys.readouterr().err
     (tmp_path / "empty.jsonl").write_text("")
-    assert embed(tmp_path / "empty.jsonl", "--model", tiny_bundle, "--out", out) == 2
+    assert embed_corpus(tmp_path / "empty.jsonl", "--model", tiny_bundle, "--out", out) == 2
     assert "empty.jsonl: no documents to embed" in capsys.readouterr().err
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
-    assert embed(tmp_path / "bad.parquet", "--model", tiny_bundle, "--out", out) == 2
+    assert embed_corpus(tmp_path / "bad.parquet", "--model", tiny_bundle, "--out", out) == 2
     assert "bad.parquet: is not a readable Parquet file" in capsys.readouterr().err
     assert not out.exists()
 
@@ -126,7 +128,7 @@ def test_no_truncate_refuses_before_writing(tmp_path: Path, tiny_bundle: Path,
     texts = ["short one", "word " * 200, "another"]
     src = write_jsonl(tmp_path / "d.jsonl", texts)
     out = tmp_path / "out"
-    assert embed(src, "--model", tiny_bundle, "--out", out, "--no-truncate") == 2
+    assert embed_corpus(src, "--model", tiny_bundle, "--out", out, "--no-truncate") == 2
     err = capsys.readouterr().err
     assert f"{src}: line 2: has" in err and "over the model's limit of 64" in err
     assert not out.exists()
@@ -140,16 +142,16 @@ def test_rerun_does_nothing_and_changes_are_refused(tmp_path: Path, tiny_bundle:
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     src = write_jsonl(tmp_path / "d.jsonl", documents(40))
     out = tmp_path / "out"
-    assert embed(src, "--model", tiny_bundle, "--out", out, "--shard-rows", "16") == 0
+    assert embed_corpus(src, "--model", tiny_bundle, "--out", out, "--shard-rows", "16") == 0
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert main([str(src), "--model", str(tiny_bundle), "--out", str(out),
                  "--shard-rows", "16"]) == 0
     assert "nothing to do" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     write_jsonl(src, documents(41))
-    assert embed(src, "--model", tiny_bundle, "--out", out, "--shard-rows", "16") == 2
+    assert embed_corpus(src, "--model", tiny_bundle, "--out", out, "--shard-rows", "16") == 2
     assert "d.jsonl (its size or sha256 changed)" in capsys.readouterr().err
-    assert embed(src, "--model", tiny_bundle, "--out", out, "--shard-rows", "16",
+    assert embed_corpus(src, "--model", tiny_bundle, "--out", out, "--shard-rows", "16",
                  "--overwrite") == 0
     ids, _, _ = read_output(out)
     assert ids == list(range(41))
@@ -159,10 +161,10 @@ def test_bit_identical_to_the_service(tmp_path: Path, tiny_bundle: Path) -> None
     texts = documents(200, seed=11)
     src = write_jsonl(tmp_path / "d.jsonl", texts)
     out = tmp_path / "out"
-    assert embed(src, "--model", tiny_bundle, "--out", out) == 0
+    assert embed_corpus(src, "--model", tiny_bundle, "--out", out) == 0
     _, local, _ = read_output(out)
     with live_server([tiny_bundle], ["--cache-entries", "0"]) as live:
-        served = service_vectors(live.base_url, "tiny", texts)
+        served = service_vectors(live.url, "tiny", texts)
     assert local.dtype == served.dtype == np.float32
     assert np.array_equal(local, served)
 
@@ -172,6 +174,6 @@ def test_missing_extra_says_what_to_install(tmp_path: Path, tiny_bundle: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     src = write_jsonl(tmp_path / "d.jsonl", ["hello"])
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # what an install without it sees
-    assert embed(src, "--model", tiny_bundle, "--out", tmp_path / "out") == 2
+    assert embed_corpus(src, "--model", tiny_bundle, "--out", tmp_path / "out") == 2
     assert "pip install 'edge-embed[corpus]'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +32,7 @@ from edge_embed.corpus.ray_reading import (
 from tests.fixtures.corpus import (
     by_id,
     documents,
+    embed_corpus,
     interruptible,
     read_output,
     service_vectors,
@@ -49,16 +51,12 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
-def embed(*args: str | Path | int) -> int:
-    return main([str(a) for a in args] + ["--quiet"])
-
-
 def test_ray_local_and_service_agree(tmp_path: Path, tiny_bundle: Path, local_ray: None,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     texts = documents(N, seed=5)
     src = write_jsonl(tmp_path / "d.jsonl", texts)
-    assert embed(src, "--model", tiny_bundle, "--out", tmp_path / "local") == 0
-    assert embed(src, "--model", tiny_bundle, "--out", tmp_path / "ray", "--ray") == 0
+    assert embed_corpus(src, "--model", tiny_bundle, "--out", tmp_path / "local") == 0
+    assert embed_corpus(src, "--model", tiny_bundle, "--out", tmp_path / "ray", "--ray") == 0
     local_ids, local, local_manifest = read_output(tmp_path / "local")
     ray_ids, on_ray, ray_manifest = read_output(tmp_path / "ray")
     assert sorted(ray_ids) == list(range(N))
@@ -66,7 +64,7 @@ def test_ray_local_and_service_agree(tmp_path: Path, tiny_bundle: Path, local_ra
     in_order = np.stack([ray_by_id[i] for i in local_ids])
     assert np.array_equal(in_order, local)
     with live_server([tiny_bundle], ["--cache-entries", "0"]) as live:
-        assert np.array_equal(service_vectors(live.base_url, "tiny", texts), local)
+        assert np.array_equal(service_vectors(live.url, "tiny", texts), local)
     for key in ("counts", "truncation", "bundle", "inputs"):
         if key == "counts":
             assert ray_manifest[key]["documents"] == local_manifest[key]["documents"]
@@ -83,7 +81,7 @@ def test_ray_restart_writes_only_the_missing_rows(tmp_path: Path, tiny_bundle: P
     src = write_jsonl(tmp_path / "d.jsonl", texts)
     out = tmp_path / "ray"
     args = ("--model", tiny_bundle, "--out", out, "--ray", "--shard-rows", 100)
-    assert embed(src, *args) == 0
+    assert embed_corpus(src, *args) == 0
     _, full, _ = read_output(out)
     ids_full, _, manifest = read_output(out)
     files = [out / s["file"] for s in manifest["shards"]]
@@ -94,7 +92,7 @@ def test_ray_restart_writes_only_the_missing_rows(tmp_path: Path, tiny_bundle: P
     files[0].unlink()
     files[1].write_bytes(files[1].read_bytes()[:100])
     kept = {f.name: f.stat().st_mtime_ns for f in files[2:]}
-    assert embed(src, *args) == 0
+    assert embed_corpus(src, *args) == 0
     ids, vectors, _ = read_output(out)
     assert sorted(ids) == list(range(N))  # every row exactly once
     assert {f.name: f.stat().st_mtime_ns for f in files[2:]} == kept
@@ -110,12 +108,12 @@ def test_ray_shards_holding_a_row_twice_are_refused(tmp_path: Path, tiny_bundle:
     src = write_jsonl(tmp_path / "d.jsonl", documents(N, seed=9))
     out = tmp_path / "ray"
     args = ("--model", tiny_bundle, "--out", out, "--ray", "--shard-rows", 100)
-    assert embed(src, *args) == 0
+    assert embed_corpus(src, *args) == 0
     manifest = read_output(out)[2]
     first = out / manifest["shards"][0]["file"]
     (out / "manifest.json").unlink()
     (first.parent / f"copy-{first.name}").write_bytes(first.read_bytes())
-    assert embed(src, *args) == 2
+    assert embed_corpus(src, *args) == 2
     err = capsys.readouterr().err
     assert f"the shards hold {N + 100} rows for {N} inputs (a row written twice)" in err
     assert not (out / "manifest.json").exists()
@@ -136,7 +134,7 @@ def test_ray_keeps_ids_and_texts_as_written(tmp_path: Path, tiny_bundle: Path,
         src = write_jsonl(tmp_path / "d.ndjson", texts, keys)
     for mode in ("local", "ray"):
         extra = ["--ray"] if mode == "ray" else []
-        assert embed(src, "--model", tiny_bundle, "--out", tmp_path / mode, "--id-field",
+        assert embed_corpus(src, "--model", tiny_bundle, "--out", tmp_path / mode, "--id-field",
                      "doc", *extra) == 0
     local_ids, local, _ = read_output(tmp_path / "local")
     ray_ids, on_ray, _ = read_output(tmp_path / "ray")
@@ -176,11 +174,11 @@ def test_ray_numbers_rows_across_several_inputs(tmp_path: Path, tiny_bundle: Pat
     texts = documents(700, seed=21)
     parts = [texts[:50], texts[50:420], texts[420:421], texts[421:]]
     srcs = write_inputs(tmp_path, fmt, parts)
-    assert embed(*srcs, "--model", tiny_bundle, "--out", tmp_path / "local") == 0
+    assert embed_corpus(*srcs, "--model", tiny_bundle, "--out", tmp_path / "local") == 0
     local_ids, local, _ = read_output(tmp_path / "local")
     out = tmp_path / "ray"
     args = ("--model", tiny_bundle, "--out", out, "--ray", "--shard-rows", 100)
-    assert embed(*srcs, *args) == 0
+    assert embed_corpus(*srcs, *args) == 0
     ids, vectors, manifest = read_output(out)
     assert sorted(ids) == local_ids == list(range(len(texts)))
     on_ray = by_id(ids, vectors)
@@ -191,7 +189,7 @@ def test_ray_numbers_rows_across_several_inputs(tmp_path: Path, tiny_bundle: Pat
     lost = files[::3]
     for f in lost:
         f.unlink()
-    assert embed(*srcs, *args) == 0
+    assert embed_corpus(*srcs, *args) == 0
     again_ids, again, _ = read_output(out)
     assert sorted(again_ids) == local_ids
     after = by_id(again_ids, again)
@@ -221,7 +219,7 @@ def test_ray_line_that_ray_would_split_is_refused_up_front(
     assert last == (f"edge-embed embed: error: {src}: line 2: holds U+2028, where Ray's text "
                     "reader starts a new line; run without --ray, or give the text as JSON Lines")
     assert not out.exists()
-    assert embed(src, "--model", tiny_bundle, "--out", tmp_path / "local") == 0
+    assert embed_corpus(src, "--model", tiny_bundle, "--out", tmp_path / "local") == 0
 
 
 def _path_table(path: str, rows: int) -> pa.Table:
@@ -291,7 +289,39 @@ def test_ray_driver_killed_and_restarted(tmp_path: Path, tiny_bundle: Path, loca
     assert sorted(ids) == list(range(KILL_ROWS))  # every row exactly once
     assert manifest["counts"]["documents"] == KILL_ROWS
     local = tmp_path / "local"
-    assert embed(src, "--model", tiny_bundle, "--out", local) == 0
+    assert embed_corpus(src, "--model", tiny_bundle, "--out", local) == 0
     _, reference, _ = read_output(local)
     again = by_id(ids, vectors)
     assert np.array_equal(np.stack([again[i] for i in range(KILL_ROWS)]), reference)
+
+
+def test_a_shard_that_fails_to_read_is_deleted_only_when_unfinished(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed writer's file (no footer) is removed; a whole shard whose read fails on an I/O
+    error is kept, and the run stops naming it: its rows are done work."""
+    import errno
+
+    from edge_embed.corpus.ray_runner import _done_rows
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    pq.write_table(pa.table({"row": [0, 1, 2]}), shards / "a.parquet")
+    pq.write_table(pa.table({"row": [3]}), shards / "b.parquet")
+    (shards / "c.parquet").write_bytes((shards / "a.parquet").read_bytes()[:-10])  # cut short
+    (shards / "d.parquet").write_bytes(b"")
+    real = pq.read_table
+
+    def flaky(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(path).name == "b.parquet":
+            raise OSError(errno.EIO, "Input/output error")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", flaky)
+    with pytest.raises(CorpusError, match=r"b\.parquet: cannot be read .*kept"):
+        _done_rows(shards)
+    assert (shards / "b.parquet").is_file() and (shards / "a.parquet").is_file()
+    monkeypatch.setattr(pq, "read_table", real)  # the file system is back
+    done, files, rows = _done_rows(shards)
+    assert [f.name for f in files] == ["a.parquet", "b.parquet"]
+    assert done.tolist() == [0, 1, 2, 3] and rows == 4
+    assert sorted(p.name for p in shards.iterdir()) == ["a.parquet", "b.parquet"]

@@ -73,3 +73,42 @@ def test_stopped_and_restarted(tmp_path: Path, corpus: Path, tiny_bundle: Path,
     # The shards written before the stop were kept, not embedded again.
     assert {name: (out / name).stat().st_mtime_ns for name in written} == written
     assert np.array_equal(vectors, reference)
+
+
+# A run holding --out, as the lock file says one does: the file locked (flock) with its pid in
+# it. Written without the package's own code so that it holds the same way against any version.
+HOLDER = ("import fcntl, os, sys, time\n"
+          "os.makedirs(sys.argv[1], exist_ok=True)\n"
+          "fd = os.open(os.path.join(sys.argv[1], '.edge-embed-embed.lock'), "
+          "os.O_RDWR | os.O_CREAT)\n"
+          "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+          "os.write(fd, str(os.getpid()).encode())\n"
+          "print('held', flush=True)\ntime.sleep(300)\n")
+CLI_TIMEOUT_S = 120
+
+
+def test_a_second_run_on_the_same_out_is_refused_and_a_dead_holder_taken_over(
+        tiny_bundle: Path, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "docs.jsonl", documents(40))
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        for extra in ([], ["--ray"]):  # both modes; Ray's is refused before Ray starts
+            done = subprocess.run([*command(src, tiny_bundle, out), *extra], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+            lines = done.stderr.strip().splitlines()
+            assert done.returncode == 2 and len(lines) == 1, done.stderr
+            assert str(out) in lines[0] and f"pid {holder.pid}" in lines[0], lines[0]
+            assert not (out / "run.json").exists()  # nothing of the refused run written
+    finally:
+        holder.kill()  # SIGKILL: the lock file stays behind, its lock gone with the process
+        holder.wait()
+    lock = out / ".edge-embed-embed.lock"
+    assert lock.read_text(encoding="ascii").strip() == str(holder.pid)
+    done = subprocess.run(command(src, tiny_bundle, out), cwd=ROOT, capture_output=True,
+                          text=True, timeout=CLI_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    assert "taking over" in done.stderr and str(holder.pid) in done.stderr, done.stderr
+    assert len(read_output(out)[0]) == 40 and not lock.exists()

@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.runtime import RuntimeOptions
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.runtime import RuntimeOptions
 from tests.fixtures.quantized import build_tiny_int8
 
 pytestmark = [

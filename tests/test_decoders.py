@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_embed.core.agreement import cosines
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
 from edge_embed.export.cli import main as export_main
 from edge_embed.quantize.gates import NN_CRITERION, RANK_CRITERION, Gates
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.canary import cosines
-from edge_embed.service.encoder import BundleModel
 from tests.fixtures.decoders import DECODER_MAX_SEQ_LENGTH, QWEN_EOS
 from tests.fixtures.encoders import FORMATS, TWINS
 from tests.fixtures.matrix import Builds, Built

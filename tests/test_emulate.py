@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from edge_embed.core.canary import FP32_GATE
+from edge_embed.core.machine import this_target
 from edge_embed.quantize.emulate import report, saturation_probe
-from edge_embed.quantize.machine import this_target
-from edge_embed.service.canary import FP32_GATE
 from tests.fixtures.quantized import build_tiny_int8
 
 pytestmark = pytest.mark.qemu

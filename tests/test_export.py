@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.evalset import load_eval_set
+from edge_embed.core.tooling import Reporter, ToolError
 from edge_embed.export import parity, pipeline, torch_model
 from edge_embed.export.cli import main
-from edge_embed.export.tooling import Reporter, ToolError
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.encoder import BundleModel
 from tests.fixtures.tiny import (
     TINY_HIDDEN,
     TINY_MAX_SEQ_LENGTH,
@@ -108,7 +109,7 @@ def test_manifest_files_are_the_bundle_files(tiny_bundle: Path) -> None:
 def test_manifest_records_parity_on_the_eval_set(tiny_bundle: Path) -> None:
     m = load_manifest(tiny_bundle)
     assert m.parity is not None
-    eval_set = parity.load_eval_set()
+    eval_set = load_eval_set()
     assert m.parity.reference == "torch"
     assert m.parity.eval_set == eval_set.name
     assert m.parity.n_inputs == len(eval_set.texts) > 0
@@ -236,17 +237,6 @@ def test_progress_messages_unless_quiet(tiny_st_model: Path, tmp_path: Path,
     ("My Model (v2)", "my-model-v2"), ("intfloat/e5-small-v2", "e5-small-v2")])
 def test_default_id(name: str, expected: str) -> None:
     assert pipeline.default_id(name) == expected
-
-
-def test_eval_set_falls_back_to_builtin_texts(tmp_path: Path) -> None:
-    builtin = parity.load_eval_set(tmp_path / "absent.jsonl")
-    assert builtin.name == "built-in" and len(builtin.texts) >= 30
-    path = tmp_path / "eval.jsonl"
-    path.write_text('{"id": "1", "text": "one"}\n{"id": "2", "text": "two"}\n'
-                    '{"id": "3", "text": "one"}\n', encoding="utf-8")
-    loaded = parity.load_eval_set(path)
-    assert loaded.texts == ("one", "two")
-    assert loaded.name.startswith("eval.jsonl@")
 
 
 def test_folder_without_tokenizer_json(tiny_st_model: Path, tmp_path: Path) -> None:

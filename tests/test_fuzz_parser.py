@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edge_embed.service.bundle import Manifest, load_manifest
+from edge_embed.core.bundle import Manifest, load_manifest
 from edge_embed.service.errors import ApiError, InvalidRequest
 from edge_embed.service.schema import (
     EmbeddingRequest,

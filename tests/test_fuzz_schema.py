@@ -34,7 +34,7 @@ POSITIVE_CHECKS: list[Callable[..., Any]] = [
     not_a_server_error, status_code_conformance, content_type_conformance,
     response_schema_conformance, response_headers_conformance]
 NEGATIVE_CHECKS = [*POSITIVE_CHECKS, negative_data_rejection]
-KEY = "sk-fuzz-key"
+KEY = "sk-fuzz-key-0123456789"
 # Without a key every protected answer is the same 401: a few examples per operation suffice.
 KEYLESS_EXAMPLES = 5
 

@@ -13,8 +13,9 @@ from contextlib import contextmanager
 import pytest
 
 from edge_embed.bench.server import free_port
+from edge_embed.service.address import DEFAULT_PORT
 from edge_embed.service.healthcheck import check, health_url
-from edge_embed.service.settings import DEFAULT_PORT, parse_settings
+from edge_embed.service.settings import parse_settings
 
 
 @contextmanager
@@ -74,3 +75,12 @@ def test_command_exit_codes_and_no_serving_stack_imported() -> None:
                           env={"EDGE_EMBED_PORT": str(free_port())}, timeout=60, check=True)
     assert down.stdout.strip() == "1 []"
     assert "unhealthy: http://127.0.0.1:" in down.stderr
+
+
+def test_ready_flag_probes_ready_and_other_arguments_are_refused(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_embed.service.healthcheck import main
+
+    assert health_url({"EDGE_EMBED_PORT": "81"}, "/ready") == "http://127.0.0.1:81/ready"
+    assert main(["--bogus"]) == 2 and "usage" in capsys.readouterr().err
+    assert main(["--ready", "--ready"]) == 2

@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_embed.core.bundle import Manifest, Quantization, load_manifest
 from edge_embed.quantize import crosscpu
 from edge_embed.quantize.cli import main
 from edge_embed.quantize.gather import quantize_gathers
@@ -27,12 +28,16 @@ from edge_embed.quantize.saturation import (
     widest_weight,
 )
 from edge_embed.quantize.smooth import Calibration, factors
-from edge_embed.service.bundle import load_manifest
 
 EXIT_USAGE = 2
 K, N, ROWS = 64, 32, 48
 # The channel that is large in every token, as transformer activations have a few.
 OUTLIER, OUTLIER_GAIN = 5, 60.0
+
+
+def quantization_of(manifest: Manifest) -> Quantization:
+    assert manifest.quantization is not None, "a quantized bundle records its quantization"
+    return manifest.quantization
 
 
 def matmul_graph(activation_op: str | None = None) -> onnx.ModelProto:
@@ -226,7 +231,7 @@ def test_plain_eight_bit_option_is_not_saturation_free(tiny_bundle: Path, tmp_pa
     out = build_tiny_int8(tiny_bundle, tmp_path / "w8", ["--weight-bits", "8", "--smooth",
                                                           "none", "--exclude", "none",
                                                           "--no-weight-pairs"])
-    params = (load_manifest(out).quantization or {})["params"]
+    params = quantization_of(load_manifest(out))["params"]
     assert params["saturation_free"] is False and params["recipe"]["smooth_alpha"] is None
 
 
@@ -237,7 +242,7 @@ def test_pair_option_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
                                                              "--weight-pairs", "--exclude",
                                                              "none"])
     manifest = load_manifest(out)
-    params = (manifest.quantization or {})["params"]
+    params = quantization_of(manifest)["params"]
     assert params["recipe"]["weight_pairs"] is True and params["saturation_free"] is True
     assert params["widest_weight"] > SATURATION_FREE_QMAX  # 8-bit where the pairs allow it
     model = onnx.load(str(out / manifest.model_file))
@@ -247,7 +252,7 @@ def test_pair_option_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
     assert manifest.quality.cosine_min >= 0.999
     invariance = manifest.quality.batch_invariance_min
     assert invariance is not None and invariance >= 0.9999
-    assert (manifest.quantization or {})["verdict"]["passed"] is True
+    assert quantization_of(manifest)["verdict"]["passed"] is True
 
 
 def test_pair_option_is_moot_with_seven_bits(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -256,7 +261,7 @@ def test_pair_option_is_moot_with_seven_bits(tiny_bundle: Path, tmp_path: Path) 
     out = build_tiny_int8(tiny_bundle, tmp_path / "seven", ["--weight-bits", "7",
                                                              "--weight-pairs", "--exclude",
                                                              "none", "--smooth", "none"])
-    params = (load_manifest(out).quantization or {})["params"]
+    params = quantization_of(load_manifest(out))["params"]
     assert params["recipe"]["weight_pairs"] is False and params["widest_weight"] <= 63
 
 
@@ -268,7 +273,7 @@ def test_kept_matmuls_as_blocks(tiny_bundle: Path, tmp_path: Path) -> None:
     out = build_tiny_int8(tiny_bundle, tmp_path / "blocks", ["--exclude", kept, "--kept-as",
                                                               "blocks", "--no-fuse"])
     manifest = load_manifest(out)
-    q = manifest.quantization or {}
+    q = quantization_of(manifest)
     assert q["excluded"] == [kept] and q["params"]["blockwise_matmuls"] == 1
     assert q["params"]["saturation_free"] is False  # MatMulNBits' kernels are not covered
     ops = [n.op_type for n in onnx.load(str(out / manifest.model_file)).graph.node]

@@ -5,9 +5,7 @@ identical vectors."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -16,17 +14,18 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.cpus import plan_lone_threads
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.errors import BundleError
+from edge_embed.core.runtime import RuntimeOptions, create_sessions
+from edge_embed.core.shared_weights import shareable
 from edge_embed.service.app import ENGINES, create_app
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.cpus import plan_lone_threads
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.errors import BundleError
 from edge_embed.service.limits import CacheLimits
 from edge_embed.service.models import Registry
-from edge_embed.service.runtime import RuntimeOptions, create_sessions
 from edge_embed.service.settings import Settings
-from edge_embed.service.shared_weights import shareable
 from tests.fixtures.server import AiohttpClient, Gate, live_server, until
+from tests.reliability_server import get_json, http
 
 TEXTS = ["a cat", "the quick brown fox jumps over the lazy dog " * 3, "x", "hello world again",
          "edge devices run small embedding models on a couple of cores " * 6]
@@ -138,15 +137,12 @@ def test_vectors_identical_on_either_session(minilm_int8_bundle: Path,
 
 
 def _post(url: str, body: dict[str, Any]) -> None:
-    req = urllib.request.Request(f"{url}/v1/embeddings", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        assert resp.status == 200
+    status, _, answer = http("POST", f"{url}/v1/embeddings", body=body, timeout=60)
+    assert status == 200, answer
 
 
 def _runs(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{url}/health", timeout=10) as resp:
-        health: dict[str, Any] = json.load(resp)
+    health = get_json(f"{url}/health", timeout=10)
     runs: dict[str, Any] = next(iter(health["models"].values()))["runs"]
     return runs
 
@@ -157,7 +153,7 @@ def test_live_lone_then_side_by_side(minilm_int8_bundle: Path) -> None:
     args = ["--threads", "1", "--concurrent-runs", "2", "--lone-threads", "2",
             "--cache-entries", "0"]
     with live_server([minilm_int8_bundle], args) as live:
-        model = json.load(urllib.request.urlopen(f"{live.url}/v1/models", timeout=10))
+        model = get_json(f"{live.url}/v1/models", timeout=10)
         name = model["data"][0]["id"]
         # The lone session is built after /ready; until then every run is side by side.
         for _ in range(LONE_BUILD_POLLS):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.server import ROOT, Live, live_server
+from tests.reliability_server import http, scrape
 
 DOCS = ROOT / "docs" / "metrics.md"
 DASHBOARD = ROOT / "deploy" / "grafana" / "edge-embed.json"
@@ -42,21 +42,14 @@ def live(tiny_bundle: Path) -> Iterator[Live]:
         yield server
 
 
-def post(url: str, body: dict[str, Any]) -> None:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30):
-        pass
-
-
 @pytest.fixture(scope="module")
 def scraped(live: Live) -> dict[str, Family]:
     """The live /metrics after requests that give most labelled metrics a sample."""
     for _ in range(2):  # the second time from the cache: both results of the lookup counter
-        post(live.base_url + "/v1/embeddings",
-             {"model": "tiny", "input": ["a short input", LONG_INPUT]})
-    with urllib.request.urlopen(live.base_url + "/metrics", timeout=30) as response:
-        text = response.read().decode()
+        status, _, answer = http("POST", live.url + "/v1/embeddings",
+                                 body={"model": "tiny", "input": ["a short input", LONG_INPUT]})
+        assert status == 200, answer
+    text = scrape(live.url)
     families = {f.name: f for f in text_string_to_metric_families(text)}
     out: dict[str, Family] = {}
     for name, family in families.items():

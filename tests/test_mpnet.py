@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.encoder import BundleModel
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
 from tests.fixtures.minilm import models_dir
 from tests.fixtures.server import Live, live_server
 

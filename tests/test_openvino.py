@@ -10,8 +10,6 @@ onnxruntime there); the default suite deselects the `openvino` marker.
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +17,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge_embed.quantize.targets import OPENVINO_ADVICE
-from edge_embed.service.encoder import BundleModel
-from edge_embed.service.runtime import PERTOKEN_ON_OPENVINO, RuntimeOptions
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.runtime import PERTOKEN_ON_OPENVINO, RuntimeOptions
+from edge_embed.core.targets import OPENVINO_ADVICE
 from tests.fixtures.minilm import models_dir
 from tests.fixtures.quantized import build_quantized, build_tiny_int8
 from tests.fixtures.server import Live, live_server
 from tests.fixtures.tiny import TINY_BUNDLE_ID, committed_copy
+from tests.reliability_server import get_json, http
 from tests.test_service_live import run_serve
 
 pytestmark = pytest.mark.openvino
@@ -64,11 +63,9 @@ def _fp32_bundles(tiny_fp32: Path) -> list[Path]:
 
 
 def _post(live: Live, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    req = urllib.request.Request(f"{live.base_url}/v1/embeddings",
-                                 data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req) as resp:
-        return json.loads(resp.read()), dict(resp.headers)
+    status, headers, answer = http("POST", f"{live.url}/v1/embeddings", body=body)
+    assert status == 200 and isinstance(answer, dict), (status, answer)
+    return answer, headers
 
 
 def _vectors(answer: dict[str, Any]) -> np.ndarray:
@@ -86,10 +83,10 @@ def test_fp32_over_http_agrees_with_cpu(tiny_fp32: Path) -> None:
         cpu = BundleModel(bundle, RuntimeOptions(providers=("cpu",)))
         model_id = cpu.manifest.id
         with live_server([bundle], ["--provider", "openvino"]) as s:
-            info = json.loads(urllib.request.urlopen(f"{s.base_url}/v1/models/{model_id}").read())
+            info = get_json(f"{s.url}/v1/models/{model_id}")
             # what the session reports, not what was asked for
             assert info["provider"][0] == OPENVINO and info["provider_fell_back"] is False
-            health = json.loads(urllib.request.urlopen(f"{s.base_url}/health").read())
+            health = get_json(f"{s.url}/health")
             assert health["models"][model_id]["warnings"] == []
             batched = _vectors(_post(s, {"model": model_id, "input": TEXTS,
                                          "encoding_format": "float"})[0])
@@ -117,13 +114,13 @@ def test_pertoken_int8_is_refused_on_openvino(tiny_int8: Path) -> None:
 
 def test_pertoken_int8_falls_back_to_cpu_and_says_why(tiny_int8: Path) -> None:
     with live_server([tiny_int8], ["--provider", "openvino", "--provider-fallback"]) as s:
-        health = json.loads(urllib.request.urlopen(f"{s.base_url}/health").read())
+        health = get_json(f"{s.url}/health")
         model = health["models"]["tiny-int8"]
         assert model["provider"] == ["CPUExecutionProvider"] and model["provider_fell_back"]
         assert PERTOKEN_ON_OPENVINO in model["provider_message"]
         answer, _ = _post(s, {"model": "tiny-int8", "input": TEXTS})
         assert len(answer["data"]) == len(TEXTS)
-        log = s.log()
+        log = s.log_text()
     assert any(" WARNING " in ln and PERTOKEN_ON_OPENVINO in ln for ln in log.splitlines())
 
 
@@ -133,9 +130,9 @@ def test_other_int8_on_openvino_runs_with_the_fp32_advice(tiny_fp32: Path,
     dynamic = build_quantized(tiny_fp32, tmp_path / "dynamic", "--id", "tiny-dynamic",
                               "--method", "dynamic", "--gate-invariance", "0")
     with live_server([dynamic], ["--provider", "openvino"]) as s:
-        health = json.loads(urllib.request.urlopen(f"{s.base_url}/health").read())
+        health = get_json(f"{s.url}/health")
         model = health["models"]["tiny-dynamic"]
         assert model["provider"][0] == OPENVINO
         assert any(OPENVINO_ADVICE in w for w in model["warnings"])
-        log = s.log()
+        log = s.log_text()
     assert any(" WARNING " in ln and OPENVINO_ADVICE in ln for ln in log.splitlines())

@@ -21,7 +21,7 @@ import edge_embed
 from tests.fixtures.server import ROOT
 
 # The folders that live at the top of the repository and are importable only as edge_embed.*.
-SUBPACKAGES = ("service", "export", "quantize", "bench", "corpus")
+SUBPACKAGES = ("core", "service", "export", "quantize", "bench", "corpus")
 BUILD_TIMEOUT_S = 300
 
 
@@ -49,7 +49,7 @@ def test_wheel_installs_one_top_level_package(wheel: Path) -> None:
     for package in SUBPACKAGES:
         assert f"edge_embed/{package}/__init__.py" in names, package
     # Data and markers the tools and type checkers read from the installed package.
-    assert "edge_embed/quantize/data/eval.jsonl" in names
+    assert "edge_embed/core/data/eval.jsonl" in names
     assert "edge_embed/py.typed" in names
 
 

@@ -18,12 +18,12 @@ import numpy as np
 import onnx
 import pytest
 
+from edge_embed.core import canary
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.evalset import load_eval_set
 from edge_embed.quantize.cli import main
-from edge_embed.quantize.evalset import load_eval_set
 from edge_embed.quantize.graph import weight_matmuls
-from edge_embed.service import canary
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.encoder import BundleModel
 from tests.fixtures.quantized import TINY_GATES, TINY_INT8_ID, build_tiny_int8
 
 EXIT_USAGE = 2

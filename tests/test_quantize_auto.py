@@ -17,12 +17,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from edge_embed.core.bundle import load_manifest
 from edge_embed.quantize import build
 from edge_embed.quantize.cli import main
 from edge_embed.quantize.gates import NN_CRITERION, RANK_CRITERION, Gates, neighbour_criterion
 from edge_embed.quantize.geometry import expected_nn_agreement, measure
 from edge_embed.quantize.methods import Quantized, apply
-from edge_embed.service.bundle import load_manifest
 from tests.fixtures.quantized import build_quantized
 
 EXIT_GATE = 3

@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import pytest
 
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.evalset import load_eval_set
 from edge_embed.quantize.cli import main
-from edge_embed.quantize.evalset import load_eval_set
 from edge_embed.quantize.saturation import int8_weights
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.encoder import BundleModel
 
 pytestmark = pytest.mark.minilm
 

@@ -10,10 +10,13 @@ import numpy as np
 import onnx
 import pytest
 
-from edge_embed.export.tooling import Reporter
+from edge_embed.core.agreement import cosines
+from edge_embed.core.bundle import Quantization, load_manifest
+from edge_embed.core.encoder import BundleModel, TextTokenizer
+from edge_embed.core.runtime import graph_level
+from edge_embed.core.tooling import Reporter, measured_on
 from edge_embed.quantize import sensitivity
 from edge_embed.quantize.fusion import fuse
-from edge_embed.quantize.machine import measured_on
 from edge_embed.quantize.sensitivity import (
     MIN_GAIN,
     SCORE_STEP,
@@ -22,10 +25,6 @@ from edge_embed.quantize.sensitivity import (
     pick,
     worst_inputs,
 )
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.canary import cosines
-from edge_embed.service.encoder import BundleModel, TextTokenizer
-from edge_embed.service.runtime import graph_level
 from tests.fixtures.quantized import build_tiny_int8
 
 # The size of the last-digit differences between CPUs' int8 kernels is ~1e-5; the search must
@@ -148,7 +147,8 @@ def _switchboard(bundle: Path, fused: bool) -> tuple[sensitivity._Switchboard, l
     if fused:
         model = fuse(model, skip_layer_norm=False).model
     tokenizer = TextTokenizer(bundle / manifest.tokenizer_file, manifest.max_tokens)
-    level = graph_level(dataclasses.replace(manifest, quantization={"fused": fused}), "auto")
+    fusion = Quantization.of({"fused": fused})
+    level = graph_level(dataclasses.replace(manifest, quantization=fusion), "auto")
     board = sensitivity._Switchboard(model, manifest, tokenizer, level)
     return board, [t.ids for t in tokenizer.encode(TEXTS)]
 
@@ -184,7 +184,8 @@ def test_search_is_the_same_run_after_run(tiny_bundle: Path,
     monkeypatch.setattr(sensitivity, "MAX_EXCLUDED_SHARE", 0.25)
     manifest = load_manifest(tiny_bundle)
     model = fuse(onnx.load(str(tiny_bundle / "model.onnx")), skip_layer_norm=False).model
-    level = graph_level(dataclasses.replace(manifest, quantization={"fused": True}), "auto")
+    fusion = Quantization.of({"fused": True})
+    level = graph_level(dataclasses.replace(manifest, quantization=fusion), "auto")
     runs = [sensitivity.choose_fp32_matmuls(model, manifest, tiny_bundle, TEXTS * 5, level,
                                             Reporter(quiet=True)) for _ in range(2)]
     assert runs[0].excluded, "the search took no step: nothing was compared"

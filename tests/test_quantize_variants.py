@@ -5,21 +5,21 @@ for another CPU family."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from edge_embed.quantize.machine import measured_on, this_target
-from edge_embed.quantize.targets import OPENVINO_ADVICE, SATURATION_FREE_VARIANT_FOR, VARIANT_FOR
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.machine import this_target
+from edge_embed.core.targets import OPENVINO_ADVICE, SATURATION_FREE_VARIANT_FOR, VARIANT_FOR
+from edge_embed.core.tooling import measured_on
 from edge_embed.quantize.variants import VARIANTS
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.encoder import BundleModel
 from tests.fixtures.quantized import build_tiny_int8
 from tests.fixtures.server import live_server
+from tests.reliability_server import get_json
 from tests.test_quantize import INVARIANT_DIFF, alone_vs_batched, op_counts
 
 TEXTS = ["hello world", "The quick brown fox jumps over the lazy dog.", "café",
@@ -127,16 +127,16 @@ def test_service_warns_about_a_bundle_for_another_cpu(tiny_bundle: Path,
     other = next(t for t in sorted(VARIANT_FOR) if t != here)
     bundle = build_tiny_int8(tiny_bundle, tmp_path / "other", ["--target", other])
     with live_server([bundle]) as s:
-        health = json.loads(urllib.request.urlopen(f"{s.base_url}/health").read())
+        health = get_json(f"{s.url}/health")
         [warning] = health["models"]["tiny-int8"]["warnings"]
         assert f"built for {other}" in warning and f"--target {here}" in warning
-        log = s.log()
+        log = s.log_text()
     line = next(ln for ln in log.splitlines() if f"built for {other}" in ln)
     assert " WARNING " in line
 
 
 def test_service_is_quiet_about_a_bundle_for_this_cpu(tiny_int8_bundle: Path) -> None:
     with live_server([tiny_int8_bundle]) as s:
-        health = json.loads(urllib.request.urlopen(f"{s.base_url}/health").read())
+        health = get_json(f"{s.url}/health")
         assert health["models"]["tiny-int8"]["warnings"] == []
-        assert "built for" not in s.log()
+        assert "built for" not in s.log_text()

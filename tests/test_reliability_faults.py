@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_embed.service.encoder import BundleModel
+from edge_embed.core.encoder import BundleModel
 from edge_embed.service.engine import ModelEngine
 from edge_embed.service.limits import BatchPolicy, CacheLimits
 from tests.fixtures.server import MakeClient

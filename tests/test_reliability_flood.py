@@ -25,7 +25,7 @@ from edge_embed.bench.flood import (
     report,
     saturate,
 )
-from edge_embed.service.bundle import load_manifest
+from edge_embed.core.bundle import load_manifest
 from tests.fixtures.server import Live, live_server
 
 pytestmark = pytest.mark.minilm

@@ -115,7 +115,7 @@ def test_long_documents_with_busy_neighbours_end_200_or_429(
     with live_server([minilm_int8_bundle]) as live:
         url = f"{live.url}/v1/embeddings"
         big, (small_status, small_s) = asyncio.run(_flood(url, bodies, small))
-        log = live.log()
+        log = live.log_text()
     small_line = _access(log, "small")
     report = (", ".join(f"{s} in {t:.1f} s" for s, t in big)
               + f"; the sentence: {small_status} in {small_s * 1000:.0f} ms, queued "

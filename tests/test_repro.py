@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_embed.core.bundle import load_manifest
 from edge_embed.quantize import repro
-from edge_embed.service.bundle import load_manifest
 
 
 def _edit_manifest(bundle: Path, **fields: object) -> None:

@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,9 @@ import numpy as np
 import openai
 import pytest
 
-from edge_embed.service.encoder import BundleModel
+from edge_embed.core.encoder import BundleModel
 from tests.fixtures.server import ROOT, Live, live_server
+from tests.reliability_server import get_json, http
 
 KEY = "sk-live-test-key-0123456789"
 LIMITED = "sk-live-limited-9876543210"
@@ -33,7 +33,7 @@ def live(tiny_bundle: Path, tiny_cls_bundle: Path,
 
 
 def client(live: Live, key: str = KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live.base_url}/v1", api_key=key, max_retries=0, timeout=30)
+    return openai.OpenAI(base_url=f"{live.url}/v1", api_key=key, max_retries=0, timeout=30)
 
 
 def test_default_base64_equals_float(live: Live, tiny_bundle: Path) -> None:
@@ -85,7 +85,7 @@ def test_models_listing(live: Live) -> None:
     (KEY, {"model": "tiny", "input": ""}, openai.BadRequestError),
     (KEY, {"model": "tiny", "input": [[10**9]]}, openai.BadRequestError),
     (KEY, {"model": "tiny", "input": "x", "dimensions": 8}, openai.BadRequestError),
-    (LIMITED, {"model": "tiny", "input": "x"}, openai.PermissionDeniedError),
+    (LIMITED, {"model": "tiny", "input": "x"}, openai.NotFoundError),  # hidden from it
 ])
 def test_errors_map_to_the_sdk_exceptions(live: Live, key: str, kwargs: dict[str, Any],
                                           error: type[Exception]) -> None:
@@ -99,24 +99,23 @@ def test_errors_map_to_the_sdk_exceptions(live: Live, key: str, kwargs: dict[str
 def test_access_log_is_json_and_keyless(live: Live) -> None:
     client(live).embeddings.create(model="tiny", input=TEXTS)
     lines = [json.loads(line.split(" edge_embed.access ", 1)[1]) for line in
-             live.log().splitlines() if " edge_embed.access " in line]
+             live.log_text().splitlines() if " edge_embed.access " in line]
     ok = [x for x in lines if x["path"] == "/v1/embeddings" and x["status"] == 200]
     assert ok
     for field in ("request_id", "model", "inputs", "tokens", "truncated", "queue_ms",
                   "inference_ms"):
         assert field in ok[-1]
-    assert KEY not in live.log() and LIMITED not in live.log()
+    assert KEY not in live.log_text() and LIMITED not in live.log_text()
 
 
 def test_sigterm_drains_and_exits_zero(tiny_bundle: Path) -> None:
     with live_server([tiny_bundle]) as server:
-        with urllib.request.urlopen(urllib.request.Request(
-                f"{server.base_url}/v1/embeddings", data=b'{"model":"tiny","input":"x"}',
-                headers={"Content-Type": "application/json"})) as r:
-            assert r.status == 200
+        status, _, _ = http("POST", f"{server.url}/v1/embeddings",
+                            body={"model": "tiny", "input": "x"})
+        assert status == 200
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=30) == 0
-        assert "draining" in server.log() and "stopped" in server.log()
+        assert "draining" in server.log_text() and "stopped" in server.log_text()
 
 
 def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
@@ -155,11 +154,11 @@ def test_provider_fallback_is_reported(tiny_bundle: Path) -> None:
     if "OpenVINOExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("OpenVINO is installed here; no fallback would happen")
     with live_server([tiny_bundle], ["--provider", "openvino", "--provider-fallback"]) as s:
-        info = json.loads(urllib.request.urlopen(f"{s.base_url}/info").read())
+        info = get_json(f"{s.url}/info")
         assert info["providers"]["fell_back"]["tiny"]
-        health = json.loads(urllib.request.urlopen(f"{s.base_url}/health").read())
+        health = get_json(f"{s.url}/health")
         assert health["models"]["tiny"]["provider_fell_back"] is True
-        model = json.loads(urllib.request.urlopen(f"{s.base_url}/v1/models/tiny").read())
+        model = get_json(f"{s.url}/v1/models/tiny")
         assert model["provider_fell_back"] is True
         assert model["provider"] == ["CPUExecutionProvider"]
-        assert "provider fallback" in s.log()
+        assert "provider fallback" in s.log_text()

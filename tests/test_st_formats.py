@@ -9,27 +9,22 @@ proof and the remote-code refusal run the exporter as a user does.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
+from edge_embed.core.tooling import ToolError
 from edge_embed.export import st_config
 from edge_embed.export.cli import main
-from edge_embed.export.tooling import ToolError
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.encoder import BundleModel
 from tests.fixtures.encoders import build_twin
-from tests.fixtures.tiny import build_tiny_model
+from tests.fixtures.tiny import build_tiny_model, run_export
 
-ROOT = Path(__file__).resolve().parent.parent
-# A refusal comes before any model runs; a minute covers importing torch on a busy machine.
-CLI_TIMEOUT_S = 120
 POSITIONS = 128
 NEW_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
 NEW_POOLING = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
@@ -152,13 +147,6 @@ def test_the_st_limit_replaces_the_fallback_unless_given(tmp_path: Path) -> None
 
 
 # ---- the exporter, as a user runs it ----------------------------------------------------------
-def run_export(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGE_EMBED_DEBUG": "", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "edge_embed.export", *args, "--quiet"],
-                          cwd=ROOT, env=full_env, capture_output=True, text=True,
-                          timeout=CLI_TIMEOUT_S)
-
-
 def refusal(result: subprocess.CompletedProcess[str]) -> str:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr

@@ -3,22 +3,20 @@ the refusals, and what the service says about a bundle built for another CPU."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
-from edge_embed.quantize.machine import target_of
+from edge_embed.core.bundle import Manifest, Precision, Quantization
+from edge_embed.core.errors import ProviderError
+from edge_embed.core.machine import this_target
+from edge_embed.core.runtime import PERTOKEN_ON_OPENVINO, refused_providers, resolve_providers
+from edge_embed.core.targets import OPENVINO_ADVICE, VARIANT_FOR, mismatch
 from edge_embed.quantize.recipe import Recipe
-from edge_embed.quantize.targets import (
-    OPENVINO_ADVICE,
-    VARIANT_FOR,
-    TargetError,
-    mismatch,
-    resolve,
-)
+from edge_embed.quantize.targets import TargetError, resolve
 from edge_embed.quantize.variants import VARIANTS, Variant, register
 from edge_embed.service.advice import bundle_warnings
-from edge_embed.service.bundle import Manifest, Precision
-from edge_embed.service.errors import ProviderError
-from edge_embed.service.runtime import PERTOKEN_ON_OPENVINO, refused_providers, resolve_providers
 
 # Abridged /proc/cpuinfo texts of real CPU kinds (first processor block, flags shortened).
 ZEN4_VNNI = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n"
@@ -45,14 +43,21 @@ OLD_X86 = "processor\t: 0\nmodel name\t: Intel(R) Atom(TM)\nflags\t\t: fpu sse s
     (GRAVITON3, "arm64"), (RASPBERRY_PI4, "arm64"),
     (OLD_X86, None), ("", None),
 ])
-def test_target_detected_from_cpuinfo(text: str, target: str | None) -> None:
-    assert target_of(text) == target
+def test_target_detected_from_cpuinfo(text: str, target: str | None, tmp_path: Path) -> None:
+    assert this_target(cpuinfo(tmp_path, text)) == target
 
 
-def test_only_the_first_processor_counts() -> None:
+def test_only_the_first_processor_counts(tmp_path: Path) -> None:
     # a later block's flags are not this CPU's first core's: the first block decides
-    assert target_of("processor\t: 0\nflags\t\t: fpu sse2\n\nprocessor\t: 1\nflags\t\t: avx2\n") \
-        is None
+    text = "processor\t: 0\nflags\t\t: fpu sse2\n\nprocessor\t: 1\nflags\t\t: avx2\n"
+    assert this_target(cpuinfo(tmp_path, text)) is None
+
+
+def cpuinfo(folder: Path, text: str) -> Path:
+    """A /proc/cpuinfo stand-in holding `text`."""
+    path = folder / "cpuinfo"
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def test_each_target_picks_a_registered_variant() -> None:
@@ -101,7 +106,7 @@ def test_registry_refuses_a_second_variant_of_the_same_name() -> None:
 
 
 def _manifest(precision: Precision, target: str | None) -> Manifest:
-    quantization = None if target is None else {"target": {"name": target}}
+    quantization = None if target is None else Quantization.of({"target": {"name": target}})
     return Manifest(id="m", dimensions=8, max_tokens=16, pooling="mean", normalize=True,
                     precision=precision, inputs=("input_ids",), output="last_hidden_state",
                     quantization=quantization)
@@ -134,9 +139,8 @@ def test_bundle_warnings() -> None:
 
 
 def test_pertoken_int8_is_refused_by_openvino_whatever_is_installed() -> None:
-    pertoken = _manifest("int8", "avx2")
-    assert pertoken.quantization is not None
-    pertoken.quantization["method"] = "pertoken"
+    pertoken = dataclasses.replace(_manifest("int8", "avx2"), quantization=Quantization.of(
+        {"method": "pertoken", "target": {"name": "avx2"}}))
     refused = refused_providers(pertoken)
     assert refused == {"openvino": PERTOKEN_ON_OPENVINO}
     assert refused_providers(_manifest("fp32", None)) == {}

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from tokenizers import Tokenizer
 
-from edge_embed.service.encoder import BundleModel, TextTokenizer
+from edge_embed.core.encoder import BundleModel, TextTokenizer
 from tests.fixtures.server import MakeClient
 from tests.fixtures.tiny import CORPUS
 

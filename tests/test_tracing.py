@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.fixtures.server import ROOT, AiohttpClient, Live
+from tests.reliability_server import http
 
 # The caller's trace: W3C traceparent version 00, sampled.
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -68,12 +68,8 @@ class Receiver:
 
 
 def embed(url: str) -> int:
-    body = json.dumps({"model": "tiny", "input": ["a short one", "and a second input"]})
-    request = urllib.request.Request(url + "/v1/embeddings", data=body.encode(), method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "traceparent": TRACEPARENT})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        status: int = response.status
+    status, _, _ = http("POST", url + "/v1/embeddings", headers={"traceparent": TRACEPARENT},
+                        body={"model": "tiny", "input": ["a short one", "and a second input"]})
     return status
 
 
@@ -86,7 +82,7 @@ async def test_request_spans_reach_an_otlp_receiver(tiny_bundle: Path,
         lambda: Live([tiny_bundle], ["--otlp-endpoint", endpoint],
                      env={"OTEL_BSP_SCHEDULE_DELAY": EXPORT_DELAY_MS}).start())
     try:
-        assert await asyncio.to_thread(embed, live.base_url) == 200
+        assert await asyncio.to_thread(embed, live.url) == 200
         names = {"POST /v1/embeddings", "tokenize", "queue", "inference"}
         for _ in range(int(ARRIVAL_TIMEOUT_S / 0.05)):
             if names <= {s.name for s in receiver.spans}:

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from edge_embed.bench.server import free_port
-from edge_embed.service.bundle import load_manifest
-from edge_embed.service.encoder import BundleModel
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.encoder import BundleModel
 from tests.container import engine
 
 pytestmark = pytest.mark.arm64

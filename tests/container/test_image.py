@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 from edge_embed.bench.server import Server, free_port
+from edge_embed.core.bundle import MANIFEST_NAME
+from edge_embed.core.canary import CANARY_FILE
+from edge_embed.core.files import sha256
 from edge_embed.quantize.repro import manifest_without_build
-from edge_embed.service.bundle import MANIFEST_NAME
-from edge_embed.service.canary import CANARY_FILE
-from edge_embed.service.files import sha256
 from edge_embed.service.limits import MAX_BODY_BYTES
 from edge_embed.service.settings import DRAIN_TIMEOUT_S
 from tests.container import engine
@@ -104,7 +104,7 @@ def started(request: pytest.FixtureRequest, image_bundle: Path) -> Iterator[Star
 def host_vectors(bundle: Path) -> np.ndarray:
     """What the host's own service (this checkout, the host's venv) gives for TEXTS."""
     with live_server([bundle]) as live:
-        return embed(live.base_url, engine.manifest_id(bundle))
+        return embed(live.url, engine.manifest_id(bundle))
 
 
 def embed(url: str, model: str, texts: list[str] = TEXTS) -> np.ndarray:

@@ -15,9 +15,10 @@ from typing import Any
 
 import onnxruntime as ort
 
+from edge_embed.core.errors import BundleError, ProviderError
+
 from .bundle import Manifest
 from .cpus import usable_cpus
-from .errors import BundleError, ProviderError
 from .shared_weights import ProtoError, as_ort_values, shareable
 
 log = logging.getLogger("edge_embed.runtime")
@@ -51,7 +52,7 @@ class RuntimeOptions:
     providers: tuple[str, ...] = ("cpu",)
     provider_fallback: bool = False
     # None: every CPU this process may use (one run alone: 2 threads gave 1.7-1.9x of 1 on 2
-    # cores). The service passes its thread plan (service/cpus.py: plan_threads) instead.
+    # cores). The service passes its thread plan (core/cpus.py: plan_threads) instead.
     intra_op_threads: int | None = None
     # "auto": BASIC for a bundle already fused by the transformer optimizer (15-20 % faster than
     # ALL there), ALL otherwise (~15 % faster than BASIC for an unfused graph).
@@ -63,7 +64,7 @@ class RuntimeOptions:
     spinning: bool = SPINNING
     extra_session_config: dict[str, str] = field(default_factory=dict)
     # Intra-op threads of a second session that a run alone in flight uses (the service passes
-    # every usable CPU: service/cpus.py, plan_threads). None, or the same as intra_op_threads:
+    # every usable CPU: core/cpus.py, plan_threads). None, or the same as intra_op_threads:
     # one session for every run.
     lone_threads: int | None = None
     # Leave the lone session to `Sessions.complete` (the service: after start-up, so that the
@@ -88,7 +89,7 @@ PERTOKEN_ON_OPENVINO = ("OpenVINO cannot run per-token int8 graphs (its FakeQuan
 
 def refused_providers(manifest: Manifest) -> dict[str, str]:
     """{provider: why} for providers that cannot run this bundle's graph at all."""
-    if (manifest.quantization or {}).get("method") == "pertoken":
+    if manifest.quantization is not None and manifest.quantization.method == "pertoken":
         return {"openvino": PERTOKEN_ON_OPENVINO}
     return {}
 
@@ -133,7 +134,7 @@ def graph_level_name(manifest: Manifest, setting: str) -> str:
     """The level a setting means for this bundle: "auto" resolved, any other level as given."""
     if setting != "auto":
         return setting
-    fused = bool((manifest.quantization or {}).get("fused"))
+    fused = manifest.quantization is not None and manifest.quantization.fused
     return "basic" if fused else "all"
 
 

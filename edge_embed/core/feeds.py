@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from .errors import UnsupportedGraphInput
+from edge_embed.core.errors import UnsupportedGraphInput
 
 I64 = npt.NDArray[np.int64]
 PaddingSide = Literal["right", "left"]

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from .errors import BundleError
+from edge_embed.core.errors import BundleError
 
 MANIFEST_NAME = "bundle.json"
 FORMAT = "edge-embed.bundle"
@@ -36,7 +37,7 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One file of the bundle as it was built (service/files.py checks it at start-up)."""
+    """One file of the bundle as it was built (core/files.py checks it at start-up)."""
 
     size: int | None  # bytes; None in manifests written before sizes were recorded
     sha256: str
@@ -59,7 +60,7 @@ class Quality:
 
 @dataclass(frozen=True)
 class CanaryInfo:
-    """The bundle's canaries (service/canary.py): fixed inputs with their fp32 reference vectors,
+    """The bundle's canaries (core/canary.py): fixed inputs with their fp32 reference vectors,
     which the service embeds at start-up and compares against `gate`."""
 
     file: str  # in the bundle, listed in `files`
@@ -67,6 +68,60 @@ class CanaryInfo:
     gate: float  # the least agreement (min cosine vs the reference) the service accepts
     gate_rule: str  # how `gate` was derived, in words
     build_agreement: float  # the agreement measured on the machine that built the bundle
+
+
+@dataclass(frozen=True)
+class Quantization(Mapping[str, Any]):
+    """The `quantization` section of a quantized bundle, parsed once (`Quantization.of`).
+
+    The facts the runtime and the service act on are typed fields; the whole section as the tool
+    recorded it (method, parameters, the search, the selection, the figures: provenance) is
+    `recorded`, read through the Mapping interface and written back unchanged."""
+
+    recorded: dict[str, Any]
+    method: str | None = None  # "pertoken", "dynamic", "blockwise", "fp16", ...
+    fused: bool = False  # quantized after onnxruntime's transformer fusions
+    target: str | None = None  # the CPU family it was built for (quantize --target)
+    variant: str | None = None  # that build's int8 variant (u8s8, u8u8, s8s8)
+    saturation_free: bool = False  # its u8 x s8 pair sums cannot saturate (params)
+
+    @classmethod
+    def of(cls, section: dict[str, Any], path: Path = Path(MANIFEST_NAME)) -> Quantization:
+        """Read `section`; a field of the wrong type is refused naming `path` and the field."""
+        method = section.get("method")
+        if method is not None and not isinstance(method, str):
+            raise BundleError(path, "must be a string or null", "quantization.method")
+        fused = section.get("fused", False)
+        if not isinstance(fused, bool):
+            raise BundleError(path, "must be a boolean", "quantization.fused")
+        target = _object(section, "target", path, "quantization")
+        name = target.get("name")
+        if name is not None and not isinstance(name, str):
+            raise BundleError(path, "must be a string", "quantization.target.name")
+        variant = _object(target, "variant", path, "quantization.target").get("name")
+        if variant is not None and not isinstance(variant, str):
+            raise BundleError(path, "must be a string", "quantization.target.variant.name")
+        params = _object(section, "params", path, "quantization")
+        return cls(section, method, fused, name, variant, params.get("saturation_free") is True)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.recorded[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.recorded)
+
+    def __len__(self) -> int:
+        return len(self.recorded)
+
+
+def _object(data: dict[str, Any], key: str, path: Path, within: str) -> dict[str, Any]:
+    """`data[key]` where it must be an object or null ({} for null or absent)."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BundleError(path, "must be an object or null", f"{within}.{key}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -89,7 +144,7 @@ class Manifest:
     prompts: dict[str, str] = field(default_factory=dict)  # input_type -> prefix ("query: ")
     # which of pooling/normalize/max_tokens/prompts were defaults rather than read from the model
     defaults: tuple[str, ...] = ()
-    quantization: dict[str, Any] | None = None
+    quantization: Quantization | None = None
     quality: Quality | None = None
     parity: Quality | None = None  # fp32 bundles: the ONNX graph against torch
     # absent in bundles built before canaries: they load, and report {"status": "absent"}
@@ -106,6 +161,8 @@ class Manifest:
 
     def to_json(self) -> str:
         data = asdict(self)
+        # as recorded, not the parsed fields: the section round-trips byte for byte
+        data["quantization"] = None if self.quantization is None else self.quantization.recorded
         return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
 
     def write(self, folder: Path) -> Path:
@@ -269,7 +326,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         matryoshka_dimensions=tuple(sorted(set(matryoshka), reverse=True)),
         prompts=dict(prompts),
         defaults=tuple(data.get("defaults") or ()),
-        quantization=quantization,
+        quantization=None if quantization is None else Quantization.of(quantization, path),
         quality=_quality(data.get("quality"), path, "quality"),
         parity=_quality(data.get("parity"), path, "parity"),
         canary=_canary(data.get("canary"), path),

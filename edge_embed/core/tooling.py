@@ -17,9 +17,11 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from edge_embed.service.bundle import _ID_RE
+from .bundle import _ID_RE, MANIFEST_NAME, load_manifest
+from .errors import BundleError
+from .machine import CPUINFO, cpu_facts
 
 T = TypeVar("T")
 EXIT_USAGE = 2
@@ -43,11 +45,19 @@ class Reporter:
     def progress(self, items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
         if self.quiet:
             return items
-        from tqdm import tqdm
+        from tqdm import tqdm  # the offline tools' extra: the serving install has no tqdm
 
         bar: Iterable[T] = tqdm(items, desc=f"{self.prog}: {desc}", total=total,
                                 file=sys.stderr, leave=False, dynamic_ncols=True)
         return bar
+
+    def bar(self, total: int, initial: int = 0, unit: str = "inputs") -> Any:
+        """A bar the caller advances (`update(n)`) over `total` items, `initial` of them done
+        before this run; disabled when quiet. A context manager that closes it."""
+        from tqdm import tqdm  # the offline tools' extra: the serving install has no tqdm
+
+        return tqdm(total=total, initial=initial, unit=unit, desc=self.prog, disable=self.quiet,
+                    file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:
@@ -97,12 +107,26 @@ def run_tool(parser: argparse.ArgumentParser, argv: list[str] | None,
     return run_cli(parser.prog, checked)
 
 
+def check_bundles(bundles: dict[str, Path | None]) -> None:
+    """One line naming the flag for a bundle that is missing or broken, before anything starts."""
+    for flag, path in bundles.items():
+        if path is not None:
+            try:
+                load_manifest(path)
+            except BundleError as exc:
+                raise ToolError(f"{flag}: {exc}") from None
+
+
 def check_output(out: Path, force: bool) -> None:
     """Refuse an existing output unless forced, and an unwritable parent, before any work."""
     if out.exists() and not force:
         raise ToolError(f"output {out} already exists (pass --force to replace it)")
     if out.exists() and not out.is_dir():
         raise ToolError(f"output {out} exists and is not a folder")
+    # --force replaces a bundle (or an empty folder), never a folder a bundle was not built in.
+    if out.is_dir() and not (out / MANIFEST_NAME).is_file() and any(out.iterdir()):
+        raise ToolError(f"output {out} is a folder that holds no {MANIFEST_NAME}: not a bundle, "
+                        "so not replaced even with --force; choose another --out")
     parent = out.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +176,11 @@ def tool_versions(*packages: str) -> dict[str, str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[name] = importlib.metadata.version(name)
     return versions
+
+
+def measured_on(cpuinfo: Path = CPUINFO) -> dict[str, object]:
+    """{cpu, isa, target, onnxruntime}: what a manifest records beside figures measured here."""
+    return {**cpu_facts(cpuinfo), "onnxruntime": tool_versions().get("onnxruntime", "")}
 
 
 def now() -> str:

@@ -1,4 +1,5 @@
-"""The evaluation set kept in the repo (quantize/data/eval.jsonl): what candidates are judged on.
+"""The evaluation set (edge_embed/core/data/eval.jsonl): the texts export checks its graph on and
+quantize judges its candidates on, so that both measure on the same inputs and name them alike.
 
 One JSON object per line: {"id", "kind": para|word|long|multi, "text", "pair"}. Kinds matter
 because int8 fails unevenly: one-word inputs are the usual worst case, long inputs the slowest.
@@ -9,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
-from edge_embed.export.tooling import ToolError
+from .tooling import ToolError
 
-DEFAULT_EVAL_SET = Path(__file__).resolve().parent / "data" / "eval.jsonl"
+# Shipped as package data beside this module (pyproject's package-data).
+DEFAULT_EVAL_SET = Path(str(resources.files("edge_embed.core") / "data" / "eval.jsonl"))
 # How much of the file's sha256 names the set in manifests: enough to tell versions apart.
 _HASH_PREFIX = 12
 
@@ -27,7 +30,7 @@ class EvalItem:
 
 @dataclass(frozen=True)
 class EvalSet:
-    name: str  # "<file name>@<sha256 prefix>", recorded in manifest.quality.eval_set
+    name: str  # "<file name>@<sha256 prefix>", recorded in the manifest's quality and parity
     items: tuple[EvalItem, ...]
 
     @property
@@ -39,6 +42,8 @@ class EvalSet:
 
 
 def load_eval_set(path: Path | None = None) -> EvalSet:
+    """The evaluation set at `path` (default: the shipped one), every non-empty item in file
+    order; a file that cannot be read or a line that is not an item is refused by name."""
     path = path or DEFAULT_EVAL_SET
     try:
         raw = path.read_bytes()
@@ -51,7 +56,7 @@ def load_eval_set(path: Path | None = None) -> EvalSet:
         try:
             row = json.loads(line)
             item = EvalItem(str(row["id"]), str(row.get("kind", "para")), str(row["text"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise ToolError(f"{path}:{number}: not an evaluation item ({exc})") from None
         if item.text.strip():
             items.append(item)

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
+from edge_embed.core.errors import BundleError, CanaryFailed
+
+from .agreement import cosines
 from .bundle import CanaryInfo, Manifest, Precision
 from .encoder import BundleModel
-from .errors import BundleError, CanaryFailed
 from .pooling import F32
 
 log = logging.getLogger("edge_embed.canary")
@@ -79,16 +80,6 @@ def embed(model: BundleModel, texts: Sequence[str]) -> F32:
     long one's length would cost 6 x 256 tokens on all-MiniLM-L6-v2 where one at a time costs
     332, and the start-up check runs before the server is ready."""
     return model.embed(texts, batch_size=1)
-
-
-def cosines(a: F32, b: F32) -> npt.NDArray[np.float64]:
-    """Row-wise cosine of two [n, d] arrays, in float64: in float32 a vector's cosine with an
-    identical copy reads 0.99999988, which would blur an invariance gate at 0.9999999."""
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    na = np.linalg.norm(a64, axis=1)
-    nb = np.linalg.norm(b64, axis=1)
-    out: npt.NDArray[np.float64] = (a64 * b64).sum(axis=1) / np.maximum(na * nb, 1e-300)
-    return np.minimum(out, 1.0)
 
 
 def agreement(reference: F32, vectors: F32) -> float:
@@ -198,7 +189,7 @@ class CanaryReport:
                 "count": self.count, "build_agreement": self.build_agreement}
 
 
-def judge(bundle: Path, manifest: Manifest, measured: float,
+def check_gate(bundle: Path, manifest: Manifest, measured: float,
           on_failure: CanaryFailure) -> CanaryReport:
     """Pass, serve loudly, or refuse (CanaryFailed) on the agreement measured here."""
     info = manifest.canary

@@ -19,8 +19,9 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
+from edge_embed.core.errors import BundleFileError
+
 from .bundle import MANIFEST_NAME, FileEntry, Manifest
-from .errors import BundleFileError
 
 VerifyMode = Literal["sha256", "size"]
 VERIFY_MODES: tuple[VerifyMode, ...] = ("sha256", "size")

@@ -1,5 +1,5 @@
-"""The machine a bundle's figures were measured on: CPU, the instruction sets that pick
-onnxruntime's int8 kernels, and onnxruntime's version.
+"""The machine a bundle's figures were measured on: CPU and the instruction sets that pick
+onnxruntime's int8 kernels (core/tooling.py's measured_on adds onnxruntime's version).
 
 The same int8 graph gives cosines that differ in the 4th-5th digit from one CPU to another
 (AVX-512 VNNI sums u8 x s8 products in 32 bits, AVX2 saturates pair sums at 16 bits), so a
@@ -68,24 +68,14 @@ def _target(flags: set[str]) -> str | None:
     return None
 
 
-def target_of(cpuinfo_text: str) -> str | None:
-    """The int8 target a /proc/cpuinfo text describes, or None (an x86 without AVX2, another
-    architecture, or a text without flags)."""
-    return _target(_flags(_fields(cpuinfo_text)))
-
-
 def this_target(cpuinfo: Path = CPUINFO) -> str | None:
     """This machine's int8 target (None where /proc/cpuinfo is unreadable or names none)."""
     return _target(_flags(_read(cpuinfo)))
 
 
-def measured_on(cpuinfo: Path = CPUINFO) -> dict[str, object]:
-    """{cpu, isa, target, onnxruntime}: what a manifest records beside figures measured here."""
-    from edge_embed.export.tooling import tool_versions
-
+def cpu_facts(cpuinfo: Path = CPUINFO) -> dict[str, object]:
+    """{cpu, isa, target}: this CPU's name, its int8-kernel flags and its int8 target."""
     fields = _read(cpuinfo)
     flags = _flags(fields)
     cpu = next((fields[k] for k in _NAME_KEYS if fields.get(k)), "") or platform.machine()
-    return {"cpu": cpu, "isa": [f for f in ISA_FLAGS if f in flags],
-            "target": _target(flags),
-            "onnxruntime": tool_versions().get("onnxruntime", "")}
+    return {"cpu": cpu, "isa": [f for f in ISA_FLAGS if f in flags], "target": _target(flags)}

@@ -15,8 +15,9 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
+from edge_embed.core.errors import BundleError, UnsupportedGraphInput
+
 from .bundle import Manifest, load_manifest
-from .errors import BundleError, UnsupportedGraphInput
 from .feeds import I64, Feed, PaddingSide, build_feeds, check_inputs
 from .pooling import F32, finish, pool_output
 from .runtime import ProviderChoice, RuntimeOptions, Sessions, create_sessions

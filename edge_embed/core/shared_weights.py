@@ -1,7 +1,7 @@
 """Weights read once from an ONNX file, for several onnxruntime sessions of one graph to share.
 
 The service keeps two sessions of a model when a lone request may use every core (see
-service/runtime.py): without this, each session holds its own copy of every weight. The ONNX
+core/runtime.py): without this, each session holds its own copy of every weight. The ONNX
 file is a protobuf; only the few fields needed here are read (the runtime install has no `onnx`
 package): the graph's nodes (to know which node uses which weight) and its initializers' name,
 type, shape and raw bytes.
