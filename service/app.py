@@ -200,6 +200,9 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
                                         thread_name_prefix="edge-embed-model")
     tokenizer_executor = ThreadPoolExecutor(runtime.tokenizer_threads,
                                             thread_name_prefix="edge-embed-tokenize")
+    # Short requests' own lane: never queued behind long documents (service/embeddings.py).
+    short_tokenizer_executor = ThreadPoolExecutor(1, thread_name_prefix="edge-embed-tokenize-s")
+    parse_executor = ThreadPoolExecutor(1, thread_name_prefix="edge-embed-parse")
     engines = Engines()
     in_flight = InFlight()
     for served in app[REGISTRY]:
@@ -212,7 +215,8 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
         engine.start()
     app[ENGINES] = engines
     app[EMBEDDINGS] = EmbeddingsPath(app[REGISTRY], engines, app[CACHE], metrics,
-                                     settings.requests, tokenizer_executor)
+                                     settings.requests, tokenizer_executor,
+                                     short_tokenizer_executor, parse_executor)
     loop = asyncio.get_running_loop()
     lone_sessions: list[asyncio.Future[None]] = []
     try:
@@ -237,7 +241,10 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(Exception):
                 await built
         model_executor.shutdown(wait=True)
-        tokenizer_executor.shutdown(wait=True)
+        # Tokenizing not yet started belongs to requests that are gone by now: dropped, not
+        # waited for.
+        for executor in (tokenizer_executor, short_tokenizer_executor, parse_executor):
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def _check_canaries(served: ServedModel, executor: ThreadPoolExecutor,
@@ -313,11 +320,13 @@ async def embeddings(request: web.Request) -> web.Response:
     started = asyncio.get_running_loop().time()
     settings = app[SETTINGS]
     require_json(request)
-    raw = await read_body(request, settings.requests.max_body_bytes,
-                          settings.connections.body_timeout_s, started)
+    path = app[EMBEDDINGS]
+    with path.bodies.hold(request.content_length):  # a 429 before a large body is read
+        req = await path.parse(await read_body(request, settings.requests.max_body_bytes,
+                                               settings.connections.body_timeout_s, started))
     transport = request.transport
     rlog = request[LOG_KEY]
-    result = await app[EMBEDDINGS](raw, Caller(
+    result = await path(req, Caller(
         key=request.get(API_KEY), log=rlog, started=started,
         is_gone=lambda: transport is None or transport.is_closing()))
     return web.Response(body=result.body(rlog.request_id), content_type=_JSON,

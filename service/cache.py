@@ -10,6 +10,7 @@ only (no locks): every operation is a dict move, far cheaper than a thread hop.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -22,29 +23,33 @@ from edge_embed.core.pooling import F32
 
 from .limits import CacheLimits
 
-# Per-entry bookkeeping besides the vector: the key's tuple, the dict slot, this object.
-_ENTRY_OVERHEAD = 200
+# Per-entry bookkeeping besides the key and the vector: the `Cached` object and the ordered
+# dict's slot and link (measured with tracemalloc, tests/test_service_cache.py).
+_ENTRY_OVERHEAD = 256
 
 
 class CacheKey(NamedTuple):
     model: str
-    item: str | tuple[int, ...]  # the text as sent, or the token ids as sent
+    item: str | bytes  # the text as sent, or the token ids as sent (int64 bytes)
     prompt: str  # what the input type puts before a text ("" for none)
     max_tokens: int  # where an over-long input is cut
     dimensions: int | None  # the Matryoshka cut asked for; None: the model's full vector
 
     def size(self) -> int:
-        """Bytes the key holds beyond the tuple (for the byte bound)."""
-        return len(self.item) * (1 if isinstance(self.item, str) else 8) + len(self.prompt)
+        """Bytes the key holds: its tuple, the item and the prompt as Python stores them (a text
+        with one emoji takes 4 bytes a character)."""
+        return (sys.getsizeof(self) + sys.getsizeof(self.item)
+                + (sys.getsizeof(self.prompt) if self.prompt else 0))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Cached:
     vector: F32
     used_tokens: int
     original_tokens: int
     expires: float
     size: int
+    exact: bool = True  # False: original_tokens is a lower bound
 
 
 class EmbeddingCache:
@@ -75,17 +80,19 @@ class EmbeddingCache:
         return entry
 
     def put(self, key: Hashable, vector: F32, used_tokens: int, original_tokens: int,
-            ttl: float | None = None, key_size: int = 0) -> None:
-        life = self.ttl if ttl is None else ttl
+            ttl: float | None = None, key_size: int = 0, exact: bool = True) -> None:
+        # A request's ttl is cut to the server's maximum (the default ttl too).
+        life = min(self.ttl if ttl is None else ttl, self.limits.max_ttl_s)
         if not self.enabled or life <= 0:
             return
         vec = np.array(vector, dtype=np.float32, copy=True)  # never alias a response buffer
-        size = vec.nbytes + key_size + _ENTRY_OVERHEAD
+        size = sys.getsizeof(vec) + key_size + _ENTRY_OVERHEAD
         if size > self.max_bytes:
             return
         if key in self._items:
             self._remove(key)
-        self._items[key] = Cached(vec, used_tokens, original_tokens, self._clock() + life, size)
+        self._items[key] = Cached(vec, used_tokens, original_tokens, self._clock() + life, size,
+                                 exact)
         self.bytes += size
         while len(self._items) > self.max_entries or self.bytes > self.max_bytes:
             oldest = next(iter(self._items))

@@ -1,9 +1,10 @@
 """The embeddings request path, in one place: parse → authorize → validate → cache → tokenize →
 admit → engine → pool → encode.
 
-`EmbeddingsPath` takes a request's raw body and who is calling, and returns an
-`EmbeddingResult` (or raises an `ApiError`); the HTTP layer (app.py) only reads the body and
-writes the answer.
+`EmbeddingsPath.parse` turns a request's raw body into an `EmbeddingRequest` (a large one off the
+event loop); the path then takes it and who is calling, and returns an `EmbeddingResult` (or
+raises an `ApiError`). The HTTP layer (app.py) only reads the body, holding one of the
+`BodySlots` while it reads and parses a large one, and writes the answer.
 
 Every check of the request itself (schema, key, model, `dimensions`, `input_type`, token ids)
 runs before the cache is consulted. The checks that need token counts (an over-long input under
@@ -19,8 +20,9 @@ queued.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
@@ -36,8 +38,8 @@ from .admission import estimate_tokens
 from .auth import ApiKey, Authenticator
 from .cache import CacheKey, EmbeddingCache
 from .engine import Engines, Job
-from .errors import InvalidRequest, RequestTimeout
-from .limits import RequestLimits
+from .errors import InvalidRequest, Overloaded, RequestTimeout
+from .limits import LARGE_BODY_BYTES, RequestLimits
 from .metrics import Metrics
 from .middleware import Phase, RequestLog
 from .models import Registry, ServedModel
@@ -56,6 +58,43 @@ from .schema import (
 # call_soon_threadsafe, loop wake-up) that one-sentence requests at concurrency 1 would pay.
 # Anything longer goes to the thread, so the loop never stalls on a big request.
 INLINE_TOKENIZE_CHARS = 512
+# Requests up to this many characters go to their own tokenizer thread: a sentence or a page is
+# never queued behind the long documents of other requests (~10 ms of tokenizing at most).
+SHORT_TOKENIZE_CHARS = 16_384
+# Bodies up to this size are parsed on the event loop (well under a millisecond); larger ones
+# on the parse thread, so that the loop keeps answering (/health, /ready) while a 16 MB body
+# is parsed and checked.
+INLINE_PARSE_BYTES = 64 * 1024
+# A client refused for want of a body slot may retry this soon: a 16 MB body parses in ~1 s.
+BODY_RETRY_AFTER_S = 1
+
+
+class BodySlots:
+    """At most `limit` large bodies (LARGE_BODY_BYTES, or of unknown length) read and parsed at
+    once; the next gets 429 before its body is read, as a request the queue has no room for.
+    Event loop only: a plain count."""
+
+    def __init__(self, limit: int, on_refuse: Callable[[], None] = lambda: None) -> None:
+        self.limit = limit
+        self.held = 0
+        self.on_refuse = on_refuse
+
+    @contextlib.contextmanager
+    def hold(self, length: int | None) -> Iterator[None]:
+        if length is not None and length < LARGE_BODY_BYTES:
+            yield
+            return
+        if self.held >= self.limit:
+            self.on_refuse()
+            raise Overloaded(f"The server is reading {self.held} large request bodies, its "
+                              f"limit; retry in {BODY_RETRY_AFTER_S} s.", param="body",
+                              headers={"Retry-After": str(BODY_RETRY_AFTER_S),
+                                       "Connection": "close"})
+        self.held += 1
+        try:
+            yield
+        finally:
+            self.held -= 1
 
 
 @dataclass(frozen=True)
@@ -92,6 +131,7 @@ class _Work:
     vectors: F32
     used: list[int]
     original: list[int]
+    exact: list[bool]  # False: original is a lower bound (the tokenizer stopped counting)
 
     @property
     def single(self) -> bool:
@@ -103,29 +143,50 @@ class _Work:
 
 class EmbeddingsPath:
     def __init__(self, registry: Registry, engines: Engines, cache: EmbeddingCache,
-                 metrics: Metrics, limits: RequestLimits, tokenizer_executor: Executor) -> None:
+                 metrics: Metrics, limits: RequestLimits, tokenizer_executor: Executor,
+                 short_tokenizer_executor: Executor | None = None,
+                 parse_executor: Executor | None = None) -> None:
         self.registry = registry
         self.engines = engines
         self.cache = cache
         self.metrics = metrics
         self.limits = limits
         self.tokenizer_executor = tokenizer_executor
+        self.short_tokenizer_executor = short_tokenizer_executor or tokenizer_executor
+        self.parse_executor = parse_executor or tokenizer_executor
+        self.bodies = BodySlots(limits.max_large_bodies,
+                                metrics.rejected.labels("overloaded").inc)
 
-    async def __call__(self, raw: bytes, caller: Caller) -> EmbeddingResult:
+    async def parse(self, raw: bytes) -> EmbeddingRequest:
+        """The request in `raw`; a large body on the parse thread, off the event loop."""
+        if len(raw) <= INLINE_PARSE_BYTES:
+            return self._parse(raw)
+        return await asyncio.get_running_loop().run_in_executor(self.parse_executor,
+                                                                self._parse, raw)
+
+    def _parse(self, raw: bytes) -> EmbeddingRequest:
+        return parse_request(parse_body(raw), max_inputs=self.limits.max_inputs,
+                             max_input_chars=self.limits.max_input_chars)
+
+    async def __call__(self, req: EmbeddingRequest, caller: Caller) -> EmbeddingResult:
         limits = self.limits
-        req = parse_request(parse_body(raw), max_inputs=limits.max_inputs,
-                            max_input_chars=limits.max_input_chars)
         served = self.registry.get(req.model, partial(Authenticator.may_use, caller.key))
         caller.log.model, caller.log.inputs = served.id, len(req.inputs)
         manifest = served.model.manifest
-        check_for_model(req, manifest, served.model.tokenizer.vocab_size)
+        vocab = served.model.tokenizer.vocab_size
+        ids = sum(len(item) for item in req.inputs if not isinstance(item, str))
+        if ids * 8 <= INLINE_PARSE_BYTES:
+            check_for_model(req, manifest, vocab)
+        else:  # millions of token ids: ~15 ms of numpy, off the loop as their parse was
+            await asyncio.get_running_loop().run_in_executor(
+                self.parse_executor, check_for_model, req, manifest, vocab)
         n = len(req.inputs)
         work = _Work(req, served,
                      prompt=manifest.prompts.get(req.input_type, "") if req.input_type else "",
                      truncate=limits.truncate if req.truncate is None else req.truncate,
                      vectors=np.empty((n, req.dimensions or manifest.dimensions),
                                       dtype=np.float32),
-                     used=[0] * n, original=[0] * n)
+                     used=[0] * n, original=[0] * n, exact=[True] * n)
         keys = self._keys(work) if self._caching(req) else None
         misses = self._lookup(work, keys, caller.log) if keys is not None else list(range(n))
         if misses:
@@ -143,8 +204,10 @@ class EmbeddingsPath:
     def _keys(self, work: _Work) -> list[CacheKey]:
         manifest = work.served.model.manifest
         # A prompt is put before text only; token ids go to the model as sent.
-        return [CacheKey(work.served.id, item, work.prompt if isinstance(item, str) else "",
-                         manifest.max_tokens, work.req.dimensions)
+        return [CacheKey(work.served.id, item, work.prompt, manifest.max_tokens,
+                         work.req.dimensions) if isinstance(item, str) else
+                CacheKey(work.served.id, item.tobytes(), "", manifest.max_tokens,
+                         work.req.dimensions)
                 for item in work.req.inputs]
 
     def _lookup(self, work: _Work, keys: list[CacheKey], log: RequestLog) -> list[int]:
@@ -156,6 +219,7 @@ class EmbeddingsPath:
             else:
                 work.vectors[i] = entry.vector
                 work.used[i], work.original[i] = entry.used_tokens, entry.original_tokens
+                work.exact[i] = entry.exact
         hits = len(keys) - len(misses)
         if hits:
             self.metrics.cache.labels("hit").inc(hits)
@@ -168,7 +232,7 @@ class EmbeddingsPath:
         ttl = work.req.cache_control.ttl
         for i in computed:
             self.cache.put(keys[i], work.vectors[i], work.used[i], work.original[i], ttl=ttl,
-                           key_size=keys[i].size())
+                           key_size=keys[i].size(), exact=work.exact[i])
 
     # ---- tokenize, admit, run ----------------------------------------------------------------
     async def _compute(self, work: _Work, misses: list[int], caller: Caller) -> None:
@@ -179,22 +243,33 @@ class EmbeddingsPath:
         model = work.served.model
         items = [work.req.inputs[i] for i in misses]
         limit = model.manifest.max_tokens
-        estimate = sum(estimate_tokens(len(item), isinstance(item, str), limit)
+        estimate = sum(estimate_tokens(len(item), isinstance(item, str), limit,
+                                       model.tokenizer.scan_bound(len(item))
+                                       if isinstance(item, str) else 0)
                        for item in items)
+        chars = sum(len(item) for item in items)
         with engine.admitted(len(items), estimate, time_left_s=deadline - loop.time(),
                              timeout_s=timeout) as ticket:
             tokenize_start = time.perf_counter()
-            if sum(len(item) for item in items) <= INLINE_TOKENIZE_CHARS:
+            if chars <= INLINE_TOKENIZE_CHARS:
                 tokens = _tokenize(model.tokenizer, items, work.prompt)
             else:
-                try:
-                    tokens = await asyncio.wait_for(loop.run_in_executor(
-                        self.tokenizer_executor, _tokenize, model.tokenizer, items, work.prompt),
-                        max(0.0, deadline - loop.time()))
-                except TimeoutError:
-                    raise self._timeout() from None
+                executor = (self.short_tokenizer_executor if chars <= SHORT_TOKENIZE_CHARS
+                            else self.tokenizer_executor)
+                late: list[Tokenized] | None = None
+                # A timeout cancels the work if it has not started; if it has, the thread
+                # still skips it once the request's deadline passed or its client left.
+                with contextlib.suppress(TimeoutError):
+                    late = await asyncio.wait_for(loop.run_in_executor(
+                        executor, _tokenize_unless_late, model.tokenizer, items, work.prompt,
+                        deadline, caller.is_gone), max(0.0, deadline - loop.time()))
+                if late is None:
+                    self.metrics.rejected.labels("timeout").inc()
+                    raise self._timeout()
+                tokens = late
             for i, tok in zip(misses, tokens, strict=True):
                 work.used[i], work.original[i] = len(tok.ids), tok.original_tokens
+                work.exact[i] = tok.exact
             caller.log.phases.append(Phase(
                 "tokenize", tokenize_start, time.perf_counter(),
                 {"edge_embed.inputs": len(items),
@@ -228,7 +303,8 @@ class EmbeddingsPath:
             for i, (used, original) in enumerate(zip(work.used, work.original, strict=True)):
                 if original > used:
                     raise InvalidRequest(
-                        f"'{work.where(i)}' has {original} tokens, over this model's limit of "
+                        f"'{work.where(i)}' has {_count(original, work.exact[i])} tokens, over "
+                        f"this model's limit of "
                         f"{limit}; shorten it or send truncate: true to have it cut.",
                         param="input", code="context_length_exceeded")
         total = sum(work.used)
@@ -240,9 +316,9 @@ class EmbeddingsPath:
     # ---- the answer --------------------------------------------------------------------------
     def _result(self, work: _Work, log: RequestLog) -> EmbeddingResult:
         limit = work.served.model.manifest.max_tokens
-        warnings = tuple(_truncation_warning(i, original, used, limit)
-                         for i, (used, original) in enumerate(zip(work.used, work.original,
-                                                                  strict=True))
+        warnings = tuple(_truncation_warning(i, original, used, limit, exact)
+                         for i, (used, original, exact) in enumerate(zip(
+                             work.used, work.original, work.exact, strict=True))
                          if original > used)
         total = sum(work.used)
         model_id = work.served.id
@@ -277,8 +353,25 @@ def _tokenize(tokenizer: TextTokenizer, items: Sequence[TextInput], prompt: str)
     return [t for t in out if t is not None]
 
 
-def _truncation_warning(index: int, original: int, used: int, limit: int) -> dict[str, Any]:
+def _count(tokens: int, exact: bool) -> str:
+    return str(tokens) if exact else f"at least {tokens}"
+
+
+def _tokenize_unless_late(tokenizer: TextTokenizer, items: Sequence[TextInput], prompt: str,
+                          deadline: float, is_gone: Callable[[], bool]) -> list[Tokenized] | None:
+    """`_tokenize` in the tokenizer thread; None, at no cost, for a request already timed out
+    (`deadline`: the event loop's clock, time.monotonic) or whose client went away."""
+    if time.monotonic() >= deadline or is_gone():
+        return None
+    return _tokenize(tokenizer, items, prompt)
+
+
+def _truncation_warning(index: int, original: int, used: int, limit: int,
+                        exact: bool = True) -> dict[str, Any]:
+    """`original_tokens` is exact up to the tokenizer's `count_cap`; past it, a lower bound and
+    `original_tokens_exact` is false."""
     return {"index": index, "code": "input_truncated",
-            "message": f"input {index} has {original} tokens; it was cut to the model's limit "
-                       f"of {limit} tokens (send truncate: false to get an error instead).",
-            "original_tokens": original, "used_tokens": used}
+            "message": f"input {index} has {_count(original, exact)} tokens; it was cut to the "
+                       f"model's limit of {limit} tokens (send truncate: false to get an error "
+                       "instead).",
+            "original_tokens": original, "original_tokens_exact": exact, "used_tokens": used}

@@ -27,7 +27,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +136,12 @@ class ModelEngine:
             self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._jobs: deque[Job] = deque()
         self._wake = asyncio.Event()
+        # The express lane: one more run, on its own thread, for short jobs only, so that a
+        # sentence never waits for the long runs in flight (they take a second on a busy box).
+        self._express_wake = asyncio.Event()
+        self._express: asyncio.Task[None] | None = None
+        self._express_executor = ThreadPoolExecutor(1, thread_name_prefix="edge-embed-express")
+        self._long: set[Job] = set()  # jobs over one batch's budgets, queued or running
         self._workers: set[asyncio.Task[None]] = set()
         self._restarts: deque[float] = deque()
         self._stopping = False
@@ -160,6 +166,19 @@ class ModelEngine:
     def start(self) -> None:
         for _ in range(self.n_workers):
             self._spawn()
+        self._spawn_express()
+
+    def _spawn_express(self) -> None:
+        self._express = asyncio.get_running_loop().create_task(
+            self._express_worker(), name=f"express:{self.name}")
+        self._express.add_done_callback(self._on_express_done)
+
+    def _on_express_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stopping:
+            return
+        log.error("express worker for %s died; restarting it", self.name,
+                  exc_info=task.exception())
+        self._spawn_express()
 
     def _spawn(self) -> None:
         task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher:{self.name}")
@@ -188,11 +207,13 @@ class ModelEngine:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in list(self._workers):
+        tasks = [*self._workers, *([self._express] if self._express is not None else [])]
+        for task in tasks:
             task.cancel()
-        for task in list(self._workers):
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._express_executor.shutdown(wait=False, cancel_futures=True)
         self._fail_queued(Unavailable("The server is shutting down.",
                                       headers={"Retry-After": "1"}))
 
@@ -303,13 +324,22 @@ class ModelEngine:
         self.queued_tokens += tokens
         self._queue_gauge.set(self.queued_inputs)
         self._wake.set()
+        if self._short(job):
+            self._express_wake.set()
+        else:
+            self._long.add(job)
+            job.future.add_done_callback(lambda _: self._long.discard(job))
         return job
+
+    def _short(self, job: Job) -> bool:
+        return job.tokens <= self.batching.max_tokens and len(job.rows) <= self.batching.max_inputs
 
     def drop(self, job: Job, reason: str) -> None:
         """Drop the rows of `job` not yet run (its request timed out, was cancelled, went away)."""
         if job.dropped is not None:
             return
         job.dropped = reason
+        self._long.discard(job)
         untaken = len(job.rows) - job.taken
         if untaken:
             self.queued_inputs -= untaken
@@ -325,12 +355,38 @@ class ModelEngine:
             self.drop(job, "shutdown")
 
     # ---- batching ---------------------------------------------------------------------------
-    def _take_window(self) -> list[tuple[Job, int]]:
-        """Queued rows, in arrival order, up to WINDOW_BATCHES batches' worth."""
-        max_rows = self.batching.max_inputs * WINDOW_BATCHES
-        max_tokens = self.batching.max_tokens * WINDOW_BATCHES
+    def _take_short(self) -> tuple[list[tuple[Job, int]], int]:
+        """Whole short jobs (each within one batch's budgets), in arrival order, up to one
+        batch's worth: a sentence is not queued behind other requests' long documents, and
+        those still get the rest of every window."""
+        budget, rows = self.batching.max_tokens, self.batching.max_inputs
         window: list[tuple[Job, int]] = []
         tokens = 0
+        taken: list[Job] = []
+        for job in self._jobs:
+            if tokens >= budget or len(window) >= rows:
+                break
+            if (job.taken or not job.alive() or not self._short(job)
+                    or job.tokens > budget - tokens or len(job.rows) > rows - len(window)):
+                continue
+            window += [(job, r) for r in range(len(job.rows))]
+            tokens += job.tokens
+            job.taken = len(job.rows)
+            taken.append(job)
+        for job in taken:
+            self._jobs.remove(job)
+            self.queued_inputs -= len(job.rows)
+            self.queued_tokens -= job.tokens
+        if taken:
+            self._queue_gauge.set(self.queued_inputs)
+        return window, tokens
+
+    def _take_window(self) -> list[tuple[Job, int]]:
+        """Short jobs first (`_take_short`), then queued rows in arrival order, up to
+        WINDOW_BATCHES batches' worth."""
+        max_rows = self.batching.max_inputs * WINDOW_BATCHES
+        max_tokens = self.batching.max_tokens * WINDOW_BATCHES
+        window, tokens = self._take_short()
         while self._jobs and len(window) < max_rows and tokens < max_tokens:
             job = self._jobs[0]
             if not job.alive() or job.is_gone():
@@ -378,20 +434,49 @@ class ModelEngine:
             if not window:
                 continue
             try:
-                for batch in self._form_batches(window):
-                    await self._run(loop, batch)
+                batches = deque(self._form_batches(window))
+                while batches:
+                    # A short job that arrived during the last run goes next, not after the
+                    # rest of this window.
+                    short, _ = self._take_short()
+                    if short:
+                        window += short
+                        batches.extendleft(reversed(self._form_batches(short)))
+                    await self._run(loop, batches.popleft())
             except BaseException as exc:
-                # Whatever ended this worker, no job it held may hang until its timeout.
-                stopping = isinstance(exc, asyncio.CancelledError)
-                for job, _ in window:
-                    _fail(job, Unavailable("The server is shutting down.",
-                                           headers={"Retry-After": "1"}) if stopping else
-                          InternalError(f"The batching worker failed (request id "
-                                        f"{job.request_id}).",
-                                        extra={"request_id": job.request_id}))
+                self._fail_window(window, exc)
                 raise
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Job, int]]) -> None:
+    async def _express_worker(self) -> None:
+        """Runs short jobs as soon as they are queued while every batching worker is busy and
+        long jobs wait (a stream of short jobs alone is batched by the workers as before)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._express_wake.clear()
+            await self._express_wake.wait()
+            while self.running >= self.n_workers and self._long:
+                short, _ = self._take_short()
+                if not short:
+                    break
+                try:
+                    for batch in self._form_batches(short):
+                        await self._run(loop, batch, self._express_executor)
+                except BaseException as exc:
+                    self._fail_window(short, exc)
+                    raise
+
+    def _fail_window(self, window: list[tuple[Job, int]], exc: BaseException) -> None:
+        """Whatever ended a worker, no job it held may hang until its timeout."""
+        stopping = isinstance(exc, asyncio.CancelledError)
+        for job, _ in window:
+            _fail(job, Unavailable("The server is shutting down.",
+                                   headers={"Retry-After": "1"}) if stopping else
+                  InternalError(f"The batching worker failed (request id "
+                                f"{job.request_id}).",
+                                extra={"request_id": job.request_id}))
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Job, int]],
+                   executor: Executor | None = None) -> None:
         live: list[tuple[Job, int]] = []
         for job, row in batch:
             self._check_gone(job)
@@ -419,7 +504,8 @@ class ModelEngine:
         self.running_cost += cost
         self.in_flight.runs += 1
         try:
-            pooled = await loop.run_in_executor(self.executor, self._run_sync, rows, width, lone)
+            pooled = await loop.run_in_executor(executor or self.executor, self._run_sync, rows,
+                                                width, lone)
         except Exception as exc:  # an onnxruntime fault: fail this batch only
             self._fault(live, exc)
             return

@@ -30,6 +30,14 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 # A request is answered within this many seconds (queue + model) or gets 408. Shorter than the
 # drain timeout, so every request in flight when SIGTERM arrives ends inside the drain.
 REQUEST_TIMEOUT_S = 15.0
+# Bodies of at least LARGE_BODY_BYTES (or of no declared length) read and parsed at once; the
+# next gets 429 with Retry-After before its body is read. A 16 MiB body costs its bytes plus
+# what it parses into (16-64 MB of text, or 8 bytes a token id) while it is held: 2 of them stay
+# near 200 MB above the server's ~250 MB, inside a 512 MiB container; the parse has one thread,
+# so more at once would only wait.
+MAX_LARGE_BODIES = 2
+# Smaller bodies are not counted: 2048 sentences fit in less, and their memory is small.
+LARGE_BODY_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class RequestLimits:
     max_input_chars: int = MAX_INPUT_CHARS
     max_body_bytes: int = MAX_BODY_BYTES
     timeout_s: float = REQUEST_TIMEOUT_S
+    max_large_bodies: int = MAX_LARGE_BODIES
     # Over-long inputs: cut and warn (True), or 400 (False); a request's `truncate` wins.
     truncate: bool = True
 
@@ -105,6 +114,9 @@ class BatchPolicy:
 CACHE_ENTRIES = 10_000
 CACHE_BYTES = 64 * 1024 * 1024
 CACHE_TTL_S = 3600.0
+# The longest a request's `cache_control.ttl` may keep a vector (longer is cut to this): a day
+# covers a daily re-index, and entries of a model replaced since do not outlive it much.
+CACHE_MAX_TTL_S = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,7 @@ class CacheLimits:
     entries: int = CACHE_ENTRIES
     bytes: int = CACHE_BYTES
     ttl_s: float = CACHE_TTL_S
+    max_ttl_s: float = CACHE_MAX_TTL_S
 
     @property
     def enabled(self) -> bool:

@@ -116,7 +116,9 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                        "description": "query or passage: the bundle's prompts"},
                         "cache_control": {"type": "object", "nullable": True, "properties": {
                             "no_cache": {"type": "boolean"},
-                            "ttl": {"type": "number", "minimum": 0}}},
+                            "ttl": {"type": "number", "minimum": 0,
+                                    "description": "seconds; cut to the server's "
+                                                   f"{settings.cache.max_ttl_s:g} s at most"}}},
                     },
                 },
                 "Embedding": {"type": "object", "required": ["object", "index", "embedding"],
@@ -128,6 +130,11 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                 "Warning": {"type": "object", "properties": {
                     "index": {"type": "integer"}, "code": {"type": "string"},
                     "message": {"type": "string"}, "original_tokens": {"type": "integer"},
+                    "original_tokens_exact": {
+                        "type": "boolean",
+                        "description": "false: original_tokens is a lower bound (the server "
+                                       "counts an input's tokens up to 4x the model's limit, "
+                                       "1024 at least)"},
                     "used_tokens": {"type": "integer"}}},
                 "EmbeddingResponse": {
                     "type": "object", "required": ["object", "data", "model", "usage"],

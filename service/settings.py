@@ -179,6 +179,8 @@ _SCALARS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--max-request-tokens", _positive_int, "tokens per request, summed over its inputs"),
     ("--max-input-chars", _positive_int, "characters (or token ids) per input, before tokenizing"),
     ("--max-body-bytes", _positive_int, "request body size; larger bodies get 413"),
+    ("--max-large-bodies", _positive_int, "bodies of 1 MiB or more read and parsed at once; "
+     "the next gets 429 with Retry-After before it is read"),
     ("--batch-tokens", _positive_int, "padded tokens (longest x count) per model run"),
     ("--batch-inputs", _positive_int, "inputs per model run"),
     ("--batch-delay-ms", _non_negative_float, "wait to fill a batch when the worker is idle"),
@@ -198,6 +200,8 @@ _SCALARS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--cache-entries", _non_negative_int, "embedding cache entries (0: no cache)"),
     ("--cache-bytes", _non_negative_int, "embedding cache size in bytes"),
     ("--cache-ttl", _non_negative_float, "seconds a cached vector lives"),
+    ("--cache-max-ttl", _non_negative_float, "longest cache_control.ttl a request may ask "
+     "(longer is cut to this)"),
     ("--threads", _positive_int, "onnxruntime intra-op threads per run (default: CPUs / runs)"),
     ("--concurrent-runs", _positive_int, "model runs at once, all models together (default: "
      "CPUs, at most 4, or CPUs / --threads)"),
@@ -234,6 +238,7 @@ _GROUPED: dict[str, tuple[str, str]] = {
     "--max-request-tokens": ("requests", "max_request_tokens"),
     "--max-input-chars": ("requests", "max_input_chars"),
     "--max-body-bytes": ("requests", "max_body_bytes"),
+    "--max-large-bodies": ("requests", "max_large_bodies"),
     "--request-timeout": ("requests", "timeout_s"),
     "--truncate": ("requests", "truncate"),
     "--queue-inputs": ("queue", "max_inputs"),
@@ -246,6 +251,7 @@ _GROUPED: dict[str, tuple[str, str]] = {
     "--cache-entries": ("cache", "entries"),
     "--cache-bytes": ("cache", "bytes"),
     "--cache-ttl": ("cache", "ttl_s"),
+    "--cache-max-ttl": ("cache", "max_ttl_s"),
     "--header-timeout": ("connections", "header_timeout_s"),
     "--body-timeout": ("connections", "body_timeout_s"),
     "--keepalive-timeout": ("connections", "keepalive_timeout_s"),

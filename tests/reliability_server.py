@@ -102,3 +102,41 @@ def get_json(url: str, timeout: float = 30.0) -> Any:
     status, body = get(url, timeout)
     assert status == 200, f"GET {url}: {status} {body}"
     return body
+
+
+def token_ids_body(seed: int, model: str, size: int, low: int = 0, span: int = 100) -> bytes:
+    """A body of about `size` bytes (at most) of token-id inputs for `model`, each of the server's
+    largest input (MAX_INPUT_CHARS ids), ids in [low, low + span): a flood of large bodies."""
+    import orjson
+
+    from edge_embed.service.limits import MAX_INPUT_CHARS
+
+    ids = [low + (seed + k) % span for k in range(MAX_INPUT_CHARS)]
+    inputs = max(1, (size - 128) // (len(orjson.dumps(ids)) + 1))
+    return orjson.dumps({"model": model, "input": [ids] * inputs,
+                         "cache_control": {"no_cache": True}})
+
+
+def post_bodies(url: str, bodies: list[bytes],
+                timeout: float = 120.0) -> list[tuple[int, str]]:
+    """POST every body at once; (status, Retry-After) of each, (0, the error's name) where no
+    answer came."""
+    import asyncio
+
+    import aiohttp
+
+    async def post(session: aiohttp.ClientSession, body: bytes) -> tuple[int, str]:
+        try:
+            async with session.post(url, data=body,
+                                    headers={"Content-Type": "application/json"},
+                                    timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                await r.read()
+                return r.status, r.headers.get("Retry-After", "")
+        except aiohttp.ClientError as exc:
+            return 0, type(exc).__name__
+
+    async def send() -> list[tuple[int, str]]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            return list(await asyncio.gather(*(post(session, b) for b in bodies)))
+
+    return asyncio.run(send())

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import tracemalloc
 from typing import Any
 
 import numpy as np
+import pytest
 
-from edge_embed.service.cache import EmbeddingCache
+from edge_embed.service.cache import CacheKey, EmbeddingCache
 from edge_embed.service.limits import CacheLimits
 from tests.fixtures.server import MakeClient
 
@@ -21,7 +23,9 @@ def test_lru_by_entries_and_bytes() -> None:
     assert cache.get("a") is not None  # a is now the most recent
     cache.put("c", v, 3, 3)
     assert cache.get("b") is None and cache.get("a") is not None and len(cache) == 2
-    small = EmbeddingCache(CacheLimits(entries=100, bytes=2 * (16 + 200) + 10, ttl_s=10))
+    one = EmbeddingCache(CacheLimits(entries=100, bytes=10_000, ttl_s=10))
+    one.put("a", v, 3, 3)
+    small = EmbeddingCache(CacheLimits(entries=100, bytes=2 * one.bytes + 10, ttl_s=10))
     for key in "abc":
         small.put(key, v, 3, 3)
     assert len(small) == 2 and small.bytes <= small.max_bytes and small.get("a") is None
@@ -37,6 +41,48 @@ def test_ttl_and_override() -> None:
     now[0] = 11
     assert cache.get("a") is None and cache.get("b") is not None and cache.get("c") is None
     assert len(cache) == 1
+
+
+def test_a_requests_ttl_is_cut_to_the_servers_maximum() -> None:
+    now = [0.0]
+    cache = EmbeddingCache(CacheLimits(entries=10, bytes=10_000, ttl_s=10, max_ttl_s=50),
+                           clock=lambda: now[0])
+    v = np.zeros(2, dtype=np.float32)
+    cache.put("long", v, 1, 1, ttl=1e300)
+    cache.put("short", v, 1, 1, ttl=20)
+    now[0] = 49
+    assert cache.get("long") is not None
+    now[0] = 51
+    assert cache.get("long") is None and cache.get("short") is None
+
+
+@pytest.mark.parametrize("kind", ["token ids", "text with an emoji", "ascii text"])
+def test_bytes_counted_are_the_bytes_held(kind: str) -> None:
+    """What the byte bound counts per entry against what tracemalloc sees it take: never less
+    (a token-id input was counted at a quarter of its size, a text with one emoji too)."""
+    cache = EmbeddingCache(CacheLimits(entries=1_000, bytes=10**10, ttl_s=10))
+    vector = np.ones(384, dtype=np.float32)
+    entries = 50
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(entries):
+            item: str | bytes
+            if kind == "token ids":  # as the request path keys them: int64 bytes
+                item = np.arange(i, i + 65_536, dtype=np.int64).tobytes()
+            elif kind == "text with an emoji":
+                item = f"{i} " + "a" * 65_000 + "\N{GRINNING FACE}"
+            else:
+                item = f"{i} " + "a" * 1_000
+            key = CacheKey("m", item, "", 256, None)
+            cache.put(key, vector, 1, 2, key_size=key.size())
+            del item, key
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    per_entry, counted = held / entries, cache.bytes / entries
+    assert per_entry <= counted <= per_entry * 1.1 + 256, (kind, per_entry, counted)
+    assert len(cache) == entries
 
 
 def test_stored_vector_is_a_copy() -> None:

@@ -22,6 +22,17 @@ from .feeds import I64, Feed, PaddingSide, build_feeds, check_inputs
 from .pooling import F32, finish, pool_output
 from .runtime import ProviderChoice, RuntimeOptions, Sessions, create_sessions
 
+# An over-long text's tokens are counted exactly up to this many times the model's limit, and
+# past that only as "at least": counting a 64 K-character text whole cost ~50x what the model
+# needs of it (the first 256 tokens of ~1 K characters), in the one tokenizer thread.
+COUNT_TOKENS_FACTOR = 4
+# ... and up to at least this many, whatever the limit: a small model's (32 tokens) would stop
+# counting within a paragraph.
+COUNT_TOKENS_MIN = 1024
+# The first prefix tokenized is this many characters per token to count: English averages 4-5
+# per WordPiece/BPE token, so one pass covers most texts; a text with fewer tokens in it (long
+# runs of spaces, one huge word) gets a prefix twice as long, and so on to its end.
+PREFIX_CHARS_PER_TOKEN = 6
 # Batch size for the convenience `embed` (tools and tests); the service forms its own batches.
 EMBED_BATCH = 32
 
@@ -30,10 +41,24 @@ EMBED_BATCH = 32
 class Tokenized:
     ids: I64  # with the model's special tokens, already cut to the model's limit
     original_tokens: int  # before the cut, special tokens included
+    exact: bool = True  # False: `original_tokens` is a lower bound (TextTokenizer.encode)
 
     @property
     def truncated(self) -> bool:
         return self.original_tokens > len(self.ids)
+
+
+def _complete_words(enc: Encoding) -> int:
+    """Tokens before the last word of a prefix (the cut may have split that word), specials
+    included."""
+    words = enc.word_ids
+    last = next((j for j in range(len(words) - 1, -1, -1) if words[j] is not None), None)
+    if last is None:
+        return 0
+    start = last
+    while start > 0 and words[start - 1] == words[last]:
+        start -= 1
+    return start
 
 
 class TextTokenizer:
@@ -66,23 +91,73 @@ class TextTokenizer:
         return [], []
 
     def encode(self, texts: Sequence[str]) -> list[Tokenized]:
-        full: list[Encoding] = self._full.encode_batch(list(texts))
-        out = [Tokenized(np.asarray(e.ids, dtype=np.int64), len(e.ids)) for e in full]
-        long = [i for i, t in enumerate(out) if t.original_tokens > self.max_tokens]
-        if long:
-            # Over-long inputs are rare: re-encode just those with the tokenizer's own
-            # truncation, which keeps the closing special token where a plain slice would not.
-            cut = self._cut.encode_batch([texts[i] for i in long])
-            for i, enc in zip(long, cut, strict=True):
-                out[i] = Tokenized(np.asarray(enc.ids, dtype=np.int64), out[i].original_tokens)
-        return out
+        """Each text's ids cut to the limit, and its token count, from a bounded prefix.
 
-    def wrap_ids(self, ids: Sequence[int]) -> Tokenized:
+        A text is tokenized from its start, a prefix at a time (doubling), until the prefix is
+        the whole text or holds more than `count_cap` tokens in complete words; so the work is
+        bounded by the token limit, not by the text's length, and the count is exact up to that
+        bound (a lower bound, `exact=False`, past it).
+        """
+        cap = self.count_cap
+        out: list[Tokenized | None] = [None] * len(texts)
+        over: dict[int, tuple[str, Encoding]] = {}  # over the limit: the prefix and its encoding
+        pending = list(range(len(texts)))
+        budget = cap * PREFIX_CHARS_PER_TOKEN
+        while pending:
+            prefixes = [texts[i][:budget] for i in pending]
+            encodings: list[Encoding] = self._full.encode_batch(prefixes)
+            later: list[int] = []
+            for i, prefix, enc in zip(pending, prefixes, encodings, strict=True):
+                whole = len(prefix) == len(texts[i])
+                counted = len(enc.ids) if whole else _complete_words(enc) + len(self.suffix)
+                if not whole and counted <= cap:
+                    later.append(i)  # too few tokens in this prefix to be sure: a longer one
+                    continue
+                out[i] = Tokenized(np.asarray(enc.ids, dtype=np.int64), counted, exact=whole)
+                if counted > self.max_tokens:
+                    over[i] = (prefix, enc)
+            pending, budget = later, budget * 2
+        if over:
+            # Re-encoded with the tokenizer's own truncation, which keeps the closing special
+            # token where a plain slice would not; only up to the words the cut keeps.
+            order = list(over)
+            cut = self._cut.encode_batch([self._kept_words(*over[i]) for i in order])
+            for i, enc in zip(order, cut, strict=True):
+                done = out[i]
+                assert done is not None
+                out[i] = Tokenized(np.asarray(enc.ids, dtype=np.int64), done.original_tokens,
+                                   exact=done.exact)
+        return [t for t in out if t is not None]
+
+    @property
+    def count_cap(self) -> int:
+        """Tokens counted exactly: COUNT_TOKENS_FACTOR x the limit, COUNT_TOKENS_MIN at least."""
+        return max(self.max_tokens * COUNT_TOKENS_FACTOR, COUNT_TOKENS_MIN)
+
+    def scan_bound(self, chars: int) -> int:
+        """At most how many characters `encode` reads of a text of `chars` characters, in the
+        common case of a text whose first prefix holds enough tokens (both passes)."""
+        first = self.count_cap * PREFIX_CHARS_PER_TOKEN
+        return min(chars, first) + min(chars, self.max_tokens * PREFIX_CHARS_PER_TOKEN)
+
+    def _kept_words(self, text: str, enc: Encoding) -> str:
+        """The start of `text` up to the end of the word the limit's last token belongs to."""
+        last = self.max_tokens - len(self.suffix) - 1  # the last content token kept
+        words = enc.word_ids
+        if last >= len(words) or words[last] is None:
+            return text
+        for j in range(last + 1, len(words)):
+            if words[j] is not None and words[j] != words[last]:
+                return text[:enc.offsets[j][0]]
+        return text
+
+    def wrap_ids(self, ids: Sequence[int] | I64) -> Tokenized:
         """Token-id input (the model's own vocabulary): add the special tokens, cut to the limit."""
         original = len(self.prefix) + len(ids) + len(self.suffix)
         room = self.max_tokens - len(self.prefix) - len(self.suffix)
-        body = list(ids[:room]) if original > self.max_tokens else list(ids)
-        return Tokenized(np.asarray(self.prefix + body + self.suffix, dtype=np.int64), original)
+        body = np.asarray(ids[:room] if original > self.max_tokens else ids, dtype=np.int64)
+        return Tokenized(np.concatenate([np.asarray(self.prefix, dtype=np.int64), body,
+                                         np.asarray(self.suffix, dtype=np.int64)]), original)
 
 
 class BundleModel:

@@ -26,11 +26,13 @@ from edge_embed.core.bundle import MANIFEST_NAME
 from edge_embed.core.canary import CANARY_FILE
 from edge_embed.core.files import sha256
 from edge_embed.quantize.repro import manifest_without_build
+from edge_embed.service.limits import MAX_BODY_BYTES
 from edge_embed.service.process import ServiceProcess, free_port
 from edge_embed.service.settings import DRAIN_TIMEOUT_S
 from tests.container import engine
 from tests.container.sizes import MAX_ABOVE_BASE_BYTES
 from tests.fixtures.server import live_server
+from tests.reliability_server import post_bodies, token_ids_body
 
 pytestmark = pytest.mark.container
 
@@ -201,3 +203,34 @@ def test_runtime_layers_stay_small_and_the_model_image_adds_only_its_bundle(
           f"{(with_bundle - runtime) / 1e6:.1f} MB more (the bundle: {bundle / 1e6:.1f} MB)")
     assert 0 < runtime - base <= MAX_ABOVE_BASE_BYTES
     assert bundle <= with_bundle - runtime <= bundle + BUNDLE_LAYER_SLACK_BYTES
+
+
+# Twenty bodies of token ids just under the 16 MiB limit, at once, against a container capped at
+# 512 MiB: parsed as Python ints, each took ~160 MB, so a handful of them killed it.
+FLOOD_BODIES = 20
+FLOOD_BODY_BYTES = MAX_BODY_BYTES - 64 * 1024
+MEMORY_LIMIT = "512m"
+# MiniLM's vocabulary holds these ids (5 bytes each with the comma).
+FLOOD_LOW_ID = 1000
+FLOOD_STATUSES = {200, 413, 429, 503}
+
+
+def test_twenty_big_token_id_bodies_under_512_mib() -> None:
+    bundle = models() / BUNDLE
+    model = engine.manifest_id(bundle)
+    bodies = [token_ids_body(i, model, FLOOD_BODY_BYTES, low=FLOOD_LOW_ID)
+              for i in range(FLOOD_BODIES)]
+    with engine.running(engine.image(), free_port(), {"EDGE_EMBED_MODEL": IN_IMAGE},
+                        [(bundle, IN_IMAGE)], extra=["--memory", MEMORY_LIMIT]) as c:
+        c.wait_ready(READY_TIMEOUT_S)
+        answers = post_bodies(f"{c.url}/v1/embeddings", bodies)
+        running, oom, code = c.inspect(
+            "{{.State.Running}} {{.State.OOMKilled}} {{.State.ExitCode}}").split()
+        report = (f"{c.name} under --memory {MEMORY_LIMIT}: {answers}; running {running}, "
+                  f"OOM-killed {oom}, exit code {code}")
+        print("\n" + report)
+        assert (running, oom) == ("true", "false"), report + "\n" + c.logs()
+        assert {s for s, _ in answers} <= FLOOD_STATUSES, report
+        assert all(retry for s, retry in answers if s in (429, 503)), report
+        # Served normally after.
+        assert embed(c.url, model).shape == (len(TEXTS), 384)
