@@ -49,20 +49,19 @@ ACTOR_CPUS = 1
 # engine does; 1024 short rows are ~32 model runs, enough for the sort to pay, small in memory.
 RAY_BATCH_ROWS = 1024
 # Ray Data's block size for this job (its default is 128 MiB). A block is one actor call, so a
-# file must become many blocks for every actor to get a share (measured: a 20,000-row file read
-# as 4 blocks kept one of two actors busy, 0.57x local); Ray's readers cut blocks by bytes, and
-# bytes of text are about the work (tokens), so blocks of ~256 KiB of text hold ~1000 mixed-length
-# rows, or fewer long ones, each a few hundred ms of one actor's time.
+# file must become many blocks for every actor to get a share; Ray's readers cut blocks by
+# bytes, and bytes of text are about the work (tokens).
+# Figures: docs/measurements.md#ray_block_bytes
 RAY_BLOCK_BYTES = 256 * 1024
-# CPUs Ray reserves for each read, resume-filter and write task: none. Measured on 2 cores over
-# 20,000 texts, they used 0.5 of 48 CPU-seconds; with a CPU each they could only run while an
-# actor's CPU was free, and a pool that holds every CPU (the fastest layout) never frees one.
+# CPUs Ray reserves for each read, resume-filter and write task: none. They use little CPU, and
+# with a CPU each they could only run while an actor's CPU was free, which a pool that holds
+# every CPU (the fastest layout) never frees. Figures: docs/measurements.md#io_task_cpus
 IO_TASK_CPUS = 0
 # Idle Ray workers kept beyond the CPU count when the job starts its own Ray. Ray's default
 # keeps as many as there are CPUs; Ray Data's three helper actors and one embed actor per CPU
 # already exceed that, so Ray ended each write task's worker after a second idle and started a
-# new Python process (about 1 CPU-second) for the next one: measured on 2 cores, 10 restarts
-# and 10 of 72 CPU-seconds. The read, filter and write workers fit in this many.
+# new Python process for the next one (figures: docs/measurements.md#ray_spare_workers). The
+# read, filter and write workers fit in this many.
 RAY_SPARE_WORKERS = 8
 # Every Parquet file starts and ends with these 4 bytes; the smallest whole file is the two of
 # them around a 4-byte footer length.

@@ -270,9 +270,8 @@ def run(opts: QuantizeOptions) -> int:
         fused, fusion_ops = False, {}
         if opts.fuse:
             reporter.step("fusing the graph (onnxruntime transformer optimizer)")
-            # No SkipLayerNormalization: measured on MiniLM (2 cores, onnxruntime 1.31), its CPU
-            # kernel took ~2.2 ms per node where LayerNormalization + Add took ~0.25 ms; with it
-            # per-token int8 ran 1.55x fp32, without it 1.8x (quantize.speedtest).
+            # No SkipLayerNormalization: its CPU kernel is slower than LayerNormalization + Add
+            # (docs/measurements.md, "onnxruntime sessions on 2 cores"; quantize.speedtest).
             # The int8 word-embedding table needs the lookups as plain Gathers.
             fusion = fuse(model, skip_layer_norm=False,
                           embed_layer_norm=not int8_tables(opts))

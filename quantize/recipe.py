@@ -16,19 +16,9 @@ from dataclasses import dataclass
 from .pertoken import QMAX, UQMAX, UQMAX_7BIT
 from .saturation import SATURATION_FREE_QMAX, pair_sums_fit
 
-# The default recipe, measured on all-minilm-l6-v2 against its fp32 bundle (evaluation set, 520
-# inputs, every matmul int8; figures min / mean cosine):
-#   no lever 0.974 / 0.9969; smoothing alpha 0.3 / 0.4 / 0.5 / 0.6 / 0.7 / 0.8: 0.975 / 0.990 /
-#   0.993 / 0.994 / 0.991 / 0.977 (mean 0.9967 ... 0.9990, best at 0.6);
-#   7-bit weights + alpha 0.5 + least-squares ranges 0.986 / 0.9979;
-#   8-bit weights bounded by AVX2 lane pairs (pairs.py), least-squares ranges, alpha 0.5 / 0.55 /
-#   0.6 / 0.65 / 0.7: 0.992 / 0.994 / 0.993 / 0.993 / 0.990 (mean 0.9988 / 0.9989 / 0.9989 /
-#   0.9989 / 0.9987), as good as plain 8-bit (alpha 0.6: 0.992 / 0.9990).
-# Plain 8-bit weights saturate AVX2's 16-bit pair sums (their alpha 0.6 bundle's vectors on an
-# emulated AVX2 CPU agreed with its own VNNI vectors only to cosine 0.991); 7-bit weights and
-# pair-bounded 8-bit ones cannot (0.99999 under emulation, float rounding only). So the default
-# is pair-bounded 8-bit weights, the least-squares ranges and alpha 0.55: one set of vectors on
-# every x86 at plain 8-bit accuracy.
+# The default recipe: 8-bit weights bounded per AVX2 lane pair (plain 8-bit ones saturate AVX2's
+# 16-bit pair sums), least-squares ranges and alpha 0.55: one set of vectors on every x86 at plain
+# 8-bit accuracy. Figures: docs/quantization.md#default_alpha
 DEFAULT_ALPHA = 0.55
 BITS = (7, 8)
 KEPT_AS = ("fp32", "blocks")

@@ -20,18 +20,16 @@ from dataclasses import dataclass
 from .limits import BatchPolicy, QueueLimits
 
 # What one more model run costs beyond its tokens (session call, executor hop, pooling, the
-# worker's bookkeeping), in tokens of compute: on 2 cores int8 MiniLM takes ~0.9 ms for one
-# 12-token sentence and ~45 us a token in larger batches, so ~0.35 ms, ~8 tokens, of fixed cost
-# plus the Python around it. (Those figures are for 2-thread runs; a single-threaded run spends
-# about twice as long per token, so 16 errs towards fewer, larger runs.) Batches are cut where
-# padding would cost more than another run: 5.8 % padding on `make bench`'s mixed stream.
+# worker's bookkeeping), in tokens of compute; batches are cut where padding would cost more
+# than another run. Figures: docs/measurements.md#run_cost_tokens
 RUN_COST_TOKENS = 16
 # Weight of the newest run in the throughput average: the last ~10 runs count (a fraction of a
 # second under load), so a neighbour taking a core shows within a few runs, while one run
 # delayed by the scheduler moves the estimate by a fifth only.
 RATE_SMOOTHING = 0.2
-# Throughput assumed before any run was timed (cost units per second per run): int8 MiniLM
-# does ~25 K tokens/s on long inputs on 2 cores. Only a server that skipped its warm-up uses it.
+# Throughput assumed before any run was timed (cost units per second per run), under what int8
+# MiniLM does on 2 cores (docs/measurements.md#initial_cost_per_s). Only a server that skipped
+# its warm-up uses it.
 INITIAL_COST_PER_S = 10_000.0
 # A run in flight is, on average, half done when a request arrives.
 RUNNING_SHARE_LEFT = 0.5
@@ -43,8 +41,8 @@ RETRY_AFTER_MAX_S = 30
 # request's place only while it is tokenized; the exact count replaces it at submit.
 CHARS_PER_TOKEN_ESTIMATE = 4
 # Tokenizing, in the same unit: the tokenizer reads about this many characters in the CPU time
-# the model spends on one token (int8 MiniLM, 2 cores: ~0.8 us of CPU a character, ~80 us a
-# token), so a text's tokenizing is counted while it waits for the tokenizer.
+# the model spends on one token, so a text's tokenizing is counted while it waits for the
+# tokenizer. Figures: docs/measurements.md#tokenize_chars_per_token
 TOKENIZE_CHARS_PER_TOKEN = 100
 
 

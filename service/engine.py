@@ -541,12 +541,8 @@ class ModelEngine:
         flight (any model), nothing but that request's other rows is queued, and nothing is
         being tokenized.
 
-        Each condition was measured (`make bench`, the service against itself with every run
-        on the single-threaded session): "no run in flight" alone let 2-thread runs through in
-        the gaps of a steady concurrent stream, which then shared the CPUs with the next run
-        (0.7-0.9x on every concurrent workload); a batch of many callers' requests (c=16 single
-        sentences, all in one batch) is concurrent load too, and its callers' next requests
-        arrive while it runs.
+        Each condition keeps 2-thread runs out of concurrent load, where they share the CPUs
+        with the next run (figures: docs/measurements.md#modelengine_alone).
         """
         jobs = {id(job) for job, _ in live}
         return (len(jobs) == 1 and self.in_flight.runs == 0 and self.pending_inputs == 0

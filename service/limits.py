@@ -58,17 +58,10 @@ class RequestLimits:
 # they keep a server whose throughput estimate is off from holding unbounded bodies.
 QUEUE_INPUTS = 8192
 QUEUE_TOKENS = 300_000
-# Admission by time: a request is admitted only if the work ahead of it plus its own, at the
-# throughput measured so far, ends within this share of the time it has left. The rest is the
-# margin for what the estimate cannot see: a neighbour process taking a core mid-flight, the
-# estimate's lag after the load changes (it averages the last few runs), and longer inputs
-# costing more per token than the runs it was measured on. 0.5 lets the box get twice as slow
-# after a request was admitted and still answer it in time. Measured with the flood test (600
-# requests of 8 long texts, int8 MiniLM, 2 cores): with a steady CPU hog beside the server 0.7
-# kept every admitted request inside its 15 s deadline (goodput 1.00-1.08x the saturated
-# throughput), but when two more busy processes started mid-flood 27 of 114 admitted requests
-# still timed out. A smaller share costs no goodput while the queue holds more than the
-# scheduler's reaction time of work: the server stays busy either way.
+# Admission by time: admit only if the work ahead plus this request's, at the measured
+# throughput, ends within this share of its time left; the rest is margin for what the estimate
+# cannot see (a neighbour taking a core, its lag, costlier long inputs): the box may get twice
+# as slow after admission. Figures: docs/measurements.md#admit_deadline_share
 ADMIT_DEADLINE_SHARE = 0.5
 
 
@@ -81,23 +74,18 @@ class QueueLimits:
 
 # ---- batching ------------------------------------------------------------------------------
 # Padded tokens per model run (longest x count): 4 texts of 256 tokens, 32 of 32. Smaller runs
-# keep a single-threaded run's activations in cache (one 1024 x 1536 FFN tensor is 6 MB) and
-# bound the arena; short requests still batch 32 at a time (their throughput peaks there).
-# `make bench-sweep` against 8192 (two runs): 2048 gave long8 1.06-1.08x, mixed the same; then
-# against 2048: 1024 gave long8 1.06x and mixed 1.12x. `make bench` at 2048: RSS after all
-# workloads 393 MB instead of 567 MB at 8192.
+# keep a single-threaded run's activations in cache and bound the arena; short requests still
+# batch 32 at a time. Figures: docs/measurements.md#batch_tokens
 BATCH_TOKENS = 1024
-# Short inputs gain throughput up to batch 32 and lose it at 64 (int8 MiniLM, 2 cores:
-# 1260 to 2437 inputs/s).
+# Short inputs gain throughput up to batch 32 and lose it at 64 (docs/measurements.md#batch_inputs).
 BATCH_INPUTS = 32
 # Extra wait to fill a batch when the worker is free. 0: never wait; batches form from what
-# queues while a run is in flight, so an idle server answers at once (`make bench-sweep`:
-# 1 / 2 / 5 ms cut c=1 throughput to 0.53 / 0.42 / 0.21 and gained nothing elsewhere).
+# queues while a run is in flight, so an idle server answers at once
+# (figures: docs/measurements.md#batch_delay_ms).
 BATCH_DELAY_MS = 0.0
 # Pad batch widths up to a multiple of this (fewer distinct shapes for onnxruntime's arena).
-# 1, measured by `make bench`: 16 rounded ~21-token short batches up to 32 and made 46-51 % of
-# their computed tokens padding (0.73x raw throughput); the arena levels off anyway (~650 MB),
-# and --arena-shrink is the memory knob. A lone input is never padded.
+# 1: padding cost more throughput than the arena saved (--arena-shrink is the memory knob); a
+# lone input is never padded. Figures: docs/measurements.md#pad_multiple
 PAD_MULTIPLE = 1
 
 

@@ -53,9 +53,8 @@ FP32_GATE = 0.9999
 # Quantized bundles: the gate is the bundle's own measured worst case (quality.cosine_min, or
 # the canaries' agreement on the build machine if lower) less this margin, because int8 vectors
 # differ between CPUs: AVX-512 VNNI, AVX2-only (vpmaddubsw's 16-bit pair sums saturate) and ARM
-# dot-product kernels. Measured on MiniLM per-token int8 against fp32, the evaluation set's
-# minimum cosine was 0.9875 on an AVX-512 VNNI x86, 0.9840 on an AVX2-only x86 and 0.9891 on
-# arm64: at most 0.0035 apart; 0.01 is about three times that.
+# dot-product kernels. 0.01 is about three times the spread seen across those CPUs (figures:
+# docs/measurements.md#quantized_kernel_margin).
 QUANTIZED_KERNEL_MARGIN = 0.01
 # Agreement figures are rounded to this many decimals: enough to see a 1e-5 drift, and an fp32
 # bundle on its build machine reads exactly 1.0 rather than 0.99999994.

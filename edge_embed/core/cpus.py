@@ -49,13 +49,9 @@ def usable_cpus() -> int:
     return max(1, cpus)
 
 
-# Model runs at once when neither --concurrent-runs nor --threads is given. `make bench-sweep`
-# on 2 cores, three runs: 2 runs x 1 thread gave 1.1-1.5x the throughput of 1 run x 2 threads
-# on every workload but one sentence at concurrency 1 (0.9-1.1x, within noise). One run's serial
-# parts (the Python around it, pooling, kernels onnxruntime does not split) leave a thread idle
-# that another run fills. Capped because a run's latency grows as its share of threads shrinks:
-# a lone large request on a 16-core box should not get 1 thread (that side is not measured here:
-# the machine has 2 cores).
+# Model runs at once when neither --concurrent-runs nor --threads is given: single-threaded runs
+# side by side fill the threads that one run's serial parts leave idle; capped because a run's
+# latency grows as its share of threads shrinks. Figures: docs/measurements.md#default_max_runs
 DEFAULT_MAX_RUNS = 4
 
 

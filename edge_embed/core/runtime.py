@@ -1,7 +1,7 @@
 """Building the onnxruntime session: provider, threads, arena, graph optimization, in one place.
 
-Every number here is a default chosen from measurements on a 2-core machine (docs/measurements.md
-and `make bench`); each is overridable from settings.
+Every default here is chosen from measurements on a 2-core machine (docs/measurements.md,
+"onnxruntime sessions on 2 cores"); each is overridable from settings.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ _LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-# Intra-op threads spin a while after a run instead of sleeping: batch-1 latency 0.92 -> 0.55 ms
-# on 2 cores, batch throughput unchanged. The cost is CPU burnt while idle between requests,
-# which a box shared with other work may prefer to give back (--spinning off).
+# Intra-op threads spin a while after a run instead of sleeping: lower batch-1 latency, batch
+# throughput unchanged. The cost is CPU burnt while idle between requests, which a box shared
+# with other work may prefer to give back (--spinning off).
 SPINNING = True
 ALLOW_SPINNING_KEY = "session.intra_op.allow_spinning"
 
@@ -51,11 +51,11 @@ ALLOW_SPINNING_KEY = "session.intra_op.allow_spinning"
 class RuntimeOptions:
     providers: tuple[str, ...] = ("cpu",)
     provider_fallback: bool = False
-    # None: every CPU this process may use (one run alone: 2 threads gave 1.7-1.9x of 1 on 2
-    # cores). The service passes its thread plan (core/cpus.py: plan_threads) instead.
+    # None: every CPU this process may use (one run alone is faster on more threads). The
+    # service passes its thread plan (core/cpus.py: plan_threads) instead.
     intra_op_threads: int | None = None
-    # "auto": BASIC for a bundle already fused by the transformer optimizer (15-20 % faster than
-    # ALL there), ALL otherwise (~15 % faster than BASIC for an unfused graph).
+    # "auto": BASIC for a bundle already fused by the transformer optimizer, ALL otherwise: the
+    # faster of the two for each graph.
     graph_optimization: str = "auto"
     # The arena keeps peak buffers for reuse: fast for long batches, but RSS grows with every
     # new shape. Kept on; the engine bounds shapes by its token budget (--arena-shrink also
