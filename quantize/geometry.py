@@ -1,20 +1,12 @@
 """What a reference's geometry lets a quality gate judge: nearest neighbours, or similarity ranks.
 
-Nearest-neighbour agreement asks whether each input's most similar other input is the same
-under the candidate. That question has an answer only where the reference's nearest neighbour
-is clearly nearer than its second: where the two are tied within the candidate's similarity
-noise, even a candidate whose only fault is that noise flips a coin. A model whose vectors are
-all alike (random weights, a collapsed model) is tied everywhere: a random-weight BERT with CLS
-pooling scored nearest-neighbour agreement 0.65 for an int8 candidate at cosine >= 0.99999.
-
-So, from the reference itself: each input's gap between its nearest and second-nearest
-neighbour, set against the candidate's similarity noise (the spread of candidate - reference
-over all pairs), gives the agreement that a candidate whose only fault were that noise would be
-expected to score (`nn_expected`). Where that is below the nearest-neighbour gate, the gate
-cannot tell noise from damage, and the rank agreement of all pairwise similarities (Spearman)
-judges instead: it compares every pair, so it does not hinge on near-ties.
-
-float64 throughout: a collapsed model's pairwise similarities differ in their 6th-7th digit.
+Nearest-neighbour agreement has an answer only where the reference's nearest neighbour is clearly
+nearer than its second; where they are tied within the candidate's similarity noise (a model
+whose vectors are all alike is tied everywhere), even noise alone flips a coin. So the reference's
+gaps against the candidate's noise give the agreement a noise-only candidate would score
+(`nn_expected`); where that is below the gate, the rank agreement of all pairwise similarities
+(Spearman) judges instead. Figures: docs/measurements.md, Quantization (nearest-neighbour
+agreement). float64 throughout: a collapsed model's similarities differ in their 6th-7th digit.
 """
 
 from __future__ import annotations

@@ -1,24 +1,12 @@
 """8-bit weights whose AVX2 pair sums cannot saturate: the constraint on pairs, not on each weight.
 
-AVX2 without VNNI multiplies uint8 activations by int8 weights with `vpmaddubsw`, which adds two
-neighbouring products into a saturating int16 lane (saturation.py). Which two: onnxruntime's
-MLAS packs B (`MlasGemmU8S8CopyPackBAvx2`, and its matrix-vector kernel reads B the same way)
-as four consecutive K rows per column, and multiplies them with four consecutive bytes of an A
-row (`vpbroadcastd`), so the lane adds the products of K positions 2j and 2j+1. Measured under
-`qemu-x86_64 -cpu Haswell` (one row and four rows of 255s times a column holding 127 at two K
-positions): exactly the pairs (0, 1), (2, 3), ... saturated, no other pair of positions did.
-
-The activations are uint8 in [0, 255], so a pair's sum a1*w1 + a2*w2 lies between
-255 * (negative parts of w1, w2) and 255 * (positive parts). Weights of opposite signs cannot
-leave int16 (at most 255 * 127 each way); weights of the same sign can, unless their magnitudes
-add up to at most 32767 // 255 = 128. So 8-bit weights stay exact on every kernel when, for each
-pair (2j, 2j+1) of each column, the same-sign magnitudes sum to <= 128: a column keeps its
-8-bit step wherever its large weights do not sit next to same-signed large weights, where 7-bit
-weights (|w| <= 63) halve every column's resolution to rule out the worst pair.
-
-Two ways to meet it (`quantize_pairs`): the step set by the column's widest same-sign pair (no
-pair needs changing), or, with `clip`, the least-squared-error choice among that step, smaller
-ones, and the plain 8-bit step, each with the violating pairs shrunk onto the bound.
+AVX2's `vpmaddubsw` adds the u8 x s8 products of K positions 2j and 2j+1 into one saturating int16
+lane (saturation.py); with u8 activations only same-sign weights can leave it, and only when their
+magnitudes add up to more than 32767 // 255 = 128. `quantize_pairs` keeps each pair of each column
+within that: the step set by the column's widest same-sign pair (no pair needs changing), or, with
+`clip`, the least-squared-error choice among that step, smaller ones and the plain 8-bit step, with
+the violating pairs shrunk onto the bound. How the pairs were found (MLAS's packing, probed under
+emulation) and what the bound costs: docs/quantization.md, "8-bit weights that cannot saturate".
 """
 
 from __future__ import annotations

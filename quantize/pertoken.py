@@ -1,22 +1,17 @@
-"""Per-token int8: a scale per activation row, so a vector never depends on its batch-mates.
-
-onnxruntime's `quantize_dynamic` takes one activation scale over the whole padded batch, so one
-long or loud batch-mate changes everyone's rounding (measured: cosine alone vs batched down to
-0.959 on MiniLM). Here every row (token) gets its own scale from its own max |x|, built from
-standard operators plus onnxruntime's `MatMulIntegerToFloat`:
+"""Per-token int8: a scale per activation row, so a vector never depends on its batch-mates
+(onnxruntime's `quantize_dynamic` takes one scale over the whole padded batch: docs/measurements.md,
+Quantization). Every row (token) gets its own scale from its own max |x|, built from standard
+operators plus onnxruntime's `MatMulIntegerToFloat`:
 
     x2 = Reshape(x, [-1, K]);  s = max(ReduceMax(|x2|, axis 1) / 127, eps)        [N, 1]
     q  = QuantizeLinear(x2, s, 128, axis 0)   (uint8 around 128: the u8 x s8 VNNI path)
     y  = MatMulIntegerToFloat(q, W8, a_scale=s, b_scale=w_scale, a_zp=128) + bias
 
-`MatMulIntegerToFloat` accepts an A scale of shape [..., 1] (rows) and then rescales its output
-row by row (onnxruntime contrib_ops/cpu/quantization/dynamic_quantize_matmul.cc, `ScaleOutput`);
-the bias stays in the graph's own `Add`, after the row scale, where it belongs. One quantized
-input is shared by every matmul that reads the same tensor (Q, K and V).
-
-Weights are int8, symmetric, one scale per output column. That is the default variant (u8
-activations x s8 weights, row scale given to the kernel); quantize/variants.py lists the others
-(which integer types the kernel sees, where the row scale is applied) and why each exists.
+`MatMulIntegerToFloat` rescales its output row by row for an A scale of shape [..., 1]
+(onnxruntime contrib_ops/cpu/quantization/dynamic_quantize_matmul.cc, `ScaleOutput`); the bias
+stays in the graph's own `Add`, after it. One quantized input is shared by every matmul that reads
+the same tensor (Q, K and V). Weights: int8, symmetric, one scale per output column; the other
+variants: quantize/variants.py.
 """
 
 from __future__ import annotations

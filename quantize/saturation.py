@@ -1,18 +1,12 @@
 """Int8 arithmetic that cannot saturate on any CPU kernel, so every CPU computes the same sums.
 
-An int8 dot product is exact in 32-bit integers, but not every kernel gets there the same way.
-x86 without VNNI (AVX2, AVX-512 BW) multiplies uint8 activations by int8 weights with
-`vpmaddubsw`, which adds each pair of neighbouring products into a signed 16-bit lane with
-saturation: 255 * 127 * 2 = 64770 overflows 32767, so such a pair is clipped, and the result
-differs from VNNI's (`vpdpbusd`, 32-bit sums) and ARM's (widening multiplies). The same int8
-bundle then gives different vectors on different CPUs (measured: cosine 0.988 between an
-AVX2-only x86 and arm64 on MiniLM).
-
-With weights limited to |w| <= 63 (7 bits), a pair is at most 255 * 63 * 2 = 32130 < 32767:
-no 16-bit sum can overflow, every kernel's int32 accumulator is the exact dot product, and only
-the float operators around the matmuls (which round alike to a few ulps) differ between CPUs.
-8-bit weights can be exact too where each pair of K positions that one lane adds keeps its
-same-sign magnitudes to 128 (pairs.py); `saturation_free` checks exactly that on a graph.
+x86 without VNNI (AVX2, AVX-512 BW) multiplies u8 activations by s8 weights with `vpmaddubsw`,
+which adds each pair of neighbouring products into a saturating 16-bit lane (255 * 127 * 2 =
+64770 > 32767), so its sums, and the bundle's vectors, differ from VNNI's and ARM's 32-bit ones
+(figures: docs/measurements.md#saturationpy). With |w| <= 63 (7 bits) a pair is at most
+255 * 63 * 2 = 32130: every kernel's int32 accumulator is the exact dot product. 8-bit weights
+can be exact too where each lane's same-sign magnitudes stay within 128 (pairs.py);
+`saturation_free` checks exactly that on a graph.
 """
 
 from __future__ import annotations

@@ -1,21 +1,12 @@
 """Which matmuls to keep in fp32: measured on the evaluation set, not guessed from node names.
 
-One onnxruntime session holds every quantized matmul next to its fp32 twin, with a bool input
-per matmul choosing between them (`quantize_pertoken(..., switches=True)`: an `If`, so only the
-branch chosen runs), so any subset can be tried by feeding flags instead of building a session
-per subset. Then, greedily: find the
-inputs int8 gets most wrong, try leaving each remaining matmul in fp32, keep the one that lifts
-the worst cosine most for its size, repeat until the worst cosine reaches the target.
-
-"For its size": a matmul kept in fp32 costs time in proportion to its weight (K x N), so the gain
-is divided by that. MiniLM's FFN matmuls are 4x its attention ones; picking by raw gain kept an
-FFN matmul in fp32 where two attention ones did as well for half the cost.
-
-The search must choose the same matmuls on every machine and every run: cosines are compared on
-a grid (SCORE_STEP), near-equal candidates are ties broken by a fixed order (TIE_STEPS), and the
-probes are picked the same way, so the last digits that differ between CPUs' int8 kernels
-cannot flip a choice. The feed and the pooling are the service's own (core.feeds,
-core.pooling), so what is measured here is what the service will compute.
+One session holds every quantized matmul beside its fp32 twin, switched by a bool input each
+(`quantize_pertoken(..., switches=True)`, an `If`: only the chosen branch runs), so any subset is
+tried by feeding flags. Greedily: find the inputs int8 gets most wrong, try each remaining matmul
+in fp32, keep the one that lifts the worst cosine most per unit of weight size (its cost in time),
+repeat until the target. Choices are the same on every machine: cosines on a grid (SCORE_STEP),
+near-ties broken by a fixed order (TIE_STEPS). The feed and pooling are the service's own.
+What the search finds on MiniLM and mpnet: docs/quantization.md, "The fewest non-int8 matmuls".
 """
 
 from __future__ import annotations
@@ -51,9 +42,8 @@ MIN_GAIN = 0.001
 # Probe inputs: the evaluation set's worst under all-int8 (32 short rows: one session call).
 PROBES = 32
 # After the first step (every matmul tried), later steps try only the matmuls whose exclusion
-# helped most at the first step: MiniLM's later picks all came from its first step's top dozen,
-# and this keeps the search at ~60 session calls instead of ~105 (`make model` budget). With
-# the `If` switches those 57 calls take ~1 s on MiniLM (2 cores; ~7 s when both branches ran).
+# helped most at the first step, which keeps the search within `make model`'s time budget
+# (figures: docs/quantization.md#shortlist).
 SHORTLIST = 12
 # The scan that finds them cuts inputs at this many tokens: the worst cases are short inputs
 # (one-word inputs are int8's usual worst), and a 256-token scan of the long inputs would

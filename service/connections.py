@@ -1,18 +1,12 @@
 """Connections: counted at accept, capped, and closed when a request's headers do not arrive.
 
-aiohttp bounds the idle time between requests (keep-alive) and the time it reads and drops the
-rest of a body after an early answer (lingering); serve.py sets both, and the request path
-bounds the time a body may take (`read_body`). What aiohttp has no knob for is done here, at the
-transport: `ConnectionGuard.protocol(factory)` wraps aiohttp's protocol factory
-(`AppRunner.server`), so that
-
-- every accepted connection is counted (the `edge_embed_open_connections` gauge), and one past
-  `max_connections` is answered 503 and closed before aiohttp ever sees it;
-- a connection whose request headers are not complete `header_timeout_s` after it opened, or
-  after the first byte of a later request, is closed.
-
-The guard learns that a request's headers are complete from its middleware, which aiohttp runs
-once it has parsed them; until that request's answer is done, the header clock is off.
+What aiohttp has no knob for, done at the transport: `ConnectionGuard.protocol(factory)` wraps
+aiohttp's protocol factory (`AppRunner.server`) so that every accepted connection is counted
+(`edge_embed_open_connections`), one past `max_connections` is answered 503 and closed before
+aiohttp sees it, and one whose request headers are not complete `header_timeout_s` after it
+opened (or after the first byte of a later request) is closed. The middleware tells the guard
+when a request's headers are complete; the header clock is off until its answer is done.
+Keep-alive and lingering are aiohttp's own knobs (serve.py), a body's time the request path's.
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
 """The embeddings request path, in one place: parse → authorize → validate → cache → tokenize →
 admit → engine → pool → encode.
 
-`EmbeddingsPath.parse` turns a request's raw body into an `EmbeddingRequest` (a large one off the
-event loop); the path then takes it and who is calling, and returns an `EmbeddingResult` (or
-raises an `ApiError`). The HTTP layer (app.py) only reads the body, holding one of the
-`BodySlots` while it reads and parses a large one, and writes the answer.
-
-Every check of the request itself (schema, key, model, `dimensions`, `input_type`, token ids)
-runs before the cache is consulted. The checks that need token counts (an over-long input under
-`truncate: false`, the request's token total) run over every input in order, on the counts a
-cache entry keeps or on fresh ones from the tokenizer, before anything reaches the model: the
-same request gets the same answer with the cache on or off. The cache only makes it faster.
-
-Admission comes before tokenizing (on an estimate of the request's tokens), so that a flood is
-refused before it costs tokenizer time; the exact count replaces the estimate when the rows are
-queued.
+`EmbeddingsPath.parse` turns a raw body into an `EmbeddingRequest` (a large one off the event
+loop); the path returns an `EmbeddingResult` or raises an `ApiError`. Every check, token counts
+included, runs before anything reaches the model, on cached or fresh counts alike, so the cache
+only makes an answer faster; admission (on an estimate of the tokens) comes before tokenizing, so
+a flood is refused before it costs tokenizer time. More: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
 """The engine: a queue per model, micro-batches under a token budget, runs on a small executor.
 
-A request's token rows become a `Job`. Batching workers (asyncio tasks, one per allowed
-concurrent run) take a window of queued rows, sort it by length, cut it into batches whose padded
-cost (longest x count) stays under the token budget, and run each on the shared onnxruntime
-executor. A free worker runs at once (no batch delay by default); rows that arrive while a run
-is in flight are batched together on the next turn, which is where cross-request batching comes
-from.
-
-Reliability, built in rather than bolted on:
-- admission is by time (service/admission.py): a request whose work, behind what is queued,
-  would not end well within its deadline at the measured throughput gets `Overloaded` (429,
-  Retry-After) at once instead of waiting out its timeout; queued inputs and tokens are bounded
-  too, for memory;
-- a job whose request timed out or whose client went away is dropped before it reaches the
-  model, and counted (`edge_embed_dropped_inputs`);
-- a run that raises fails only that batch's jobs (500 with their request ids) and is recorded
-  for /health; a worker that dies is restarted, and past `worker_restarts` per minute the engine
-  is marked dead (/health and /ready 503) so that a supervisor restarts the process.
+A request's token rows become a `Job`. Batching workers (one per allowed concurrent run) take a
+window of queued rows, sort it by length, cut it into batches whose padded cost stays under the
+token budget, and run each on the onnxruntime executor; rows that arrive while a run is in flight
+batch together on the next turn. Admission by time (admission.py), dropped jobs, faults confined
+to their batch and restarted workers: docs/architecture.md, "The service, room by room".
 """
 
 from __future__ import annotations

@@ -3,14 +3,10 @@
 The tools list the files when they write a bundle (`entries`); the service checks them before it
 loads anything (`verify`), so that a copy cut short, a file replaced by another model's or an
 external-data file left behind stops start-up with the file's name, instead of an onnxruntime
-error deep in the graph or, worse, another model's vectors served under this id.
-
-Size is a stat. sha256 reads every byte, once: measured 1.8 GB/s on a 2-core AMD EPYC with the
-SHA extensions (MiniLM's 90 MB fp32 graph in 50 ms), ~2 s for a 4 GB model; the read also puts
-the files in the page cache that onnxruntime reads next. `--verify-files size` skips the hashes
-for multi-GB bundles on CPUs without SHA extensions (several times slower).
-
-Pure standard library: the serving install imports it at start-up.
+error deep in the graph or another model's vectors served under this id. sha256 reads every byte
+once (and fills the page cache onnxruntime reads next); `--verify-files size` skips it for
+multi-GB bundles on CPUs without SHA extensions (figures: docs/measurements.md, "Start-up file
+check"). Pure standard library: the serving install imports it at start-up.
 """
 
 from __future__ import annotations
