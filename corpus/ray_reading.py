@@ -1,20 +1,12 @@
 """Ray Data's readers with every row numbered where it is read: no zip, no order to keep.
 
-A row's number is its 0-based row across the inputs in the order given (the local mode's id
-and the key of exactly-once). Ray's file readers read each file whole, in one read task and
-from its start, and can say which file each row came from (`include_paths`). So a row's number
-is its file's first row number (from the validation pass's per-file counts) plus its position
-in the file: the read task counts rows per file as its blocks stream out, and a retried task
-counts again from the start of the file, as Ray's reader replays it. The number is a column
-from then on, so nothing downstream has to keep the order: Ray may hand blocks to any actor
-and write them in any order. (Numbering by zipping the input with `range(rows)` needed
-`preserve_order` and Ray's zip, which holds the whole corpus in the object store before it
-hands on its first row.)
-
-Each file's count is checked against the validation pass's as it is read: a reader that saw
-more rows than the validation pass stops before it hands on a misnumbered row, and one that
-saw fewer fails when its file is done.
-The read task leaves only the columns the job needs.
+A row's number (its 0-based row across the inputs in order: the local mode's id and the key of
+exactly-once) is its file's first row number, from the validation pass's per-file counts, plus its
+position in the file: Ray's file readers read each file whole, from its start, in one task (a
+retry replays it) and can say which file each row came from (`include_paths`). The number is a
+column from then on, so Ray may hand blocks to any actor and write them in any order. Each file's
+count is checked against the validation pass's as it is read, so no misnumbered row is handed on;
+the read task keeps only the columns the job needs. Why not a zip: docs/architecture.md, The tools.
 """
 
 from __future__ import annotations

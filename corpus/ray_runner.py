@@ -1,19 +1,13 @@
 """The same job on Ray Data: Ray's reader, an actor pool that loads the bundle once per actor,
 Ray's Parquet writer, the same manifest.
 
-Exactly once, and resumable, without a coordinator: every row carries its global row number
-from the read on (corpus/ray_reading.py: Ray's reader, each row numbered by its file's first
-row and its place in the file), and every shard Ray writes carries the row numbers it holds. A
-restart first drops any file that is not a whole Parquet file (Ray's writer does not rename into
-place; a killed writer leaves a file without its footer, which no reader opens), reads the `row`
-column of the rest, and filters those rows out before they reach an actor. The run ends by
-checking that the shards hold every row exactly once.
-
-Each actor takes ACTOR_CPUS CPUs and runs onnxruntime on that many threads (the service's
-thread plan for that many CPUs); the pool starts with as many actors as the cluster's CPUs
-allow, so it grows with the cluster. Reading, filtering and writing ask for no CPU of their own
-(IO_TASK_CPUS): they are about 1 % of the job's CPU time, and a task that waits for a whole
-CPU while the actors hold them all waits for ever.
+Exactly once and resumable without a coordinator: every row carries its global row number from
+the read on (ray_reading.py) and every shard Ray writes carries the row numbers it holds. A
+restart drops any file that is not a whole Parquet file (a killed writer leaves one without its
+footer), reads the `row` column of the rest and filters those rows out before they reach an
+actor; the run ends by checking that the shards hold every row exactly once. Actors take
+ACTOR_CPUS each and the pool grows with the cluster; reading, filtering and writing ask for no
+CPU (IO_TASK_CPUS).
 """
 
 from __future__ import annotations

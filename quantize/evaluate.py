@@ -24,8 +24,8 @@ from edge_embed.core.tooling import Reporter
 
 from .geometry import Geometry, measure
 
-# Batch-invariance probe: each probe input alone vs inside a padded batch of this many rows
-# (measured on MiniLM: 17 rows, one of them long, gave cosine 0.959 for dynamic int8).
+# Batch-invariance probe: each probe input alone vs inside a padded batch of this many rows, the
+# batch that showed dynamic int8's dependence (docs/measurements.md, Quantization).
 INVARIANCE_BATCH = 17
 # How many inputs are probed; spread over the kinds.
 INVARIANCE_PROBES = 16

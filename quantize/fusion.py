@@ -23,9 +23,9 @@ import onnx
 
 from .graph import MS_DOMAIN, has_opset
 
-# The operators whose presence means the graph is pre-fused: onnxruntime's session optimizer at
-# level ALL then costs 15-20 % against BASIC (measured on MiniLM int8, 2 cores), so the service
-# picks BASIC for such bundles.
+# The operators whose presence means the graph is pre-fused: onnxruntime's session optimizer is
+# slower at level ALL than BASIC there (docs/measurements.md, "onnxruntime sessions on 2
+# cores"), so the service picks BASIC for such bundles.
 FUSED_OPS = ("MultiHeadAttention", "Attention", "SkipLayerNormalization",
              "EmbedLayerNormalization", "BiasGelu", "FastGelu")
 

@@ -1,16 +1,11 @@
 """Weights read once from an ONNX file, for several onnxruntime sessions of one graph to share.
 
-The service keeps two sessions of a model when a lone request may use every core (see
-core/runtime.py): without this, each session holds its own copy of every weight. The ONNX
-file is a protobuf; only the few fields needed here are read (the runtime install has no `onnx`
-package): the graph's nodes (to know which node uses which weight) and its initializers' name,
-type, shape and raw bytes.
-
-Not every weight is worth sharing: onnxruntime "prepacks" the constant right-hand side of its
-matrix-multiply kernels into a layout of its own, per session, and frees the original. Shared,
-such a weight would stay alive beside each session's packed copy: more memory, not less. So
-only weights that no prepacking kernel consumes are shared (the embedding tables above all:
-47 MB of MiniLM's 90 MB).
+The service keeps two sessions of a model when a lone request may use every core (runtime.py);
+without this, each holds its own copy of every weight. Only the protobuf fields needed are read
+(the runtime install has no `onnx`): the nodes, and the initializers' name, type, shape and bytes.
+Only weights that no prepacking kernel consumes are shared (the embedding tables above all):
+onnxruntime repacks a matmul's constant weight per session, so a shared copy would stay alive
+beside each packed one (figures: docs/measurements.md, "The thread layout that follows the load").
 """
 
 from __future__ import annotations
