@@ -31,10 +31,9 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 # drain timeout, so every request in flight when SIGTERM arrives ends inside the drain.
 REQUEST_TIMEOUT_S = 15.0
 # Bodies of at least LARGE_BODY_BYTES (or of no declared length) read and parsed at once; the
-# next gets 429 with Retry-After before its body is read. A 16 MiB body costs its bytes plus
-# what it parses into (16-64 MB of text, or 8 bytes a token id) while it is held: 2 of them stay
-# near 200 MB above the server's ~250 MB, inside a 512 MiB container; the parse has one thread,
-# so more at once would only wait.
+# next gets 429 with Retry-After before its body is read. 2 held at once keep the server inside
+# a 512 MiB container, and the parse has one thread, so more at once would only wait
+# (figures: docs/measurements.md#max_large_bodies).
 MAX_LARGE_BODIES = 2
 # Smaller bodies are not counted: 2048 sentences fit in less, and their memory is small.
 LARGE_BODY_BYTES = 1024 * 1024
