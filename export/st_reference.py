@@ -1,16 +1,12 @@
 """What sentence-transformers itself does with a sentence-transformers folder: the token limit it
 applies and the token ids it feeds the model.
 
-sentence-transformers decides the limit in several places: the classic format's
-sentence_bert_config.json `max_seq_length` (or a legacy sentence_<arch>_config.json), else the
-tokenizer's `model_max_length` (tokenizer_config.json, where the 5.x format keeps it) capped at
-the position embeddings, and its processor arguments may change it again. Rather than
-reproduce that rule, the export loads the folder with `SentenceTransformer` (offline, on the
-CPU), reads `max_seq_length`, and keeps its tokenization of the evaluation texts and of an
-over-long input, which the bundle's tokenizer must reproduce (parity.check_tokenizer).
-
-The model is released before the export loads the torch model, so the weights are in memory
-once at a time.
+sentence-transformers decides the limit in several places (config files, the tokenizer's
+`model_max_length` capped at the position embeddings, processor arguments). Rather than reproduce
+that rule, the export loads the folder with `SentenceTransformer` (offline, on the CPU), reads
+`max_seq_length`, and keeps its tokenization of the evaluation texts and of an over-long input,
+which the bundle's tokenizer must reproduce (parity.check_tokenizer). The model is released
+before the export loads the torch model, so the weights are in memory once at a time.
 """
 
 from __future__ import annotations

@@ -1,17 +1,12 @@
 """OpenTelemetry traces over OTLP/HTTP, when the server is started with --otlp-endpoint.
 
 Imported only then (service/app.py imports it inside `create_app`): without the flag nothing of
-opentelemetry is imported and a request pays for nothing but the few `Phase` records the request
-path keeps anyway.
-
-Each HTTP request is a server span, a child of the caller's span when the request carries a W3C
-`traceparent` header. An embeddings request gets child spans for its steps, made when it ends
-from the timings the request path recorded (`RequestLog.phases`): `tokenize`, `queue` (from
-submit to its first model run) and one `inference` span per model run it took part in, with that
-run's real start and end. A run is shared by every request whose rows it batched; a span per run
-linked to its requests would sit in a trace of its own, where a trace viewer shows it apart from
-the requests it served. A span per request with the run's timing keeps each request's waterfall
-whole (queue, then its runs), and `edge_embed.batch_size` says how many inputs the run carried.
+opentelemetry is imported. Each HTTP request is a server span (a child of the caller's W3C
+`traceparent`); an embeddings request gets child spans built when it ends from the timings the
+request path recorded (`RequestLog.phases`): `tokenize`, `queue` and one `inference` span per
+model run it took part in, with that run's real start and end and `edge_embed.batch_size`. A
+span per request rather than one per shared run, which would sit in a trace of its own: each
+request's waterfall stays whole.
 """
 
 from __future__ import annotations
