@@ -32,8 +32,10 @@ pytestmark = pytest.mark.minilm
 
 # The server's own default deadline: the test takes what a user would get.
 REQUEST_TIMEOUT_S = 15.0
-# The flood's goodput against the saturated throughput measured beside it.
-MIN_GOODPUT_RATIO = 0.9
+# The flood's goodput against the saturated throughput measured beside it. Refusing the flood
+# is work too: reading and parsing ~570 refused bodies costs one core 1-2 s of a ~10 s window
+# (slowest 429 below), so a server that admits exactly right lands near 0.9, not at 1.0.
+MIN_GOODPUT_RATIO = 0.8
 # The slowest 429: the server reads and parses all 600 bodies (~11 KB each) before the last
 # one is refused, ~1-2 s on 2 cores beside the hog; far below the deadline a 408 would take.
 MAX_REFUSAL_S = 5.0
