@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Protocol
 
 from edge_embed.core import canary
 from edge_embed.core.bundle import Manifest, Quality
@@ -22,7 +23,17 @@ EXPORT_TOOLS = ("torch", "transformers", "optimum", "optimum-onnx", "sentence-tr
                 "huggingface-hub")
 
 
-def source_info(source: Source, settings: ModelSettings, graph: ExportedGraph) -> dict[str, object]:
+class Described(Protocol):
+    """What the source's record needs of a model's settings (an embedder's or a reranker's)."""
+
+    @property
+    def library(self) -> str: ...
+
+    @property
+    def model_type(self) -> str: ...
+
+
+def source_info(source: Source, settings: Described, graph: ExportedGraph) -> dict[str, object]:
     weights = weights_file(source.folder)
     return {
         "model": source.name,

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 TASK = "feature-extraction"
 LIBRARY = "transformers"
 OUTPUT = "last_hidden_state"
+# A cross-encoder: the sequence classifier whole, its logits [batch, labels] the output.
+RERANK_TASK = "text-classification"
+RERANK_OUTPUT = "logits"
 MODEL_FILE = "model.onnx"
 # optimum's own switch for writing external data below the 2 GB it needs it at (read when the
 # export runs).
@@ -49,7 +52,7 @@ class ExportedGraph:
     opset: int
 
 
-def check_supported(model_type: str) -> None:
+def check_supported(model_type: str, task: str = TASK) -> None:
     """Refuse, before loading any weights, an architecture optimum cannot export."""
     # Importing the ONNX exporter registers its model types with the TasksManager.
     import optimum.exporters.onnx.model_configs  # noqa: F401
@@ -63,8 +66,8 @@ def check_supported(model_type: str) -> None:
         encoders = [t for t in _TEXT_ENCODERS if t in known]
         raise ToolError(f"model_type '{model_type}' is not supported by optimum's ONNX exporter "
                         f"(text encoders it supports include {', '.join(encoders)})") from None
-    if TASK not in tasks:
-        raise ToolError(f"model_type '{model_type}' cannot be exported for {TASK} by optimum "
+    if task not in tasks:
+        raise ToolError(f"model_type '{model_type}' cannot be exported for {task} by optimum "
                         f"(it supports: {', '.join(tasks)})")
 
 
@@ -123,7 +126,8 @@ def external_files(model: onnx.ModelProto) -> list[str]:
 
 
 def export(model: PreTrainedModel, out: Path, opset: int | None,
-           external_data: bool = False) -> ExportedGraph:
+           external_data: bool = False, task: str = TASK,
+           output: str = OUTPUT) -> ExportedGraph:
     """Write `out/model.onnx` from the loaded torch model, its weights in `model.onnx_data`
     beside it when they pass protobuf's 2 GB or `external_data` asks for it."""
     import onnx
@@ -138,7 +142,7 @@ def export(model: PreTrainedModel, out: Path, opset: int | None,
             # torch.jit's TracerWarnings about constants in attention-mask helpers: the graph
             # is checked against torch afterwards, which is the test that matters.
             warnings.simplefilter("ignore")
-            onnx_export_from_model(model, output=scratch, opset=opset, task=TASK,
+            onnx_export_from_model(model, output=scratch, opset=opset, task=task,
                                    do_validation=False)
     except Exception as exc:  # the exporter raises many kinds; the user needs one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -162,8 +166,8 @@ def export(model: PreTrainedModel, out: Path, opset: int | None,
         raise ToolError(f"{exc}; model_type '{model.config.model_type}' cannot be served, no "
                         "bundle written") from None
     outputs = [o.name for o in proto.graph.output]
-    if OUTPUT not in outputs:
-        raise ToolError(f"the exported graph has no '{OUTPUT}' output (it has "
+    if output not in outputs:
+        raise ToolError(f"the exported graph has no '{output}' output (it has "
                         f"{', '.join(outputs)})")
     opsets = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
-    return ExportedGraph(inputs=inputs, output=OUTPUT, opset=opsets[0] if opsets else 0)
+    return ExportedGraph(inputs=inputs, output=output, opset=opsets[0] if opsets else 0)

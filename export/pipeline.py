@@ -16,6 +16,7 @@ from edge_embed.core.tooling import Reporter, ToolError, atomic_output, check_ou
 
 from . import manifest as manifest_mod
 from . import (
+    cross_encoder,
     onnx_export,
     parity,
     remote_code,
@@ -65,6 +66,17 @@ def run(opts: ExportOptions, reporter: Reporter) -> Path:
     reporter.step(f"reading the model's configuration in {src.folder}")
     # before anything transformers loads: loading is what runs a model's own code
     remote_code.check(src.folder, opts.trust_remote_code)
+    # a reranker first: its folder also reads as an embedder's, which it must never become
+    cross = cross_encoder.detect(src.folder)
+    if cross is not None:
+        cross_encoder.refuse_embedding_flags({
+            "--pooling": opts.pooling is not None, "--no-normalize": opts.normalize is False,
+            "--matryoshka": bool(opts.matryoshka)})
+        return cross_encoder.run(cross_encoder.RerankExport(
+            out=opts.out, bundle_id=opts.bundle_id or default_id(src.name),
+            aliases=opts.aliases, max_tokens=opts.max_tokens, opset=opts.opset,
+            external_data=opts.external_data, force=opts.force,
+            trust_remote_code=opts.trust_remote_code), src, cross, reporter)
     settings = st_config.read_settings(src.folder, max_tokens=opts.max_tokens,
                                        pooling=opts.pooling, normalize=opts.normalize)
     for dim in opts.matryoshka:

@@ -29,11 +29,22 @@ EXTERNAL_DATA_SUFFIX = "_data"
 
 Pooling = Literal["mean", "cls", "last"]
 Precision = Literal["fp32", "fp16", "int8"]
-OutputKind = Literal["token_embeddings", "sentence_embedding"]
+OutputKind = Literal["token_embeddings", "sentence_embedding", "logits"]
+# What a bundle serves: vectors for /v1/embeddings, or a cross-encoder's pair scores for the
+# rerank routes (core/rerank.py).
+Task = Literal["embed", "rerank"]
+# What turns a cross-encoder's logit into its relevance score, as CrossEncoder.predict applies it.
+Activation = Literal["sigmoid", "identity"]
+# How a pair over the token limit is cut: tokenizers' longest_first, what sentence-transformers'
+# CrossEncoder asks of the tokenizer (the longer side loses a token at a time).
+PairTruncation = Literal["longest_first"]
 
 POOLINGS: tuple[Pooling, ...] = ("mean", "cls", "last")
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
-OUTPUT_KINDS: tuple[OutputKind, ...] = ("token_embeddings", "sentence_embedding")
+OUTPUT_KINDS: tuple[OutputKind, ...] = ("token_embeddings", "sentence_embedding", "logits")
+TASKS: tuple[Task, ...] = ("embed", "rerank")
+ACTIVATIONS: tuple[Activation, ...] = ("sigmoid", "identity")
+PAIR_TRUNCATIONS: tuple[PairTruncation, ...] = ("longest_first",)
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -59,6 +70,36 @@ class Quality:
     # cosine between an input embedded alone and inside a padded batch of mixed lengths
     batch_invariance_min: float | None = None
     max_abs_diff: float | None = None
+
+
+@dataclass(frozen=True)
+class RankingQuality:
+    """A rerank bundle's scores against a reference (torch's CrossEncoder.predict for fp32, the
+    fp32 bundle for int8) on the repository's rerank evaluation set (queries with candidates)."""
+
+    reference: str  # "cross-encoder" (torch) or "fp32-bundle"
+    eval_set: str  # the set's name and sha256 prefix
+    n_queries: int
+    n_pairs: int
+    score_abs_max: float  # worst |score - reference score| over every pair
+    score_abs_mean: float
+    kendall_tau_min: float  # per query, the order of its candidates against the reference's
+    kendall_tau_mean: float
+    top1_agreement: float  # share of queries whose best candidate is the reference's
+    top3_agreement: float  # mean overlap of the top 3 with the reference's top 3
+    # the largest |score| change of a pair scored alone vs inside a padded batch of mixed pairs;
+    # None where not measured (export measures parity only)
+    batch_invariance_max_abs_diff: float | None = None
+
+
+@dataclass(frozen=True)
+class RerankInfo:
+    """A rerank bundle's scoring: its output is one logit per (query, document) pair."""
+
+    activation: Activation
+    truncation: PairTruncation
+    parity: RankingQuality | None = None  # fp32: against torch
+    quality: RankingQuality | None = None  # quantized: against the fp32 bundle
 
 
 @dataclass(frozen=True)
@@ -161,11 +202,16 @@ class Manifest:
     build: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
+    # absent in every bundle written before rerankers: an embedder
+    task: Task = "embed"
+    rerank: RerankInfo | None = None  # present exactly when task is "rerank"
 
     def to_json(self) -> str:
         data = asdict(self)
         # as recorded, not the parsed fields: the section round-trips byte for byte
         data["quantization"] = None if self.quantization is None else self.quantization.recorded
+        if self.task == "embed":  # an embedder's manifest reads as it did before rerankers
+            del data["task"], data["rerank"]
         return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
 
     def write(self, folder: Path) -> Path:
@@ -222,6 +268,38 @@ def _canary(data: Any, path: Path) -> CanaryInfo | None:
         if isinstance(value, bool) or not isinstance(value, int | float) or not -1 <= value <= 1:
             raise BundleError(path, f"{key} must be a cosine, a number in [-1, 1]", "canary")
     return info
+
+
+def _ranking(data: Any, path: Path, key: str) -> RankingQuality | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise BundleError(path, "must be an object or null", key)
+    try:
+        return RankingQuality(**data)
+    except TypeError as exc:
+        raise BundleError(path, f"has unexpected content ({exc})", key) from None
+
+
+def _rerank(data: Any, task: str, path: Path) -> RerankInfo | None:
+    if task != "rerank":
+        if data is not None:
+            raise BundleError(path, f"is only for task 'rerank' (this bundle's task is "
+                              f"'{task}')", "rerank")
+        return None
+    if not isinstance(data, dict):
+        raise BundleError(path, "must be an object (task 'rerank' needs it)", "rerank")
+    activation = data.get("activation")
+    if activation not in ACTIVATIONS:
+        raise BundleError(path, f"must be one of {', '.join(ACTIVATIONS)}, got "
+                          f"{json.dumps(activation)}", "rerank.activation")
+    truncation = data.get("truncation")
+    if truncation not in PAIR_TRUNCATIONS:
+        raise BundleError(path, f"must be one of {', '.join(PAIR_TRUNCATIONS)}, got "
+                          f"{json.dumps(truncation)}", "rerank.truncation")
+    return RerankInfo(cast(Activation, activation), cast(PairTruncation, truncation),
+                      _ranking(data.get("parity"), path, "rerank.parity"),
+                      _ranking(data.get("quality"), path, "rerank.quality"))
 
 
 def _files(data: Any, path: Path) -> dict[str, FileEntry]:
@@ -310,6 +388,11 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         if not isinstance(data.get(key, {}), dict):
             raise BundleError(path, "must be an object", key)
     normalize = _require(data, "normalize", bool, path)
+    task = data.get("task", "embed")
+    if task not in TASKS:
+        raise BundleError(path, f"must be one of {', '.join(TASKS)}, got {json.dumps(task)}",
+                          "task")
+    rerank = _rerank(data.get("rerank"), task, path)
     return Manifest(
         id=bundle_id,
         dimensions=dimensions,
@@ -336,6 +419,8 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         files=_files(data.get("files", {}), path),
         tools=dict(data.get("tools", {})),
         build=dict(data.get("build", {})),
+        task=cast(Task, task),
+        rerank=rerank,
     )
 
 

@@ -64,3 +64,59 @@ def load_eval_set(path: Path | None = None) -> EvalSet:
         raise ToolError(f"{path}: needs at least two non-empty items")
     digest = hashlib.sha256(raw).hexdigest()[:_HASH_PREFIX]
     return EvalSet(f"{path.name}@{digest}", tuple(items))
+
+
+# ---- the rerank evaluation set ---------------------------------------------------------------
+# edge_embed/core/data/rerank_eval.jsonl: one JSON object per line, {"id", "query",
+# "documents": [...]}: each query's candidates as a retriever would hand them to a reranker (its
+# paraphrase, unrelated questions, a long text, a word, another language), on which export checks
+# a reranker's scores against torch and quantize judges its int8 ranking.
+DEFAULT_RERANK_SET = Path(str(resources.files("edge_embed.core") / "data" / "rerank_eval.jsonl"))
+# Fewer candidates than this cannot show an order (top-3 agreement needs more than 3).
+_MIN_CANDIDATES = 4
+
+
+@dataclass(frozen=True)
+class RerankQuery:
+    id: str
+    query: str
+    documents: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RerankSet:
+    name: str  # "<file name>@<sha256 prefix>"
+    queries: tuple[RerankQuery, ...]
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(len(q.documents) for q in self.queries)
+
+
+def load_rerank_set(path: Path | None = None) -> RerankSet:
+    """The rerank evaluation set at `path` (default: the shipped one); a line that is not a
+    query with at least _MIN_CANDIDATES non-empty documents is refused by file and line."""
+    path = path or DEFAULT_RERANK_SET
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ToolError(f"cannot read the rerank evaluation set {path}: {exc.strerror}") from None
+    queries: list[RerankQuery] = []
+    for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            docs = tuple(str(d) for d in row["documents"])
+            item = RerankQuery(str(row["id"]), str(row["query"]), docs)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ToolError(f"{path}:{number}: not a rerank item ({exc})") from None
+        if (not item.query.strip() or len(docs) < _MIN_CANDIDATES
+                or not all(d.strip() for d in docs)):
+            raise ToolError(f"{path}:{number}: needs a query and at least {_MIN_CANDIDATES} "
+                            "non-empty documents")
+        queries.append(item)
+    if not queries:
+        raise ToolError(f"{path}: holds no queries")
+    digest = hashlib.sha256(raw).hexdigest()[:_HASH_PREFIX]
+    return RerankSet(f"{path.name}@{digest}", tuple(queries))

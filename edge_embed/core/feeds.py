@@ -42,12 +42,15 @@ class Feed:
 
 
 def build_feeds(rows: Sequence[I64], inputs: Sequence[str], *, pad_id: int,
-                side: PaddingSide = "right", width: int | None = None) -> Feed:
+                side: PaddingSide = "right", width: int | None = None,
+                segments: Sequence[I64] | None = None) -> Feed:
     """The arrays for `inputs` (the graph's input names) from token-id rows, padded on `side`.
 
     Rows are padded to the longest row, or to `width` if that is wider (the service pads to a
     few fixed widths so that onnxruntime reuses its buffers); a lone row is never padded, since
     it has no batch-mate to line up with and padding would only cost compute.
+    `segments`: each row's token type ids (a cross-encoder's pair: 0 for the query's side, 1 for
+    the document's, as the tokenizer gives them); None: all 0, as for a single text.
     """
     if not rows:
         raise ValueError("build_feeds needs at least one row")
@@ -55,10 +58,13 @@ def build_feeds(rows: Sequence[I64], inputs: Sequence[str], *, pad_id: int,
     width = longest if len(rows) == 1 else max(longest, width or 0)
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
+    types = np.zeros((len(rows), width), dtype=np.int64)
     for i, ids in enumerate(rows):
         span = slice(0, len(ids)) if side == "right" else slice(width - len(ids), width)
         input_ids[i, span] = ids
         mask[i, span] = 1
+        if segments is not None:
+            types[i, span] = segments[i]
     arrays: dict[str, I64] = {}
     for name in inputs:
         if name == "input_ids":
@@ -66,7 +72,7 @@ def build_feeds(rows: Sequence[I64], inputs: Sequence[str], *, pad_id: int,
         elif name == "attention_mask":
             arrays[name] = mask
         elif name == "token_type_ids":
-            arrays[name] = np.zeros_like(input_ids)
+            arrays[name] = types
         elif name == "position_ids":
             arrays[name] = position_ids(mask, side)
         else:

@@ -45,9 +45,9 @@ def pool(hidden: F32, mask: npt.NDArray[np.int64], mode: Pooling) -> F32:
 def pool_output(output: object, mask: npt.NDArray[np.int64], kind: OutputKind,
                 mode: Pooling) -> F32:
     """A graph's output -> one vector per row: token states are pooled, a sentence embedding
-    output (a graph with pooling inside) is taken as it is."""
+    output (a graph with pooling inside) or a classifier's logits are taken as they are."""
     array = np.asarray(output, dtype=np.float32)
-    return array if kind == "sentence_embedding" else pool(array, mask, mode)
+    return pool(array, mask, mode) if kind == "token_embeddings" else array
 
 
 def normalize(vectors: F32) -> F32:
