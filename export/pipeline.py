@@ -14,7 +14,6 @@ from edge_embed.core.bundle import Pooling
 from edge_embed.core.evalset import load_eval_set
 from edge_embed.core.tooling import Reporter, ToolError, atomic_output, check_output
 
-from . import manifest as manifest_mod
 from . import (
     cross_encoder,
     onnx_export,
@@ -26,6 +25,7 @@ from . import (
     tokenizer,
     torch_model,
 )
+from . import manifest as manifest_mod
 
 # The bundle id rule of core/bundle.py (_ID_RE): what a derived id is cleaned to.
 _ID_CHARS = re.compile(r"[^a-z0-9._:/-]+")

@@ -52,6 +52,7 @@ from .middleware import (
 )
 from .models import Registry, ServedModel
 from .openapi import openapi_spec
+from .rerank import RERANK_PATHS, RerankPath
 from .settings import Settings
 
 if TYPE_CHECKING:  # imported at run time only when --otlp-endpoint is given
@@ -105,6 +106,7 @@ CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 # Set by the `_engines` clean-up context, which owns them: present while the app runs.
 ENGINES = web.AppKey("engines", Engines)
 EMBEDDINGS = web.AppKey("embeddings", EmbeddingsPath)
+RERANK = web.AppKey("rerank", RerankPath)
 # Each model's canary check (core/canary.py), made at warm-up.
 CANARIES = web.AppKey("canaries", dict[str, canary.CanaryReport])
 
@@ -153,6 +155,8 @@ def create_app(settings: Settings, registry: Registry | None = None,
     app.cleanup_ctx.append(_engines)
     for path in EMBEDDING_PATHS:
         app.router.add_post(path, embeddings)
+    for path in RERANK_PATHS:
+        app.router.add_post(path, rerank)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
     app.router.add_get("/health", health)
@@ -217,6 +221,8 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
     app[EMBEDDINGS] = EmbeddingsPath(app[REGISTRY], engines, app[CACHE], metrics,
                                      settings.requests, tokenizer_executor,
                                      short_tokenizer_executor, parse_executor)
+    app[RERANK] = RerankPath(app[REGISTRY], engines, metrics, settings.requests,
+                             tokenizer_executor, short_tokenizer_executor, parse_executor)
     loop = asyncio.get_running_loop()
     lone_sessions: list[asyncio.Future[None]] = []
     try:
@@ -324,6 +330,27 @@ async def embeddings(request: web.Request) -> web.Response:
     with path.bodies.hold(request.content_length):  # a 429 before a large body is read
         req = await path.parse(await read_body(request, settings.requests.max_body_bytes,
                                                settings.connections.body_timeout_s, started))
+    transport = request.transport
+    rlog = request[LOG_KEY]
+    result = await path(req, Caller(
+        key=request.get(API_KEY), log=rlog, started=started,
+        is_gone=lambda: transport is None or transport.is_closing()))
+    return web.Response(body=result.body(rlog.request_id), content_type=_JSON,
+                        headers={TRUNCATED_HEADER: str(len(result.warnings))})
+
+
+async def rerank(request: web.Request) -> web.Response:
+    """The rerank routes (service/rerank.py): the body's shape is told by route and fields."""
+    app = request.app
+    started = asyncio.get_running_loop().time()
+    settings = app[SETTINGS]
+    require_json(request)
+    path = app[RERANK]
+    # the one bound on large bodies read at once, embeddings' and reranks' together
+    with app[EMBEDDINGS].bodies.hold(request.content_length):
+        req = await path.parse(await read_body(request, settings.requests.max_body_bytes,
+                                               settings.connections.body_timeout_s, started),
+                               request.path)
     transport = request.transport
     rlog = request[LOG_KEY]
     result = await path(req, Caller(

@@ -162,6 +162,7 @@ class EmbeddingsPath:
     async def __call__(self, req: EmbeddingRequest, caller: Caller) -> EmbeddingResult:
         limits = self.limits
         served = self.registry.get(req.model, partial(Authenticator.may_use, caller.key))
+        served.require("embed")
         caller.log.model, caller.log.inputs = served.id, len(req.inputs)
         manifest = served.model.manifest
         vocab = served.model.tokenizer.vocab_size
@@ -281,7 +282,7 @@ class EmbeddingsPath:
             raise
         caller.log.queue_ms = job.queue_s * 1000
         caller.log.inference_ms = job.inference_s * 1000
-        _record_engine_phases(caller.log, job)
+        record_engine_phases(caller.log, job)
         work.vectors[misses] = model.finish(pooled, work.req.dimensions)
 
     def _timeout(self) -> RequestTimeout:
@@ -321,7 +322,7 @@ class EmbeddingsPath:
         return EmbeddingResult(model_id, work.vectors, work.req.encoding_format, total, warnings)
 
 
-def _record_engine_phases(log: RequestLog, job: Job) -> None:
+def record_engine_phases(log: RequestLog, job: Job) -> None:
     """The job's wait in the queue and each model run it took part in (a run may carry other
     requests' rows too: its batch size says so)."""
     if job.started is not None:

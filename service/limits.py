@@ -18,8 +18,13 @@ from dataclasses import dataclass
 # ---- one request ---------------------------------------------------------------------------
 # OpenAI's own limit on inputs per request; clients (LangChain, the SDKs) chunk to it.
 MAX_INPUTS = 2048
-# OpenAI's limit on tokens summed over one request's inputs.
+# OpenAI's limit on tokens summed over one request's inputs (a rerank request's pairs too).
 MAX_REQUEST_TOKENS = 300_000
+# Documents one rerank request may score: Cohere's own ceiling (its API documents 1,000 as the
+# most it takes per request), and a reranker's use (the top hits of a search, 20-100) is far
+# below it. Each document is a pair with the query through the whole model: 1,000 pairs of a
+# few hundred tokens are already most of the request timeout on a 2-core box.
+MAX_RERANK_DOCUMENTS = 1000
 # A character bound checked before tokenizing, so that a hostile 100 MB string costs nothing:
 # 64 Ki characters is far beyond any model's token limit (MiniLM: 256 tokens ~ 1-2 K characters)
 # yet leaves room for documents that are meant to be cut with a warning.
@@ -47,6 +52,7 @@ class RequestLimits:
     max_body_bytes: int = MAX_BODY_BYTES
     timeout_s: float = REQUEST_TIMEOUT_S
     max_large_bodies: int = MAX_LARGE_BODIES
+    max_rerank_documents: int = MAX_RERANK_DOCUMENTS
     # Over-long inputs: cut and warn (True), or 400 (False); a request's `truncate` wins.
     truncate: bool = True
 

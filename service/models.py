@@ -5,21 +5,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_embed.core import files
-from edge_embed.core.bundle import load_manifest
+from edge_embed.core.bundle import RerankInfo, Task, load_manifest
 from edge_embed.core.encoder import BundleModel
 from edge_embed.core.errors import BundleError
 from edge_embed.core.files import VerifyMode
+from edge_embed.core.rerank import open_bundle
 from edge_embed.core.runtime import RuntimeOptions
 
 from .advice import bundle_warnings
-from .errors import ModelNotFound
+from .errors import InvalidRequest, ModelNotFound
 
 log = logging.getLogger("edge_embed.models")
+
+_TASK_WORDS: dict[Task, str] = {"embed": "it is an embedding model (vectors)",
+                                "rerank": "it is a reranker (a cross-encoder scoring pairs)"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,20 @@ class ServedModel:
     @property
     def names(self) -> tuple[str, ...]:
         return (self.id, *self.model.manifest.aliases)
+
+    @property
+    def task(self) -> Task:
+        return self.model.manifest.task
+
+    def require(self, task: Task) -> None:
+        """400 naming this model's task where a request asks it for another."""
+        if self.task != task:
+            route = "/v1/rerank" if self.task == "rerank" else "/v1/embeddings"
+            raise InvalidRequest(
+                f"The model '{self.id}' serves task '{self.task}', not '{task}': "
+                f"{_TASK_WORDS[self.task]}; send it to {route}, or name a model of task "
+                f"'{task}' (GET /v1/models lists each model's task).", param="model",
+                code="wrong_model_task")
 
     def warnings(self) -> list[str]:
         """What the operator should fix about serving this bundle here (service/advice.py)."""
@@ -60,8 +78,17 @@ class ServedModel:
             "input_types": sorted(m.prompts), "provider": list(p.used),
             "provider_requested": list(p.requested), "provider_fell_back": p.fell_back,
             "provider_message": p.message or None, "quality": quality,
-            "source": m.source.get("model"), "canary": canary,
+            "source": m.source.get("model"), "canary": canary, "task": m.task,
+            "rerank": None if m.rerank is None else _rerank_info(m.rerank),
         }
+
+
+def _rerank_info(info: RerankInfo) -> dict[str, Any]:
+    """A reranker's scoring and its measured ranking agreement (parity with torch for fp32,
+    against the fp32 bundle for a quantized one)."""
+    return {"activation": info.activation, "truncation": info.truncation,
+            "parity": None if info.parity is None else asdict(info.parity),
+            "quality": None if info.quality is None else asdict(info.quality)}
 
 
 class Registry:
@@ -87,7 +114,7 @@ class Registry:
             checked = files.verify(folder, load_manifest(folder), verify)
             log.info("bundle %s: files match bundle.json (%s, %.1f MB) in %.0f ms", folder, verify,
                      checked / 1e6, (time.perf_counter() - started) * 1000)
-            served.append(ServedModel(BundleModel(folder, options)))
+            served.append(ServedModel(open_bundle(folder, options)))
         return cls(served)
 
     def __iter__(self) -> Iterator[ServedModel]:

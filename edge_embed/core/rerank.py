@@ -72,15 +72,28 @@ class PairTokenizer:
         self._cut.enable_truncation(max_tokens, strategy="longest_first")
         self._cut.no_padding()
 
-    def encode(self, query: str, documents: Sequence[str]) -> list[Tokenized]:
+    def encode(self, query: str, documents: Sequence[str],
+               max_doc_tokens: int | None = None) -> list[Tokenized]:
+        """Each pair's ids, cut to the limit, and its token count before any cut.
+
+        `max_doc_tokens` (Cohere's max_tokens_per_doc): a document longer than that many tokens
+        is first cut at its end to that many, then the pair as always.
+        """
         budget = self.count_cap * PREFIX_CHARS_PER_TOKEN
         q = query[:budget]
         docs = [d[:budget] for d in documents]
         full: list[Encoding] = self._full.encode_batch([(q, d) for d in docs])
-        over = [i for i, enc in enumerate(full) if len(enc.ids) > self.max_tokens]
+        kept = list(docs)
+        if max_doc_tokens is not None:
+            alone = self._full.encode_batch(docs, add_special_tokens=False)
+            for i, enc in enumerate(alone):
+                if len(enc.ids) > max_doc_tokens:
+                    kept[i] = docs[i][:enc.offsets[max_doc_tokens - 1][1]]
+        over = [i for i, enc in enumerate(full)
+                if len(enc.ids) > self.max_tokens or kept[i] is not docs[i]]
         cut: dict[int, Encoding] = {}
         if over:
-            cut = dict(zip(over, self._cut.encode_batch([(q, docs[i]) for i in over]),
+            cut = dict(zip(over, self._cut.encode_batch([(q, kept[i]) for i in over]),
                            strict=True))
         out: list[Tokenized] = []
         for i, enc in enumerate(full):
