@@ -32,6 +32,97 @@ _COMMON_ERRORS = {
 }
 
 
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _rerank_spec(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The rerank routes (service/rerank.py) and their schemas: (paths, schemas)."""
+    limits = settings.requests
+    text = {"type": "string", "pattern": "\\S", "maxLength": limits.max_input_chars}
+    documents = {"type": "array", "minItems": 1, "maxItems": limits.max_rerank_documents,
+                 "items": {"anyOf": [text, {"type": "object", "required": ["text"],
+                                            "properties": {"text": text}}]}}
+    flag = {"type": "boolean", "nullable": True}
+    count = {"type": "integer", "minimum": 1, "nullable": True}
+    common = {"query": text, "documents": documents,
+              "top_n": {**count, "description": "at most the number of documents"},
+              "truncate": {**flag, "description": "cut over-long pairs (warn) or refuse"},
+              "max_tokens_per_doc": {**count, "description": "cut (or with truncate false, "
+                                                             "refuse) longer documents"}}
+    model = {"type": "string", "minLength": 1}
+    schemas: dict[str, Any] = {
+        "RerankRequest": {"type": "object", "required": ["model", "query", "documents"],
+                          "properties": {"model": model, **common, "return_documents": {
+                              **flag, "description": "default true"}}},
+        "RerankRequestV2": {"type": "object", "required": ["model", "query", "documents"],
+                            "properties": {"model": model, **common}},
+        "TeiRerankRequest": {"type": "object", "required": ["query", "texts"], "properties": {
+            "model": {**model, "nullable": True,
+                      "description": "required where several rerankers are served"},
+            "query": text, "texts": documents, "top_n": common["top_n"],
+            "raw_scores": {**flag, "description": "the logits, before the activation"},
+            "return_text": flag, "truncate": common["truncate"],
+            "truncation_direction": {"type": "string", "enum": ["right", "Right"],
+                                     "nullable": True}}},
+        "RerankResult": {"type": "object", "required": ["index", "relevance_score"],
+                         "properties": {"index": {"type": "integer", "minimum": 0},
+                                        "relevance_score": {"type": "number"},
+                                        "document": {"type": "object", "required": ["text"],
+                                                     "properties": {"text": {
+                                                         "type": "string"}}}}},
+        "RerankResponse": {"type": "object", "required": ["id", "model", "results", "usage"],
+                           "properties": {
+                               "id": {"type": "string"}, "model": {"type": "string"},
+                               "results": {"type": "array", "items": _ref("RerankResult")},
+                               "usage": {"type": "object", "required": ["total_tokens"],
+                                         "properties": {"total_tokens": {"type": "integer"}}},
+                               "warnings": {"type": "array", "items": _ref("Warning")}}},
+        "RerankResponseV2": {"type": "object", "required": ["id", "results", "meta"],
+                             "properties": {
+                                 "id": {"type": "string"},
+                                 "results": {"type": "array", "items": _ref("RerankResult")},
+                                 "meta": {"type": "object"},
+                                 "warnings": {"type": "array", "items": _ref("Warning")}}},
+        "TeiRerankResponse": {"type": "array", "items": {
+            "type": "object", "required": ["index", "score"],
+            "properties": {"index": {"type": "integer", "minimum": 0},
+                           "score": {"type": "number"}, "text": {"type": "string"}}}},
+    }
+
+    def op(name: str, summary: str, request: dict[str, Any],
+           response: dict[str, Any]) -> dict[str, Any]:
+        return {"post": {
+            "operationId": name, "summary": summary,
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": request}}},
+            "responses": {
+                "200": {"description": "Documents ranked by score, best first",
+                        "content": {"application/json": {"schema": response}},
+                        "headers": {"X-Edge-Embed-Truncated": {
+                            "description": "How many pairs were cut at the model's limit",
+                            "schema": {"type": "integer"}}}},
+                "400": _err("Invalid request (names the field and document), or a model "
+                            "of another task"),
+                "408": _err("The request did not finish within the request timeout"),
+                "413": _err("Body over the size limit"),
+                "415": _err("Content-Type is not application/json"),
+                "429": _err("Overloaded (Retry-After)"),
+                **_COMMON_ERRORS}}}
+
+    paths = {
+        "/v1/rerank": op("rerank", "Rerank documents (Jina / Cohere v1 body)",
+                         _ref("RerankRequest"), _ref("RerankResponse")),
+        "/rerank": op("rerankTei", "Rerank: Jina / Cohere v1 body, or text-embeddings-"
+                      "inference's (with texts; a bare array answers it)",
+                      {"anyOf": [_ref("RerankRequest"), _ref("TeiRerankRequest")]},
+                      {"anyOf": [_ref("RerankResponse"), _ref("TeiRerankResponse")]}),
+        "/v2/rerank": op("rerankV2", "Rerank documents (Cohere v2 body)",
+                         _ref("RerankRequestV2"), _ref("RerankResponseV2")),
+    }
+    return paths, schemas
+
+
 def openapi_spec(settings: Settings) -> dict[str, Any]:
     token_ids = {"type": "array", "minItems": 1, "maxItems": settings.requests.max_input_chars,
                  "items": {"type": "integer", "minimum": 0}}
@@ -55,6 +146,7 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
     }
     probe = {"description": "Status", "content": {"application/json": {
         "schema": {"type": "object"}}}}
+    rerank_paths, rerank_schemas = _rerank_spec(settings)
     return {
         "openapi": "3.0.3",
         "info": {"title": "edge-embed", "version": __version__,
@@ -63,6 +155,7 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
             **{p: {"post": {**embeddings_op, "operationId": f"createEmbedding{i}"}}
                for i, p in enumerate(("/v1/embeddings", "/embeddings", "/api/embeddings",
                                       "/api/v2/embeddings"))},
+            **rerank_paths,
             "/v1/models": {"get": {"operationId": "listModels", "summary": "Served models",
                                    "responses": {"200": _ok("Models", "ModelList"),
                                                  **_COMMON_ERRORS}}},
@@ -156,6 +249,10 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                          "dimensions": {"type": "integer"},
                                          "max_tokens": {"type": "integer"},
                                          "precision": {"type": "string"},
+                                         "task": {"type": "string",
+                                                  "enum": ["embed", "rerank"]},
+                                         # a reranker's activation, cut and ranking figures
+                                         "rerank": {"type": "object", "nullable": True},
                                          "provider": {"type": "array",
                                                       "items": {"type": "string"}},
                                          # the start-up check of the bundle's canaries
@@ -166,6 +263,7 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                                             "absent"]},
                                                         "agreement": {"type": "number"},
                                                         "gate": {"type": "number"}}}}},
+                **rerank_schemas,
                 "ModelList": {"type": "object", "required": ["object", "data"],
                               "properties": {"object": {"type": "string"},
                                              "data": {"type": "array", "items": {
