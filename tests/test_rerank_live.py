@@ -12,6 +12,7 @@ import numpy as np
 import openai
 import pytest
 from langchain_cohere import CohereRerank
+from pydantic import SecretStr
 
 from edge_embed.core.rerank import RerankModel
 from tests.fixtures.cross_encoders import RERANK_ALIAS, RERANK_BUNDLE_ID
@@ -64,8 +65,8 @@ def test_cohere_client_v1_rerank(live: Live, scores: np.ndarray) -> None:
 
 
 def test_langchain_cohere_rerank(live: Live, scores: np.ndarray) -> None:
-    reranker = CohereRerank(base_url=live.url, cohere_api_key=KEY, model=RERANK_BUNDLE_ID,
-                            top_n=2)
+    reranker = CohereRerank(base_url=live.url, cohere_api_key=SecretStr(KEY),
+                            model=RERANK_BUNDLE_ID, top_n=2)
     results = reranker.rerank(DOCS, QUERY)
     assert [r["index"] for r in results] == ranked(scores, 2)
 
