@@ -179,7 +179,7 @@ def _exclusions(opts: QuantizeOptions, method: str, model: onnx.ModelProto,
     return search.excluded, search.summary()
 
 
-def _save(model: onnx.ModelProto, path: Path, external: bool) -> None:
+def save_graph(model: onnx.ModelProto, path: Path, external: bool) -> None:
     if external or model.ByteSize() > _EXTERNAL_DATA_BYTES:
         # one file beside the graph, named as the export names it
         onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -211,7 +211,7 @@ def _attempt(method: str, opts: QuantizeOptions, model: onnx.ModelProto, source:
               else float16(copy))
     for old in tmp.glob("model.onnx*"):
         old.unlink()
-    _save(result.model, tmp / "model.onnx", opts.external_data)
+    save_graph(result.model, tmp / "model.onnx", opts.external_data)
     draft = dataclasses.replace(
         source, precision=opts.precision, model_file="model.onnx",
         inputs=tuple(i.name for i in result.model.graph.input),

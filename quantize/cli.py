@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed quantize") -> in
     def body(args: argparse.Namespace) -> int:
         # onnx and the quantizers (the export extra): not for --help or a refused argument
         from .build import EXIT_GATE, GateFailed, QuantizeOptions, run
+        from .rerank import is_rerank_bundle
+        from .rerank import run as run_rerank
 
         if args.precision == "fp16" and args.method not in (AUTO, "pertoken"):
             raise ToolError("--method applies to int8 only; fp16 has one method")
@@ -137,7 +139,8 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed quantize") -> in
                           weight_pairs=args.weight_pairs,
                           kept_as=args.kept_as))
         try:
-            return run(opts)
+            # a reranker is judged on ranking, not on vectors (quantize/rerank.py)
+            return run_rerank(opts) if is_rerank_bundle(opts.bundle) else run(opts)
         except GateFailed as exc:
             what = (f"kept {args.out} anyway (--keep-failed)" if exc.kept
                     else "no bundle written (--keep-failed writes it anyway)")
