@@ -21,13 +21,20 @@ FP32 := $(MODELS)/all-minilm-l6-v2-fp32
 INT8 := $(MODELS)/all-minilm-l6-v2-int8
 MPNET_FP32 := $(MODELS)/all-mpnet-base-v2-fp32
 MPNET_INT8 := $(MODELS)/all-mpnet-base-v2-int8
+# The reranker `make bench` measures: the tiny random BERT cross-encoder of the tests (no
+# cross-encoder weights are published on the package registries this project builds from), as
+# a CrossEncoder folder, its fp32 bundle and its int8 bundle.
+RERANK_SRC := $(MODELS)/src/tiny-reranker
+RERANK_FP32 := $(MODELS)/tiny-reranker-fp32
+RERANK_INT8 := $(MODELS)/tiny-reranker-int8
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install install-fast install-runtime install-gpu install-openvino model model-repro \
+.PHONY: install install-fast install-runtime install-gpu install-openvino model rerank-model \
+	model-repro \
 	tiny-bundles serve test test-fast test-mpnet test-openvino test-emulated test-cross-cpu lint \
-	bench bench-openvino bench-sweep soak load clean
+	bench bench-rerank bench-openvino bench-sweep soak load clean
 
 install: $(VENV)/.installed
 
@@ -97,6 +104,17 @@ $(MODELS)/%-fp32/bundle.json: $$(SRC_$$*)/config.json
 $(MODELS)/%-int8/bundle.json: $(MODELS)/%-fp32/bundle.json
 	$(BIN)/edge-embed quantize $(<D) --out $(@D) --precision int8 --id $* $(ALIASES_$*) --force
 
+rerank-model: $(RERANK_INT8)/bundle.json
+
+$(RERANK_SRC)/config.json: $(VENV)/.installed
+	$(PY) -m tests.fixtures.cross_encoders $(@D)
+
+$(RERANK_FP32)/bundle.json: $(RERANK_SRC)/config.json
+	$(BIN)/edge-embed export $(RERANK_SRC) --out $(@D) --id tiny-reranker-fp32 --force
+
+$(RERANK_INT8)/bundle.json: $(RERANK_FP32)/bundle.json
+	$(BIN)/edge-embed quantize $(<D) --out $(@D) --id tiny-reranker --force
+
 # The committed tiny bundles (tests/data/tiny-bundles/), written anew by today's exporter: run it
 # after changing the exporter, when tests/test_tiny_bundles.py says they no longer match.
 tiny-bundles: install
@@ -161,7 +179,14 @@ bench: install model
 		--source $(SRC_$(MODEL)) --out $(BENCH_OUT_$(MODEL)) \
 		--memory-reference-arg=--batch-tokens=65536 --memory-reference-arg=--batch-inputs=256
 	$(BIN)/edge-embed bench bulk --model $(MODELS)/$(MODEL)-int8 --out $(BENCH_OUT_$(MODEL))
+	$(MAKE) --no-print-directory bench-rerank
 	$(MAKE) --no-print-directory bench-openvino
+
+# Rerank: one query with 20 and with 100 documents of ~60 tokens, the int8 and fp32 services
+# and CrossEncoder on torch in one run (bench/rerank.py), on the tiny reranker.
+bench-rerank: rerank-model
+	$(BIN)/edge-embed bench rerank --int8 $(RERANK_INT8) --fp32 $(RERANK_FP32) \
+		--source $(RERANK_SRC) --out $(BENCH_OUT_$(MODEL))
 
 # OpenVINO against the CPU provider on the same bundles (bench/openvino.py): optional, it needs
 # the OpenVINO venv (make install-openvino); without it, one line says it was skipped.

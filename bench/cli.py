@@ -14,6 +14,7 @@ from edge_embed.core.tooling import ToolError, check_bundles, run_cli
 from .bulk import main as bulk_main
 from .chart import chart
 from .report import table, write_json
+from .rerank import main as rerank_main
 from .run import Config, Plan, add_run_options, run
 from .sweep import main as sweep_main
 from .workloads import NAMES
@@ -26,7 +27,8 @@ RESULT_CHART = "bench.png"
 def parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], epilog=(
         f"`{prog} sweep --help`: the tuning sweep, each knob's values against the defaults; "
-        f"`{prog} bulk --help`: the corpus job against raw onnxruntime"))
+        f"`{prog} bulk --help`: the corpus job against raw onnxruntime; `{prog} rerank "
+        "--help`: rerank pairs/s and p50, int8 and fp32 services and CrossEncoder on torch"))
     add_run_options(p, int8="the bundle under test (the default int8 bundle)",
                     fp32="the fp32 bundle, served too",
                     window="seconds per system per workload per round",
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed bench") -> int:
         return sweep_main(argv[1:], prog=f"{prog} sweep")
     if argv[:1] == ["bulk"]:
         return bulk_main(argv[1:], prog=f"{prog} bulk")
+    if argv[:1] == ["rerank"]:
+        return rerank_main(argv[1:], prog=f"{prog} rerank")
     args = parser(prog).parse_args(argv)
 
     def body() -> int:

@@ -4,6 +4,7 @@ batch-mates, bit for bit."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_embed.bench.rerank import DOCUMENTS
+from edge_embed.bench.rerank import main as bench_main
 from edge_embed.core.bundle import load_manifest
 from edge_embed.core.evalset import load_rerank_set
 from edge_embed.core.rerank import RerankModel
@@ -84,3 +87,16 @@ def test_other_methods_are_refused(rerank_bundle: Path, tmp_path: Path) -> None:
     assert done.returncode == 2 and "per-token" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "dyn").exists()
+
+
+@pytest.mark.slow
+def test_bench_rerank_runs_every_system(rerank_bundle: Path, rerank_int8_bundle: Path,
+                                        rerank_src: Path, tmp_path: Path) -> None:
+    assert bench_main(["--int8", str(rerank_int8_bundle), "--fp32", str(rerank_bundle), "--source",
+                 str(rerank_src), "--out", str(tmp_path), "--window", "0.2",
+                 "--rounds", "1"]) == 0
+    result = json.loads((tmp_path / "rerank.json").read_text())
+    for n in DOCUMENTS:
+        systems = result["results"][f"{n} documents"]
+        assert set(systems) == {"int8", "fp32", "cross-encoder (torch)"}
+        assert all(f["pairs_per_s"] > 0 and f["requests"] >= 1 for f in systems.values())
