@@ -4,6 +4,7 @@ text-embeddings-inference's shape, and the official `openai` SDK for embeddings.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from pydantic import SecretStr
 
 from edge_embed.core.rerank import RerankModel
 from tests.fixtures.cross_encoders import RERANK_ALIAS, RERANK_BUNDLE_ID
-from tests.fixtures.server import Live, live_server
+from tests.fixtures.server import AiohttpClient, Live, live_server
 from tests.reliability_server import http
+from tests.test_tracing import ARRIVAL_TIMEOUT_S, EXPORT_DELAY_MS, Receiver, attributes
 
 KEY = "sk-live-rerank-0123456789"
 QUERY = "reset my router"
@@ -90,3 +92,33 @@ def test_embeddings_beside_the_reranker(live: Live, tiny_bundle: Path) -> None:
     listed = {m.id: m.model_extra["task"] for m in client.models.list().data
               if m.model_extra is not None}
     assert listed == {"tiny": "embed", RERANK_BUNDLE_ID: "rerank"}
+
+
+async def test_rerank_request_spans(rerank_bundle: Path, aiohttp_client: AiohttpClient) -> None:
+    """A rerank request's trace: the server span and its tokenize, queue and inference spans."""
+    receiver = Receiver()
+    client = await aiohttp_client(receiver.app)
+    live = await asyncio.to_thread(
+        lambda: Live([rerank_bundle], ["--otlp-endpoint", str(client.make_url(""))],
+                     env={"OTEL_BSP_SCHEDULE_DELAY": EXPORT_DELAY_MS}).start())
+    names = {"POST /v2/rerank", "tokenize", "queue", "inference"}
+    try:
+        status, _, _ = await asyncio.to_thread(
+            http, "POST", f"{live.url}/v2/rerank",
+            body={"model": RERANK_BUNDLE_ID, "query": QUERY, "documents": DOCS})
+        assert status == 200
+        for _ in range(int(ARRIVAL_TIMEOUT_S / 0.05)):
+            if names <= {s.name for s in receiver.spans}:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await asyncio.to_thread(live.stop)
+    by_name = {s.name: s for s in receiver.spans}
+    assert names <= set(by_name), sorted(by_name)
+    server = attributes(by_name["POST /v2/rerank"])
+    assert server["edge_embed.model"] == RERANK_BUNDLE_ID
+    assert server["edge_embed.inputs"] == len(DOCS)
+    # every pair ran in one of the request's runs (the engine may cut them into several)
+    runs = [attributes(s)["edge_embed.batch_size"] for s in receiver.spans
+            if s.name == "inference"]
+    assert sum(runs) == len(DOCS)
