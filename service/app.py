@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -321,43 +321,43 @@ async def read_body(request: web.Request, limit: int, timeout_s: float,
 
 
 # ---- routes ----------------------------------------------------------------------------------
-async def embeddings(request: web.Request) -> web.Response:
+class _Answer(Protocol):
+    @property
+    def warnings(self) -> tuple[dict[str, Any], ...]: ...
+
+    def body(self, request_id: str) -> bytes: ...
+
+
+async def _answer(request: web.Request, parse: Callable[[bytes], Awaitable[Any]],
+                  serve: Callable[[Any, Caller], Awaitable[_Answer]]) -> web.Response:
+    """A POST that carries work: its JSON body read (a large one holding one of the body slots)
+    and parsed, served, and answered with the truncation count in the header."""
     app = request.app
     started = asyncio.get_running_loop().time()
     settings = app[SETTINGS]
     require_json(request)
-    path = app[EMBEDDINGS]
-    with path.bodies.hold(request.content_length):  # a 429 before a large body is read
-        req = await path.parse(await read_body(request, settings.requests.max_body_bytes,
-                                               settings.connections.body_timeout_s, started))
+    # the one bound on large bodies read at once, whatever the route
+    with app[EMBEDDINGS].bodies.hold(request.content_length):  # a 429 before the body is read
+        req = await parse(await read_body(request, settings.requests.max_body_bytes,
+                                          settings.connections.body_timeout_s, started))
     transport = request.transport
     rlog = request[LOG_KEY]
-    result = await path(req, Caller(
+    result = await serve(req, Caller(
         key=request.get(API_KEY), log=rlog, started=started,
         is_gone=lambda: transport is None or transport.is_closing()))
     return web.Response(body=result.body(rlog.request_id), content_type=_JSON,
                         headers={TRUNCATED_HEADER: str(len(result.warnings))})
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    path = request.app[EMBEDDINGS]
+    return await _answer(request, path.parse, path)
 
 
 async def rerank(request: web.Request) -> web.Response:
     """The rerank routes (service/rerank.py): the body's shape is told by route and fields."""
-    app = request.app
-    started = asyncio.get_running_loop().time()
-    settings = app[SETTINGS]
-    require_json(request)
-    path = app[RERANK]
-    # the one bound on large bodies read at once, embeddings' and reranks' together
-    with app[EMBEDDINGS].bodies.hold(request.content_length):
-        req = await path.parse(await read_body(request, settings.requests.max_body_bytes,
-                                               settings.connections.body_timeout_s, started),
-                               request.path)
-    transport = request.transport
-    rlog = request[LOG_KEY]
-    result = await path(req, Caller(
-        key=request.get(API_KEY), log=rlog, started=started,
-        is_gone=lambda: transport is None or transport.is_closing()))
-    return web.Response(body=result.body(rlog.request_id), content_type=_JSON,
-                        headers={TRUNCATED_HEADER: str(len(result.warnings))})
+    path = request.app[RERANK]
+    return await _answer(request, partial(path.parse, path=request.path), path)
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -28,7 +28,7 @@ from edge_embed.core.pooling import F32
 from .admission import estimate_tokens
 from .auth import ApiKey, Authenticator
 from .cache import CacheKey, EmbeddingCache
-from .engine import Engines, Job
+from .engine import Engines, Job, ModelEngine
 from .errors import InvalidRequest, Overloaded, RequestTimeout
 from .limits import LARGE_BODY_BYTES, RequestLimits
 from .metrics import Metrics
@@ -132,19 +132,74 @@ class _Work:
         return "input" if self.single else f"input[{i}]"
 
 
-class EmbeddingsPath:
-    def __init__(self, registry: Registry, engines: Engines, cache: EmbeddingCache,
-                 metrics: Metrics, limits: RequestLimits, tokenizer_executor: Executor,
+class RequestPath:
+    """What the embeddings and rerank paths share: the registry and engines, and the steps of a
+    request around the model (tokenizing off the loop, waiting for the engine's job)."""
+
+    def __init__(self, registry: Registry, engines: Engines, metrics: Metrics,
+                 limits: RequestLimits, tokenizer_executor: Executor,
                  short_tokenizer_executor: Executor | None = None,
                  parse_executor: Executor | None = None) -> None:
         self.registry = registry
         self.engines = engines
-        self.cache = cache
         self.metrics = metrics
         self.limits = limits
         self.tokenizer_executor = tokenizer_executor
         self.short_tokenizer_executor = short_tokenizer_executor or tokenizer_executor
         self.parse_executor = parse_executor or tokenizer_executor
+
+    def _timeout(self) -> RequestTimeout:
+        return RequestTimeout(f"The request did not finish within {self.limits.timeout_s:g} s.")
+
+    async def tokens(self, chars: int, encode: Callable[[], list[Tokenized]], deadline: float,
+                     is_gone: Callable[[], bool]) -> list[Tokenized]:
+        """`encode()` on the loop for a small request, else in a tokenizer thread (short ones
+        in their own); a request out of time is refused (408) rather than tokenized."""
+        if chars <= INLINE_TOKENIZE_CHARS:
+            return encode()
+        loop = asyncio.get_running_loop()
+        executor = (self.short_tokenizer_executor if chars <= SHORT_TOKENIZE_CHARS
+                    else self.tokenizer_executor)
+        late: list[Tokenized] | None = None
+        # A timeout cancels the work if it has not started; if it has, the thread still skips
+        # it once the request's deadline passed or its client left.
+        with contextlib.suppress(TimeoutError):
+            late = await asyncio.wait_for(loop.run_in_executor(
+                executor, _unless_late, encode, deadline, is_gone),
+                max(0.0, deadline - loop.time()))
+        if late is None:
+            self.metrics.rejected.labels("timeout").inc()
+            raise self._timeout()
+        return late
+
+    async def outcome(self, engine: ModelEngine, job: Job, deadline: float,
+                      log: RequestLog) -> F32:
+        """The job's rows' outputs by the deadline (408 and its rows dropped otherwise)."""
+        loop = asyncio.get_running_loop()
+        try:
+            out = await asyncio.wait_for(asyncio.shield(job.future),
+                                         max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            engine.drop(job, "timeout")
+            self.metrics.rejected.labels("timeout").inc()
+            raise self._timeout() from None
+        except asyncio.CancelledError:
+            engine.drop(job, "cancelled")
+            raise
+        log.queue_ms = job.queue_s * 1000
+        log.inference_ms = job.inference_s * 1000
+        record_engine_phases(log, job)
+        return out
+
+
+class EmbeddingsPath(RequestPath):
+    def __init__(self, registry: Registry, engines: Engines, cache: EmbeddingCache,
+                 metrics: Metrics, limits: RequestLimits, tokenizer_executor: Executor,
+                 short_tokenizer_executor: Executor | None = None,
+                 parse_executor: Executor | None = None) -> None:
+        super().__init__(registry, engines, metrics, limits, tokenizer_executor,
+                         short_tokenizer_executor, parse_executor)
+        self.cache = cache
         self.bodies = BodySlots(limits.max_large_bodies,
                                 metrics.rejected.labels("overloaded").inc)
 
@@ -243,22 +298,9 @@ class EmbeddingsPath:
         with engine.admitted(len(items), estimate, time_left_s=deadline - loop.time(),
                              timeout_s=timeout) as ticket:
             tokenize_start = time.perf_counter()
-            if chars <= INLINE_TOKENIZE_CHARS:
-                tokens = _tokenize(model.tokenizer, items, work.prompt)
-            else:
-                executor = (self.short_tokenizer_executor if chars <= SHORT_TOKENIZE_CHARS
-                            else self.tokenizer_executor)
-                late: list[Tokenized] | None = None
-                # A timeout cancels the work if it has not started; if it has, the thread
-                # still skips it once the request's deadline passed or its client left.
-                with contextlib.suppress(TimeoutError):
-                    late = await asyncio.wait_for(loop.run_in_executor(
-                        executor, _tokenize_unless_late, model.tokenizer, items, work.prompt,
-                        deadline, caller.is_gone), max(0.0, deadline - loop.time()))
-                if late is None:
-                    self.metrics.rejected.labels("timeout").inc()
-                    raise self._timeout()
-                tokens = late
+            tokens = await self.tokens(
+                chars, partial(_tokenize, model.tokenizer, items, work.prompt), deadline,
+                caller.is_gone)
             for i, tok in zip(misses, tokens, strict=True):
                 work.used[i], work.original[i] = len(tok.ids), tok.original_tokens
                 work.exact[i] = tok.exact
@@ -270,23 +312,8 @@ class EmbeddingsPath:
             rows: list[I64] = [tok.ids for tok in tokens]
             job = engine.submit(rows, ticket, request_id=caller.log.request_id,
                                 is_gone=caller.is_gone)
-        try:
-            pooled = await asyncio.wait_for(asyncio.shield(job.future),
-                                            max(0.0, deadline - loop.time()))
-        except TimeoutError:
-            engine.drop(job, "timeout")
-            self.metrics.rejected.labels("timeout").inc()
-            raise self._timeout() from None
-        except asyncio.CancelledError:
-            engine.drop(job, "cancelled")
-            raise
-        caller.log.queue_ms = job.queue_s * 1000
-        caller.log.inference_ms = job.inference_s * 1000
-        record_engine_phases(caller.log, job)
+        pooled = await self.outcome(engine, job, deadline, caller.log)
         work.vectors[misses] = model.finish(pooled, work.req.dimensions)
-
-    def _timeout(self) -> RequestTimeout:
-        return RequestTimeout(f"The request did not finish within {self.limits.timeout_s:g} s.")
 
     def _check_tokens(self, work: _Work) -> None:
         """The checks on token counts, over every input in order, cached or computed."""
@@ -349,13 +376,13 @@ def _count(tokens: int, exact: bool) -> str:
     return str(tokens) if exact else f"at least {tokens}"
 
 
-def _tokenize_unless_late(tokenizer: TextTokenizer, items: Sequence[TextInput], prompt: str,
-                          deadline: float, is_gone: Callable[[], bool]) -> list[Tokenized] | None:
-    """`_tokenize` in the tokenizer thread; None, at no cost, for a request already timed out
+def _unless_late(encode: Callable[[], list[Tokenized]], deadline: float,
+                 is_gone: Callable[[], bool]) -> list[Tokenized] | None:
+    """`encode()` in the tokenizer thread; None, at no cost, for a request already timed out
     (`deadline`: the event loop's clock, time.monotonic) or whose client went away."""
     if time.monotonic() >= deadline or is_gone():
         return None
-    return _tokenize(tokenizer, items, prompt)
+    return encode()
 
 
 def _truncation_warning(index: int, original: int, used: int, limit: int,

@@ -20,10 +20,8 @@ embeddings. No cache: a score depends on the pair, and rerank queries rarely rep
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -33,23 +31,14 @@ import orjson
 
 from edge_embed.core.encoder import Tokenized
 from edge_embed.core.pooling import F32
-from edge_embed.core.rerank import PairTokenizer, RerankModel
+from edge_embed.core.rerank import RerankModel
 
 from .admission import estimate_tokens
 from .auth import Authenticator
-from .embeddings import (
-    INLINE_PARSE_BYTES,
-    INLINE_TOKENIZE_CHARS,
-    SHORT_TOKENIZE_CHARS,
-    Caller,
-    record_engine_phases,
-)
-from .engine import Engines
-from .errors import InvalidRequest, RequestTimeout
-from .limits import RequestLimits
-from .metrics import Metrics
+from .embeddings import INLINE_PARSE_BYTES, Caller, RequestPath
+from .errors import InvalidRequest
 from .middleware import Phase
-from .models import Registry, ServedModel
+from .models import ServedModel
 from .schema import parse_body
 
 Shape = Literal["cohere", "cohere_v2", "tei"]
@@ -215,19 +204,7 @@ class RerankResult:
         return orjson.dumps(body)
 
 
-class RerankPath:
-    def __init__(self, registry: Registry, engines: Engines, metrics: Metrics,
-                 limits: RequestLimits, tokenizer_executor: Executor,
-                 short_tokenizer_executor: Executor | None = None,
-                 parse_executor: Executor | None = None) -> None:
-        self.registry = registry
-        self.engines = engines
-        self.metrics = metrics
-        self.limits = limits
-        self.tokenizer_executor = tokenizer_executor
-        self.short_tokenizer_executor = short_tokenizer_executor or tokenizer_executor
-        self.parse_executor = parse_executor or tokenizer_executor
-
+class RerankPath(RequestPath):
     async def parse(self, raw: bytes, path: str) -> RerankRequest:
         if len(raw) <= INLINE_PARSE_BYTES:
             return self._parse(raw, path)
@@ -268,21 +245,9 @@ class RerankPath:
         with engine.admitted(len(req.documents), estimate, time_left_s=deadline - loop.time(),
                              timeout_s=timeout) as ticket:
             started = time.perf_counter()
-            chars = sum(lengths)
-            if chars <= INLINE_TOKENIZE_CHARS:
-                tokens = model.pairs.encode(req.query, req.documents, req.max_tokens_per_doc)
-            else:
-                executor = (self.short_tokenizer_executor if chars <= SHORT_TOKENIZE_CHARS
-                            else self.tokenizer_executor)
-                late: list[Tokenized] | None = None
-                with contextlib.suppress(TimeoutError):
-                    late = await asyncio.wait_for(loop.run_in_executor(
-                        executor, _encode_unless_late, model.pairs, req, deadline,
-                        caller.is_gone), max(0.0, deadline - loop.time()))
-                if late is None:
-                    self.metrics.rejected.labels("timeout").inc()
-                    raise self._timeout()
-                tokens = late
+            tokens = await self.tokens(
+                sum(lengths), partial(model.pairs.encode, req.query, req.documents,
+                                      req.max_tokens_per_doc), deadline, caller.is_gone)
             caller.log.phases.append(Phase(
                 "tokenize", started, time.perf_counter(),
                 {"edge_embed.inputs": len(tokens),
@@ -290,25 +255,10 @@ class RerankPath:
             self._check_tokens(req, tokens, limit)
             job = engine.submit([t.ids for t in tokens], ticket,
                                 request_id=caller.log.request_id, is_gone=caller.is_gone)
-        try:
-            logits = await asyncio.wait_for(asyncio.shield(job.future),
-                                            max(0.0, deadline - loop.time()))
-        except TimeoutError:
-            engine.drop(job, "timeout")
-            self.metrics.rejected.labels("timeout").inc()
-            raise self._timeout() from None
-        except asyncio.CancelledError:
-            engine.drop(job, "cancelled")
-            raise
-        caller.log.queue_ms = job.queue_s * 1000
-        caller.log.inference_ms = job.inference_s * 1000
-        record_engine_phases(caller.log, job)
+        logits = await self.outcome(engine, job, deadline, caller.log)
         scores = (np.asarray(logits, dtype=np.float32).reshape(-1) if req.raw_scores
                   else model.scores(logits))
         return self._result(req, served.id, scores, tokens, limit, caller)
-
-    def _timeout(self) -> RequestTimeout:
-        return RequestTimeout(f"The request did not finish within {self.limits.timeout_s:g} s.")
 
     def _check_tokens(self, req: RerankRequest, tokens: Sequence[Tokenized], limit: int) -> None:
         truncate = self.limits.truncate if req.truncate is None else req.truncate
@@ -343,15 +293,6 @@ class RerankPath:
 
 def _count(tok: Tokenized) -> str:
     return str(tok.original_tokens) if tok.exact else f"at least {tok.original_tokens}"
-
-
-def _encode_unless_late(pairs: PairTokenizer, req: RerankRequest, deadline: float,
-                        is_gone: Callable[[], bool]) -> list[Tokenized] | None:
-    """The pairs' tokens in the tokenizer thread; None, at no cost, for a request already timed
-    out (`deadline`: the event loop's clock, time.monotonic) or whose client went away."""
-    if time.monotonic() >= deadline or is_gone():
-        return None
-    return pairs.encode(req.query, req.documents, req.max_tokens_per_doc)
 
 
 def _truncation_warning(index: int, tok: Tokenized, limit: int) -> dict[str, Any]:
