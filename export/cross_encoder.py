@@ -26,7 +26,7 @@ import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -39,14 +39,11 @@ from edge_embed.core.rerank import RerankModel, unpack
 from edge_embed.core.runtime import RuntimeOptions
 from edge_embed.core.tooling import Reporter, ToolError, atomic_output, now, tool_versions
 
-from . import onnx_export, parity, tokenizer
+from . import onnx_export, parity, tokenizer, torch_model
 from .manifest import EXPORT_TOOLS, source_info
 from .source import Source
 from .st_config import DEFAULT_MAX_TOKENS, read_hf_config, read_json
 from .torch_model import load_error, weights_file
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel
 
 ST_CONFIG = "config_sentence_transformers.json"
 CROSS_ENCODER = "CrossEncoder"
@@ -245,22 +242,6 @@ def measure(model: RerankModel, rerank_set: RerankSet, ref: PairReference) -> Ra
                            eval_set=rerank_set.name)
 
 
-def load_classifier(folder: Path, trust_remote_code: bool) -> PreTrainedModel:
-    """The sequence classifier whole (encoder and head), in eval mode."""
-    weights = weights_file(folder)
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    try:
-        model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(
-            str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
-    except Exception as exc:
-        raise load_error(weights, exc) from None
-    model.eval()
-    return model
-
-
 def refuse_embedding_flags(flags: dict[str, bool]) -> None:
     """`flags`: an embedder's option -> whether the command line gave it."""
     named = [flag for flag, given in flags.items() if given]
@@ -294,7 +275,7 @@ def run(opts: RerankExport, src: Source, settings: CrossEncoderSettings,
     ref = reference(src.folder, rerank_set, settings, max_tokens=opts.max_tokens,
                     trust_remote_code=opts.trust_remote_code)
     reporter.step(f"loading {settings.architecture} weights with transformers")
-    model = load_classifier(src.folder, opts.trust_remote_code)
+    model = torch_model.load(src.folder, opts.trust_remote_code, classifier=True)
     with atomic_output(opts.out, opts.force) as tmp:
         reporter.step("exporting to ONNX with optimum (text-classification, logits)")
         graph = onnx_export.export(model, tmp, opts.opset, opts.external_data,

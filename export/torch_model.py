@@ -43,15 +43,19 @@ def load_error(weights: Path, exc: Exception) -> ToolError:
                      f"{first[:300]}")
 
 
-def load(folder: Path, trust_remote_code: bool = False) -> PreTrainedModel:
-    """The bare encoder (AutoModel: last_hidden_state), in eval mode so dropout is off."""
+def load(folder: Path, trust_remote_code: bool = False, *,
+         classifier: bool = False) -> PreTrainedModel:
+    """The bare encoder (AutoModel: last_hidden_state), or with `classifier` the sequence
+    classifier whole (a cross-encoder: encoder and head, its logits), in eval mode so dropout
+    is off."""
     weights = weights_file(folder)
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # "some weights were not used" is noise for an encoder
+    auto = AutoModelForSequenceClassification if classifier else AutoModel
     try:
-        model: PreTrainedModel = AutoModel.from_pretrained(
+        model: PreTrainedModel = auto.from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise load_error(weights, exc) from None
