@@ -5,6 +5,7 @@ refused in one line."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,21 @@ def test_unknown_activation_is_refused(tmp_path: Path) -> None:
 def test_embedder_options_are_refused_for_a_reranker(rerank_src: Path, tmp_path: Path) -> None:
     line = _refusal(rerank_src, tmp_path, "--pooling", "mean")
     assert "--pooling" in line and "cross-encoder" in line
+
+
+def test_hub_id_from_the_local_hub_cache(rerank_src: Path, tmp_path: Path) -> None:
+    """The hub-id path, offline: `org/name` resolved from a Hugging Face cache on disk."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--tiny-reranker"
+    shutil.copytree(rerank_src, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    out = tmp_path / "bundle"
+    result = run_export("org/tiny-reranker", "--out", str(out),
+                        env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    manifest = load_manifest(out)
+    assert manifest.task == "rerank" and manifest.id == "tiny-reranker"
+    assert (manifest.source["model"], manifest.source["revision"]) == ("org/tiny-reranker",
+                                                                        commit)
+    assert manifest.source["hub"] is True
