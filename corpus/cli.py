@@ -79,6 +79,9 @@ def embed_command(args: argparse.Namespace, prog: str) -> int:
         manifest = load_manifest(args.model)
     except BundleError as exc:
         raise CorpusError(f"--model: {exc}") from None
+    if manifest.task != "embed":
+        raise CorpusError(f"--model: {args.model} is a bundle of task '{manifest.task}' (a "
+                          "reranker scores pairs, it has no vectors); name an embedding bundle")
     fields = Fields(args.text_field, args.id_field)
     mode = "local" if args.ray is None else "ray"
     try:

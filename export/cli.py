@@ -35,8 +35,9 @@ def _max_tokens(text: str) -> int:
 
 def parser(prog: str) -> argparse.ArgumentParser:
     p = tool_parser(
-        prog, "Export a sentence-transformers or Hugging Face encoder to an edge-embed fp32 "
-        "bundle (model.onnx, tokenizer.json, bundle.json), checked against torch.",
+        prog, "Export a sentence-transformers or Hugging Face encoder, or a cross-encoder "
+        "(a reranker), to an edge-embed fp32 bundle (model.onnx, tokenizer.json, bundle.json), "
+        "checked against torch.",
         id_default="the source's name, lowercased")
     p.add_argument("src", metavar="SRC", help="a local model folder, or a hub id "
                    "(owner/name) where the network allows")

@@ -134,3 +134,15 @@ def test_hub_id_from_the_local_hub_cache(rerank_src: Path, tmp_path: Path) -> No
     assert (manifest.source["model"], manifest.source["revision"]) == ("org/tiny-reranker",
                                                                         commit)
     assert manifest.source["hub"] is True
+
+
+def test_corpus_job_refuses_a_reranker(rerank_bundle: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_embed.corpus.cli import main as embed_main
+
+    src = tmp_path / "docs.jsonl"
+    src.write_text('{"text": "hello"}\n', encoding="utf-8")
+    assert embed_main([str(src), "--model", str(rerank_bundle), "--out",
+                       str(tmp_path / "out")]) == 2
+    assert "task 'rerank'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
