@@ -17,7 +17,7 @@ from edge_embed.core.evalset import load_eval_set
 from edge_embed.core.rerank import RerankModel
 from edge_embed.service.app import ENGINES, create_app
 from edge_embed.service.auth import Authenticator
-from edge_embed.service.limits import MAX_RERANK_DOCUMENTS, RequestLimits
+from edge_embed.service.limits import MAX_RERANK_DOCUMENTS, QueueLimits, RequestLimits
 from edge_embed.service.models import Registry
 from edge_embed.service.settings import Settings
 from tests.fixtures.cross_encoders import RERANK_ALIAS, RERANK_BUNDLE_ID
@@ -251,3 +251,23 @@ async def test_openapi_lists_the_rerank_routes(make: Make) -> None:
     schemas = spec["components"]["schemas"]
     assert set(schemas["RerankRequest"]["required"]) == {"model", "query", "documents"}
     assert schemas["RerankResult"]["properties"]["index"]["type"] == "integer"
+
+
+async def test_admission_refuses_when_the_queue_is_full(make: Make) -> None:
+    client = await make(concurrent_runs=1, queue=QueueLimits(max_inputs=4))
+    engine = client.app[ENGINES][RERANK_BUNDLE_ID]
+    gate = Gate(engine)
+    engine._run_sync = gate  # type: ignore[method-assign]
+    body = {"model": RERANK_BUNDLE_ID, "query": QUERY, "documents": DOCS[:3]}
+    try:
+        running = asyncio.ensure_future(post(client, "/v1/rerank", body))
+        await until(lambda: len(gate.batches) == 1)
+        queued = asyncio.ensure_future(post(client, "/v2/rerank", body))
+        await until(lambda: engine.queued_inputs == 3)
+        status, data, headers = await post(client, "/v1/rerank", body)
+        error = assert_openai_error(data, status, code="server_overloaded")
+        assert status == 429 and "Retry-After" in headers, error
+        gate.open.set()
+        assert [r[0] for r in await asyncio.gather(running, queued)] == [200, 200]
+    finally:
+        gate.open.set()
