@@ -30,12 +30,13 @@ from .. import __version__
 from .address import is_loopback
 from .auth import Authenticator, check_flag_keys, load_keys_file
 from .cache import EmbeddingCache
-from .cohere import ApiVersion, cohere_body, parse_cohere
+from .cohere import ApiVersion, cohere_body, cohere_error, parse_cohere
 from .connections import ConnectionGuard
 from .embeddings import INLINE_TOKENIZE_CHARS, Caller, EmbeddingsPath, prompt_for, tokenize
 from .engine import Engines, InFlight, ModelEngine
 from .errors import (
     ClientGone,
+    InvalidRequest,
     PayloadTooLarge,
     RequestTimeout,
     TracingUnavailable,
@@ -365,7 +366,10 @@ async def cohere_embed(request: web.Request, version: ApiVersion) -> web.Respons
     # the input type names a prompt of the model's; an unknown or hidden model is the path's 404
     served = request.app[REGISTRY].find(req.request.model)
     asked = req.for_prompts(served.model.manifest.prompts if served is not None else {})
-    result = await request.app[EMBEDDINGS](asked, _caller(request, started))
+    try:
+        result = await request.app[EMBEDDINGS](asked, _caller(request, started))
+    except InvalidRequest as exc:
+        raise cohere_error(exc) from None
     return web.Response(body=cohere_body(req, result, request[LOG_KEY].request_id),
                         content_type=_JSON,
                         headers={TRUNCATED_HEADER: str(len(result.warnings))})

@@ -36,6 +36,8 @@ INPUT_TYPE_PROMPTS: Mapping[str, tuple[str, ...]] = {
     "clustering": ("clustering",),
 }
 TRUNCATE: Mapping[str, CutSide | None] = {"END": "end", "START": "start", "NONE": None}
+# The embeddings path's names for fields that Cohere's body names otherwise.
+COHERE_NAMES = {"dimensions": "output_dimension"}
 # Fields of Cohere's API for other modalities or models: refused by name, never ignored.
 UNSUPPORTED = ("images", "inputs")
 
@@ -112,6 +114,16 @@ def parse_cohere(data: Any, *, max_inputs: int, max_input_chars: int,
         input_type=input_type, cut=cut or "end", compact=compact, field="texts")
     return CohereRequest(request, types, by_type=version == "2" or asked is not None,
                          texts=tuple(texts), version=version)
+
+
+def cohere_error(exc: InvalidRequest) -> InvalidRequest:
+    """An error of the embeddings path, naming the field as Cohere's body calls it."""
+    name = COHERE_NAMES.get(exc.param or "")
+    if name is not None:
+        exc.message = exc.message.replace(f"'{exc.param}'", f"'{name}'")
+        exc.args = (exc.message,)
+        exc.param = name
+    return exc
 
 
 def cohere_body(req: CohereRequest, result: EmbeddingResult, request_id: str) -> bytes:
