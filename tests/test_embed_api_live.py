@@ -39,6 +39,13 @@ def co(live: Live, key: str = KEY) -> cohere.ClientV2:
     return cohere.ClientV2(base_url=live.url, api_key=key, timeout=30)
 
 
+def floats(resp: Any) -> np.ndarray[Any, Any]:
+    """The float vectors of a Cohere response (they must be there)."""
+    value = resp.embeddings.float_
+    assert value is not None
+    return np.asarray(value, dtype=np.float32)
+
+
 def test_cohere_client_every_embedding_type(live: Live, tiny_bundle: Path) -> None:
     scale = load_manifest(tiny_bundle).compact.scale  # type: ignore[union-attr]
     resp = co(live).embed(model="tiny", texts=TEXTS, input_type="search_query",
@@ -63,21 +70,21 @@ def test_cohere_client_every_embedding_type(live: Live, tiny_bundle: Path) -> No
 def test_cohere_input_types_truncate_and_dimensions(live: Live, tiny_bundle: Path) -> None:
     client = co(live)
     model = BundleModel(tiny_bundle)
-    doc = client.embed(model="tiny", texts=TEXTS[:1], input_type="search_document",
-                       embedding_types=["float"]).embeddings.float_
+    doc = floats(client.embed(model="tiny", texts=TEXTS[:1], input_type="search_document",
+                              embedding_types=["float"]))
     np.testing.assert_allclose(doc, model.embed(TEXTS[:1], prompt="passage: "), atol=1e-5)
-    plain = client.embed(model="tiny", texts=TEXTS[:1], input_type="clustering",
-                         embedding_types=["float"]).embeddings.float_
+    plain = floats(client.embed(model="tiny", texts=TEXTS[:1], input_type="clustering",
+                                embedding_types=["float"]))
     np.testing.assert_allclose(plain, model.embed(TEXTS[:1]), atol=1e-5)
     long = "first words here " + "fox " * 200 + "the very end"
     with pytest.raises(cohere.BadRequestError) as refused:
         client.embed(model="tiny", texts=["ok", long], input_type="search_document",
                      truncate="NONE")
     assert "texts[1]" in str(refused.value.body)
-    start = client.embed(model="tiny", texts=[long], input_type="clustering", truncate="START",
-                         embedding_types=["float"]).embeddings.float_
-    end = client.embed(model="tiny", texts=[long], input_type="clustering", truncate="END",
-                       embedding_types=["float"]).embeddings.float_
+    start = floats(client.embed(model="tiny", texts=[long], input_type="clustering",
+                                truncate="START", embedding_types=["float"]))
+    end = floats(client.embed(model="tiny", texts=[long], input_type="clustering",
+                              truncate="END", embedding_types=["float"]))
     tok = model.tokenizer
     (kept_end,) = tok.encode([long], cut="start")
     np.testing.assert_allclose(start, model.finish(model.run([kept_end.ids])), atol=1e-5)
