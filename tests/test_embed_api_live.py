@@ -5,7 +5,6 @@ embeddings route reports, and bad bodies for each new route answered 4xx naming 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +16,17 @@ import pytest
 from edge_embed.core import compact
 from edge_embed.core.bundle import load_manifest
 from edge_embed.core.encoder import BundleModel
-from tests.fixtures.server import Live, live_server
+from tests.fixtures.server import LIVE_KEY, LIVE_LIMITED, Live
 from tests.reliability_server import assert_openai_error, http
 
-KEY = "sk-embed-api-live-0123456789"
-LIMITED = "sk-embed-api-limited-987654"
+KEY, LIMITED = LIVE_KEY, LIVE_LIMITED
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "A cat sleeps on the windowsill."]
 TYPES = ["float", "int8", "uint8", "binary", "ubinary", "base64"]
 
 
 @pytest.fixture(scope="module")
-def live(tiny_bundle: Path, tiny_cls_bundle: Path,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
-    keys.write_text(f"{KEY}\n{LIMITED} tiny-cls\n", encoding="utf-8")
-    with live_server([tiny_bundle, tiny_cls_bundle], ["--api-keys-file", str(keys)]) as server:
-        yield server
+def live(keyed_live: Live) -> Live:
+    return keyed_live
 
 
 def co(live: Live, key: str = KEY) -> cohere.ClientV2:

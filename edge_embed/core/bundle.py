@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from edge_embed.core.errors import BundleError
 
@@ -218,26 +218,30 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _quality(data: Any, path: Path, key: str) -> Quality | None:
+Section = TypeVar("Section")
+
+
+def _section(data: Any, path: Path, key: str, kind: type[Section]) -> Section | None:
+    """An optional object section as the dataclass `kind` (None when null or absent); its
+    fields' values are the caller's to check."""
     if data is None:
         return None
     if not isinstance(data, dict):
         raise BundleError(path, "must be an object or null", key)
     try:
-        return Quality(**data)
+        return kind(**data)
     except TypeError as exc:
         raise BundleError(path, f"has unexpected content ({exc})", key) from None
 
 
+def _quality(data: Any, path: Path, key: str) -> Quality | None:
+    return _section(data, path, key, Quality)
+
+
 def _canary(data: Any, path: Path) -> CanaryInfo | None:
-    if data is None:
+    info = _section(data, path, "canary", CanaryInfo)
+    if info is None:
         return None
-    if not isinstance(data, dict):
-        raise BundleError(path, "must be an object or null", "canary")
-    try:
-        info = CanaryInfo(**data)
-    except TypeError as exc:
-        raise BundleError(path, f"has unexpected content ({exc})", "canary") from None
     if not isinstance(info.file, str) or not _plain_name(info.file):
         raise BundleError(path, "file must be a plain file name inside the bundle", "canary")
     if isinstance(info.count, bool) or not isinstance(info.count, int) or info.count <= 0:
@@ -250,14 +254,9 @@ def _canary(data: Any, path: Path) -> CanaryInfo | None:
 
 
 def _compact(data: Any, path: Path) -> CompactScale | None:
-    if data is None:
+    info = _section(data, path, "compact", CompactScale)
+    if info is None:
         return None
-    if not isinstance(data, dict):
-        raise BundleError(path, "must be an object or null", "compact")
-    try:
-        info = CompactScale(**data)
-    except TypeError as exc:
-        raise BundleError(path, f"has unexpected content ({exc})", "compact") from None
     if info.scheme != COMPACT_SCHEME:
         raise BundleError(path, f"scheme must be '{COMPACT_SCHEME}', got "
                           f"{json.dumps(info.scheme)[:60]}", "compact")
