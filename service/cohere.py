@@ -36,6 +36,9 @@ INPUT_TYPE_PROMPTS: Mapping[str, tuple[str, ...]] = {
     "clustering": ("clustering",),
 }
 TRUNCATE: Mapping[str, CutSide | None] = {"END": "end", "START": "start", "NONE": None}
+# The largest `output_dimension` read as an integer: a JSON integer past 64 bits arrives as a
+# float (orjson), so the OpenAPI document bounds it here too.
+MAX_OUTPUT_DIMENSION = 2**63 - 1
 # The embeddings path's names for fields that Cohere's body names otherwise.
 COHERE_NAMES = {"dimensions": "output_dimension"}
 # Fields of Cohere's API for other modalities or models: refused by name, never ignored.
@@ -73,9 +76,9 @@ def parse_cohere(data: Any, *, max_inputs: int, max_input_chars: int,
     if not isinstance(data, dict):
         raise _invalid("The request body must be a JSON object with 'model' and 'texts'.", "body")
     for key in UNSUPPORTED:
-        if data.get(key):  # absent, null or empty: nothing asked
-            raise _invalid(f"'{key}' is not supported: this server embeds text; send 'texts'.",
-                           key)
+        if data.get(key) not in (None, []):  # absent, null or empty: nothing asked
+            raise _invalid(f"'{key}' is not supported: this server embeds text; send 'texts' "
+                           f"(or '{key}': [], or null).", key)
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise _invalid("'model' is required: the id of a served model (GET /v1/models).",
@@ -99,13 +102,15 @@ def parse_cohere(data: Any, *, max_inputs: int, max_input_chars: int,
     truncate = data.get("truncate", "END")
     if truncate is None:
         truncate = "END"
-    if truncate not in TRUNCATE:
+    if not isinstance(truncate, str) or truncate not in TRUNCATE:
         raise _invalid(f"'truncate' must be one of {', '.join(TRUNCATE)}, got "
                        f"{_shown(truncate)}.", "truncate")
     cut = TRUNCATE[truncate]
     dims = data.get("output_dimension")
-    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims <= 0):
-        raise _invalid("'output_dimension' must be a positive integer.", "output_dimension")
+    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims <= 0
+                             or dims > MAX_OUTPUT_DIMENSION):
+        raise _invalid(f"'output_dimension' must be an integer in 1..{MAX_OUTPUT_DIMENSION}.",
+                       "output_dimension")
     asked = parse_embedding_types(data.get("embedding_types"), "embedding_types")
     types = asked or ("float",)
     compact: tuple[CompactType, ...] = tuple(t for t in COMPACT_TYPES if t in types)

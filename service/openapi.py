@@ -11,9 +11,10 @@ from typing import Any
 from edge_embed.core.compact import COMPACT_TYPES
 
 from .. import __version__
-from .cohere import COHERE_INPUT_TYPES, TRUNCATE, UNSUPPORTED
+from .cohere import COHERE_INPUT_TYPES, MAX_OUTPUT_DIMENSION, TRUNCATE, UNSUPPORTED
 from .schema import EMBEDDING_TYPES, ENCODING_FORMATS
 from .settings import Settings
+from .tokenize import MAX_TOKEN_ID
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -70,22 +71,28 @@ def tokenize_schemas(settings: Settings) -> dict[str, Any]:
     limits = settings.requests
     text = {"type": "string", "minLength": 1, "maxLength": limits.max_input_chars}
     ids = {"type": "array", "minItems": 1, "maxItems": limits.max_input_chars,
-           "items": {"type": "integer", "minimum": 0}}
-    model = {"type": "string", "minLength": 1, "nullable": True,
-             "description": "a served model; may be left out where the key may use one only"}
+           "items": {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID}}
+    # `model` may be left out where the caller may use one model only: a server of several
+    # declares it required (a key limited to one of them may still leave it out).
+    several = len(settings.models) > 1
+    model: dict[str, Any] = (
+        {"type": "string", "minLength": 1} if several else
+        {"type": "string", "minLength": 1, "nullable": True,
+         "description": "the served model; may be left out"})
+    needs = ["model"] if several else []
     special = {"type": "boolean", "nullable": True}
     closed = {"type": "object", "additionalProperties": False}
     prompt_name = {"type": "string", "nullable": True,
                    "description": "an input type: the model's prompt of that name"}
     return {
-        "TokenizeTEI": {**closed, "required": ["inputs"], "properties": {
+        "TokenizeTEI": {**closed, "required": ["inputs", *needs], "properties": {
             "inputs": {"oneOf": [text, {"type": "array", "minItems": 1,
                                         "maxItems": limits.max_inputs, "items": text}]},
             "add_special_tokens": special, "prompt_name": prompt_name, "model": model}},
-        "TokenizeVLLM": {**closed, "required": ["prompt"], "properties": {
+        "TokenizeVLLM": {**closed, "required": ["prompt", *needs], "properties": {
             "prompt": text, "model": model, "add_special_tokens": special,
             "input_type": prompt_name}},
-        "TokenizeVLLMInput": {**closed, "required": ["input"], "properties": {
+        "TokenizeVLLMInput": {**closed, "required": ["input", *needs], "properties": {
             "input": text, "model": model, "add_special_tokens": special,
             "input_type": prompt_name}},
         "SimpleToken": {"type": "object", "required": ["id", "text", "special", "start", "stop"],
@@ -104,9 +111,9 @@ def tokenize_schemas(settings: Settings) -> dict[str, Any]:
                            "description": "the ids the model would see"},
                 "model": {"type": "string"}, "truncated": {"type": "boolean"},
                 "used_tokens": {"type": "integer"}, "count_exact": {"type": "boolean"}}},
-        "DetokenizeVLLM": {**closed, "required": ["tokens"], "properties": {
+        "DetokenizeVLLM": {**closed, "required": ["tokens", *needs], "properties": {
             "tokens": ids, "model": model}},
-        "DecodeTEI": {**closed, "required": ["ids"], "properties": {
+        "DecodeTEI": {**closed, "required": ["ids", *needs], "properties": {
             "ids": {"oneOf": [ids, {"type": "array", "minItems": 1,
                                     "maxItems": limits.max_inputs, "items": ids}]},
             "skip_special_tokens": special, "model": model}},
@@ -140,7 +147,8 @@ def cohere_schemas(settings: Settings) -> dict[str, Any]:
                                 "nullable": True,
                                 "items": {"type": "string", "enum": list(EMBEDDING_TYPES)}},
             "truncate": {"type": "string", "enum": list(TRUNCATE), "nullable": True},
-            "output_dimension": {"type": "integer", "minimum": 1, "nullable": True},
+            "output_dimension": {"type": "integer", "minimum": 1,
+                                 "maximum": MAX_OUTPUT_DIMENSION, "nullable": True},
             # other modalities: refused unless empty
             **{k: {"type": "array", "maxItems": 0, "nullable": True,
                    "description": "not supported: this server embeds text"}

@@ -39,6 +39,9 @@ Shape = Literal["tei", "vllm"]
 # these, so a generated client learns of a misspelt field).
 TEI_FIELDS = frozenset({"inputs", "add_special_tokens", "prompt_name", "model"})
 VLLM_FIELDS = frozenset({"prompt", "input", "add_special_tokens", "input_type", "model"})
+# The largest token id read as an integer: a JSON integer past 64 bits arrives as a float
+# (orjson), so the OpenAPI document bounds ids here too; the vocabulary bounds them later.
+MAX_TOKEN_ID = 2**63 - 1
 DETOKENIZE_FIELDS = {"tokens": frozenset({"tokens", "model"}),
                      "ids": frozenset({"ids", "skip_special_tokens", "model"})}
 
