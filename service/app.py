@@ -338,7 +338,7 @@ async def _read(request: web.Request, shape: Callable[[Any], T]) -> tuple[T, flo
     with path.bodies.hold(request.content_length):  # a 429 before a large body is read
         raw = await read_body(request, settings.requests.max_body_bytes,
                               settings.connections.body_timeout_s, started)
-        return await path.parse_as(raw, shape), started
+        return await path.parse(raw, shape), started
 
 
 def _limits(request: web.Request) -> dict[str, int]:

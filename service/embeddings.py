@@ -44,7 +44,6 @@ from .schema import (
     check_for_model,
     encode_response,
     parse_body,
-    parse_request,
 )
 
 T = TypeVar("T")
@@ -161,14 +160,9 @@ class EmbeddingsPath:
         self.bodies = BodySlots(limits.max_large_bodies,
                                 metrics.rejected.labels("overloaded").inc)
 
-    async def parse(self, raw: bytes) -> EmbeddingRequest:
-        """The request in `raw`; a large body on the parse thread, off the event loop."""
-        return await self.parse_as(raw, partial(
-            parse_request, max_inputs=self.limits.max_inputs,
-            max_input_chars=self.limits.max_input_chars))
-
-    async def parse_as(self, raw: bytes, shape: Callable[[Any], T]) -> T:
-        """`shape` of the JSON in `raw` (another route's body), parsed as `parse` does."""
+    async def parse(self, raw: bytes, shape: Callable[[Any], T]) -> T:
+        """`shape` (the route's parser: `parse_request`, Cohere's, the token routes') of the
+        JSON in `raw`; a large body on the parse thread, off the event loop."""
         if len(raw) <= INLINE_PARSE_BYTES:
             return shape(parse_body(raw))
         return await asyncio.get_running_loop().run_in_executor(
