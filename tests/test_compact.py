@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_embed.bench import compact as bench_compact
 from edge_embed.core import compact
 from edge_embed.core.bundle import load_manifest
 from edge_embed.core.errors import BundleError
@@ -149,3 +150,45 @@ async def test_a_bundle_without_a_scale_refuses_int8_only(tiny_bundle: Path, tmp
     resp = await client.post("/v2/embed", json={"model": "tiny", "texts": ["x"],
                                                 "embedding_types": ["binary", "ubinary"]})
     assert resp.status == 200
+
+
+async def test_the_cache_keeps_the_two_cuts_apart(make_client: MakeClient) -> None:
+    client = await make_client()
+    long = "first words here " + "fox " * 100 + "the very end"
+    bodies = {}
+    for truncate in ("END", "START", "END", "START"):
+        resp = await client.post("/v2/embed", json={"model": "tiny", "texts": [long],
+                                                    "truncate": truncate})
+        body = await resp.json()
+        assert resp.status == 200 and resp.headers["X-Edge-Embed-Truncated"] == "1"
+        assert body["meta"]["warnings"] and body["warnings"][0]["index"] == 0
+        bodies.setdefault(truncate, []).append(body["embeddings"]["float"])
+    assert bodies["END"][0] == bodies["END"][1] and bodies["START"][0] == bodies["START"][1]
+    assert bodies["END"][0] != bodies["START"][0]
+
+
+async def test_v1_embed_answers_floats_unless_types_are_asked(make_client: MakeClient) -> None:
+    client = await make_client()
+    resp = await client.post("/v1/embed", json={"model": "tiny", "texts": TEXTS[:2]})
+    body = await resp.json()
+    assert body["response_type"] == "embeddings_floats" and len(body["embeddings"]) == 2
+    assert body["meta"]["api_version"]["version"] == "1"
+    resp = await client.post("/v1/embed", json={"model": "tiny", "texts": TEXTS[:2],
+                                                "embedding_types": ["ubinary"]})
+    body = await resp.json()
+    assert body["response_type"] == "embeddings_by_type"
+    assert list(body["embeddings"]) == ["ubinary"] and len(body["embeddings"]["ubinary"][0]) == 4
+
+
+def test_bench_compact_measures_every_type(tiny_bundle: Path, tmp_path: Path) -> None:
+    assert bench_compact.main(["--model", str(tiny_bundle), "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / bench_compact.RESULT_JSON).read_text(encoding="utf-8"))
+    rows = {row["kind"]: row for row in result["types"]}
+    assert list(rows) == ["float", "int8", "uint8", "binary", "ubinary"]
+    assert rows["float"]["recall_at_10"] == rows["float"]["nn_agreement"] == 1.0
+    assert {k: v for k, v in rows["binary"].items() if k != "kind"} == \
+        {k: v for k, v in rows["ubinary"].items() if k != "kind"}
+    for row in rows.values():
+        assert 0.0 <= row["recall_at_10"] <= row["recall_at_10_rescored"] <= 1.0
+    assert rows["binary"]["bytes_per_vector"] == 32 // 8 and rows["int8"]["bytes_per_vector"] == 32
+    assert (tmp_path / bench_compact.RESULT_TABLE).read_text(encoding="utf-8").count("\n") == 7
