@@ -155,7 +155,7 @@ async def test_a_bundle_without_a_scale_refuses_int8_only(tiny_bundle: Path, tmp
 async def test_the_cache_keeps_the_two_cuts_apart(make_client: MakeClient) -> None:
     client = await make_client()
     long = "first words here " + "fox " * 100 + "the very end"
-    bodies = {}
+    bodies: dict[str, list[Any]] = {}
     for truncate in ("END", "START", "END", "START"):
         resp = await client.post("/v2/embed", json={"model": "tiny", "texts": [long],
                                                     "truncate": truncate})
