@@ -334,6 +334,10 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                          "precision": {"type": "string"},
                                          "provider": {"type": "array",
                                                       "items": {"type": "string"}},
+                                         "embedding_types": {
+                                             "type": "array", "items": {
+                                                 "type": "string",
+                                                 "enum": list(EMBEDDING_TYPES)}},
                                          # the start-up check of the bundle's canaries
                                          "canary": {"type": "object", "nullable": True,
                                                     "required": ["status"], "properties": {

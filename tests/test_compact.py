@@ -96,6 +96,8 @@ async def test_a_vector_compact_form_ignores_its_batch_mates(make_client: MakeCl
 
 async def test_openai_route_extension(make_client: MakeClient, tiny_bundle: Path) -> None:
     client = await make_client()
+    info = await (await client.get("/v1/models/tiny")).json()
+    assert info["embedding_types"] == ["float", "base64", *compact.COMPACT_TYPES]
     scale = load_manifest(tiny_bundle).compact.scale  # type: ignore[union-attr]
     resp = await client.post("/v1/embeddings", json={
         "model": "tiny", "input": TEXTS[:2], "embedding_types": TYPES, "encoding_format": "base64"})
@@ -150,6 +152,8 @@ async def test_a_bundle_without_a_scale_refuses_int8_only(tiny_bundle: Path, tmp
     resp = await client.post("/v2/embed", json={"model": "tiny", "texts": ["x"],
                                                 "embedding_types": ["binary", "ubinary"]})
     assert resp.status == 200
+    info = await (await client.get("/v1/models/tiny")).json()
+    assert info["embedding_types"] == ["float", "base64", "binary", "ubinary"]
 
 
 async def test_the_cache_keeps_the_two_cuts_apart(make_client: MakeClient) -> None:
