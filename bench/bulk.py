@@ -29,7 +29,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import orjson
+from tokenizers import Tokenizer
+
+from edge_embed.core.batching import BATCH_INPUTS
+from edge_embed.core.bundle import load_manifest
+from edge_embed.core.cpus import plan_threads, usable_cpus
 from edge_embed.service.process import process_rss
+
+from .workloads import SEED, build
 
 # Rows per window: the local job's shard (what it holds in memory at once) and the raw
 # baseline's unit of sorting.
@@ -51,13 +59,6 @@ QUICK_MULTIPLE = 4
 
 def corpus_texts(bundle: Path, rows: int) -> list[str]:
     """`rows` texts with the mixed workload's lengths, from seeded workload builds."""
-    # imported here, not at the top: the workers, which import this module, never need them
-    from tokenizers import Tokenizer
-
-    from edge_embed.core.bundle import load_manifest
-
-    from .workloads import SEED, build
-
     manifest = load_manifest(bundle)
     tokenizer = Tokenizer.from_file(str(bundle / manifest.tokenizer_file))
     texts: list[str] = []
@@ -71,15 +72,11 @@ def corpus_texts(bundle: Path, rows: int) -> list[str]:
 
 
 # ---- the worker (one system, one run, in its own process) -----------------------------------
-# Each system imports its stack inside its function: a worker process holds only what it
-# measures (the local worker's RSS is sampled), not the other systems' modules.
+# Each system imports its heavy stack (onnxruntime, Ray) inside its function: a worker process
+# holds only what it measures (the local worker's RSS is sampled), not the other systems'.
 def _raw(bundle: Path, corpus: Path, window: int) -> int:
-    import orjson
-
-    from edge_embed.core.cpus import plan_threads, usable_cpus
     from edge_embed.core.encoder import BundleModel
     from edge_embed.core.runtime import RuntimeOptions
-    from edge_embed.service.limits import BATCH_INPUTS
 
     threads, runs = plan_threads(usable_cpus(), None, None)
     model = BundleModel(bundle, RuntimeOptions(intra_op_threads=threads))
@@ -102,7 +99,6 @@ def _job(bundle: Path, corpus: Path, window: int, out: Path, ray_mode: bool) -> 
     args = [str(corpus), "--model", str(bundle), "--out", str(out), "--shard-rows",
             str(window), "--quiet"]
     if ray_mode:
-        from edge_embed.core.cpus import usable_cpus
         from edge_embed.corpus.ray_runner import start_local_ray
 
         start_local_ray(usable_cpus())

@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_embed.core.cpus import plan_threads, usable_cpus
+
 from .stats import Window, window
 from .worker import serve
 from .workloads import Workload
@@ -36,7 +38,6 @@ Embed = Callable[[Sequence[str]], object]
 # (onnxruntime or torch, never both).
 def ort_embedder(bundle: Path) -> tuple[Embed, int]:
     """The embedder and how many batches to run at once: the service's default thread plan."""
-    from edge_embed.core.cpus import plan_threads, usable_cpus
     from edge_embed.core.encoder import BundleModel
     from edge_embed.core.runtime import RuntimeOptions
 
@@ -47,7 +48,6 @@ def ort_embedder(bundle: Path) -> tuple[Embed, int]:
 
 def peer_embedder(bundle: Path) -> Embed:
     """One session with every usable CPU (and no second one), one batch at a time."""
-    from edge_embed.core.cpus import usable_cpus
     from edge_embed.core.encoder import BundleModel
     from edge_embed.core.runtime import RuntimeOptions
 
@@ -68,8 +68,6 @@ def st_embedder(source: Path) -> Embed:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
     from sentence_transformers import SentenceTransformer
-
-    from edge_embed.core.cpus import usable_cpus
 
     torch.set_num_threads(usable_cpus())
     model = SentenceTransformer(str(source), device="cpu")

@@ -3,7 +3,7 @@
 The bundle is loaded by core/encoder.py's BundleModel with the service's session options and
 thread plan (core/cpus.py: intra-op threads per run, concurrent runs); texts are tokenized
 and cut by its TextTokenizer; rows are sorted by length and cut into runs by the engine's own
-cut (service/batching.py) under the service's BatchPolicy, each run padded to the width the
+cut (edge_embed/core/batching.py) under the service's BatchPolicy, each run padded to the width the
 engine pads to. The vectors are therefore the service's vectors for the same text and bundle.
 """
 
@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from edge_embed.core.batching import BatchPolicy, cut_sorted, padded_width
 from edge_embed.core.cpus import plan_threads, usable_cpus
 from edge_embed.core.encoder import BundleModel, Tokenized
 from edge_embed.core.pooling import F32
 from edge_embed.core.runtime import RuntimeOptions
-from edge_embed.service.batching import cut_sorted, padded_width
-from edge_embed.service.limits import BatchPolicy
 
 
 @dataclass(frozen=True)

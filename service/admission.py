@@ -17,12 +17,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .limits import BatchPolicy, QueueLimits
+from edge_embed.core.batching import RUN_COST_TOKENS, BatchPolicy
 
-# What one more model run costs beyond its tokens (session call, executor hop, pooling, the
-# worker's bookkeeping), in tokens of compute; batches are cut where padding would cost more
-# than another run. Figures: docs/measurements.md#run_cost_tokens
-RUN_COST_TOKENS = 16
+from .limits import QueueLimits
+
 # Weight of the newest run in the throughput average: the last ~10 runs count (a fraction of a
 # second under load), so a neighbour taking a core shows within a few runs, while one run
 # delayed by the scheduler moves the estimate by a fifth only.

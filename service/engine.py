@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from edge_embed.core.batching import RUN_COST_TOKENS, BatchPolicy, cut_sorted, padded_width
 from edge_embed.core.encoder import BundleModel
 from edge_embed.core.feeds import I64
 from edge_embed.core.pooling import F32
 
-from .admission import RUN_COST_TOKENS, RUNNING_SHARE_LEFT, Meter, judge
-from .batching import cut_sorted, padded_width
+from .admission import RUNNING_SHARE_LEFT, Meter, judge
 from .errors import ApiError, ClientGone, InternalError, Overloaded, Unavailable
-from .limits import BatchPolicy, QueueLimits
+from .limits import QueueLimits
 from .metrics import Metrics
 
 log = logging.getLogger("edge_embed.engine")
@@ -396,7 +396,7 @@ class ModelEngine:
         return window
 
     def _form_batches(self, window: list[tuple[Job, int]]) -> list[list[tuple[Job, int]]]:
-        """Sort by length, then cut into the batches of least total cost (service/batching.py)."""
+        """Sort by length, then cut into the batches of least total cost (core.batching)."""
         items = sorted(window, key=lambda item: len(item[0].rows[item[1]]))
         lengths = [len(job.rows[row]) for job, row in items]
         return [items[i:j] for i, j in cut_sorted(lengths, self.batching,

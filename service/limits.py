@@ -2,9 +2,11 @@
 
 - `RequestLimits`: what one request may ask (the request path checks them);
 - `QueueLimits`: what the engine admits (by time, against the request's deadline);
-- `BatchPolicy`: how the engine forms model runs;
 - `CacheLimits`: how much the embedding cache holds;
 - `ConnectionLimits`: how long a client may take to send, and how many connections stay open.
+
+How model runs are formed (`BatchPolicy`) is the core's (edge_embed/core/batching.py): the
+offline corpus job cuts runs exactly as the engine does.
 
 Every default is a named constant with the reason for its number, so that an operator changing
 one knows what they trade. Settings (flags and `EDGE_EMBED_*`) build these objects; nothing else
@@ -75,31 +77,6 @@ class QueueLimits:
     max_inputs: int = QUEUE_INPUTS
     max_tokens: int = QUEUE_TOKENS
     deadline_share: float = ADMIT_DEADLINE_SHARE
-
-
-# ---- batching ------------------------------------------------------------------------------
-# Padded tokens per model run (longest x count): 4 texts of 256 tokens, 32 of 32. Smaller runs
-# keep a single-threaded run's activations in cache and bound the arena; short requests still
-# batch 32 at a time. Figures: docs/measurements.md#batch_tokens
-BATCH_TOKENS = 1024
-# Short inputs gain throughput up to batch 32 and lose it at 64 (docs/measurements.md#batch_inputs).
-BATCH_INPUTS = 32
-# Extra wait to fill a batch when the worker is free. 0: never wait; batches form from what
-# queues while a run is in flight, so an idle server answers at once
-# (figures: docs/measurements.md#batch_delay_ms).
-BATCH_DELAY_MS = 0.0
-# Pad batch widths up to a multiple of this (fewer distinct shapes for onnxruntime's arena).
-# 1: padding cost more throughput than the arena saved (--arena-shrink is the memory knob); a
-# lone input is never padded. Figures: docs/measurements.md#pad_multiple
-PAD_MULTIPLE = 1
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    max_tokens: int = BATCH_TOKENS
-    max_inputs: int = BATCH_INPUTS
-    delay_ms: float = BATCH_DELAY_MS
-    pad_multiple: int = PAD_MULTIPLE
 
 
 # ---- the embedding cache -------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 
 from edge_embed.core import files
 from edge_embed.core.bundle import RerankInfo, Task, load_manifest
+from edge_embed.core.compact import SCALED_TYPES
 from edge_embed.core.encoder import BundleModel
 from edge_embed.core.errors import BundleError
 from edge_embed.core.files import VerifyMode
@@ -19,6 +20,7 @@ from edge_embed.core.runtime import RuntimeOptions
 
 from .advice import bundle_warnings
 from .errors import InvalidRequest, ModelNotFound
+from .schema import EMBEDDING_TYPES
 
 log = logging.getLogger("edge_embed.models")
 
@@ -80,6 +82,10 @@ class ServedModel:
             "provider_message": p.message or None, "quality": quality,
             "source": m.source.get("model"), "canary": canary, "task": m.task,
             "rerank": None if m.rerank is None else _rerank_info(m.rerank),
+            # what /v2/embed and the embeddings extension serve for it (core/compact.py); a
+            # reranker has no vectors
+            "embedding_types": [] if m.task != "embed" else [
+                t for t in EMBEDDING_TYPES if m.compact is not None or t not in SCALED_TYPES],
         }
 
 

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from edge_embed.core.compact import COMPACT_TYPES
+
 from .. import __version__
+from .cohere import COHERE_INPUT_TYPES, MAX_OUTPUT_DIMENSION, TRUNCATE, UNSUPPORTED
+from .schema import EMBEDDING_TYPES, ENCODING_FORMATS
 from .settings import Settings
+from .tokenize import MAX_TOKEN_ID
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -32,10 +37,130 @@ _COMMON_ERRORS = {
 }
 
 
+_INPUT_ERRORS = {
+    "400": _err("Invalid request (names the field and item)"),
+    "413": _err("Body over the size limit"),
+    "415": _err("Content-Type is not application/json"),
+    "429": _err("Overloaded (Retry-After)"),
+}
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def cohere_op(settings: Settings, version: str) -> dict[str, Any]:
+    response = "CohereEmbedResponse" if version == "2" else "CohereEmbedResponseV1"
+    return {
+        "summary": f"Embed texts in Cohere's v{version} shape, with compact types",
+        "requestBody": _body(_ref("CohereEmbedRequest")),
+        "responses": {
+            "200": {**_ok("Embeddings by type", response),
+                    "headers": {"X-Edge-Embed-Truncated": {
+                        "description": "How many texts were cut at the model's token limit",
+                        "schema": {"type": "integer"}}}},
+            "408": _err("The request did not finish within the request timeout"),
+            **_INPUT_ERRORS, **_COMMON_ERRORS}}
+
+
+def tokenize_schemas(settings: Settings) -> dict[str, Any]:
+    limits = settings.requests
+    text = {"type": "string", "minLength": 1, "maxLength": limits.max_input_chars}
+    ids = {"type": "array", "minItems": 1, "maxItems": limits.max_input_chars,
+           "items": {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID}}
+    # `model` may be left out where the caller may use one model only: a server of several
+    # declares it required (a key limited to one of them may still leave it out).
+    several = len(settings.models) > 1
+    model: dict[str, Any] = (
+        {"type": "string", "minLength": 1} if several else
+        {"type": "string", "minLength": 1, "nullable": True,
+         "description": "the served model; may be left out"})
+    needs = ["model"] if several else []
+    special = {"type": "boolean", "nullable": True}
+    closed = {"type": "object", "additionalProperties": False}
+    prompt_name = {"type": "string", "nullable": True,
+                   "description": "an input type: the model's prompt of that name"}
+    return {
+        "TokenizeTEI": {**closed, "required": ["inputs", *needs], "properties": {
+            "inputs": {"oneOf": [text, {"type": "array", "minItems": 1,
+                                        "maxItems": limits.max_inputs, "items": text}]},
+            "add_special_tokens": special, "prompt_name": prompt_name, "model": model}},
+        "TokenizeVLLM": {**closed, "required": ["prompt", *needs], "properties": {
+            "prompt": text, "model": model, "add_special_tokens": special,
+            "input_type": prompt_name}},
+        "TokenizeVLLMInput": {**closed, "required": ["input", *needs], "properties": {
+            "input": text, "model": model, "add_special_tokens": special,
+            "input_type": prompt_name}},
+        "SimpleToken": {"type": "object", "required": ["id", "text", "special", "start", "stop"],
+                        "properties": {"id": {"type": "integer"}, "text": {"type": "string"},
+                                       "special": {"type": "boolean"},
+                                       "start": {"type": "integer", "nullable": True},
+                                       "stop": {"type": "integer", "nullable": True}}},
+        "TokenizeResponse": {
+            "type": "object",
+            "required": ["count", "max_model_len", "tokens", "truncated", "used_tokens"],
+            "properties": {
+                "count": {"type": "integer",
+                          "description": "tokens before any cut (count_exact false: at least)"},
+                "max_model_len": {"type": "integer"},
+                "tokens": {"type": "array", "items": {"type": "integer"},
+                           "description": "the ids the model would see"},
+                "model": {"type": "string"}, "truncated": {"type": "boolean"},
+                "used_tokens": {"type": "integer"}, "count_exact": {"type": "boolean"}}},
+        "DetokenizeVLLM": {**closed, "required": ["tokens", *needs], "properties": {
+            "tokens": ids, "model": model}},
+        "DecodeTEI": {**closed, "required": ["ids", *needs], "properties": {
+            "ids": {"oneOf": [ids, {"type": "array", "minItems": 1,
+                                    "maxItems": limits.max_inputs, "items": ids}]},
+            "skip_special_tokens": special, "model": model}},
+    }
+
+
+def cohere_schemas(settings: Settings) -> dict[str, Any]:
+    limits = settings.requests
+    text = {"type": "string", "minLength": 1, "maxLength": limits.max_input_chars}
+    ints = {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}
+    floats = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
+    by_type: dict[str, Any] = {"type": "object", "properties": {
+        "float": floats, "base64": {"type": "array", "items": {"type": "string",
+                                                                "format": "byte"}},
+        **{t: ints for t in COMPACT_TYPES}}}
+    meta = {"type": "object", "properties": {
+        "api_version": {"type": "object", "properties": {"version": {"type": "string"}}},
+        "billed_units": {"type": "object", "properties": {"input_tokens": {"type": "integer"}}},
+        "warnings": {"type": "array", "items": {"type": "string"}}}}
+    common = {"id": {"type": "string"}, "texts": {"type": "array", "items": {"type": "string"}},
+              "meta": meta, "response_type": {"type": "string"},
+              "warnings": {"type": "array", "items": _ref("Warning")}}
+    return {
+        "CohereEmbedRequest": {"type": "object", "required": ["model", "texts"], "properties": {
+            "model": {"type": "string", "minLength": 1},
+            "texts": {"type": "array", "minItems": 1, "maxItems": limits.max_inputs,
+                      "items": text},
+            "input_type": {"type": "string", "enum": list(COHERE_INPUT_TYPES),
+                           "nullable": True},
+            "embedding_types": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                "nullable": True,
+                                "items": {"type": "string", "enum": list(EMBEDDING_TYPES)}},
+            "truncate": {"type": "string", "enum": list(TRUNCATE), "nullable": True},
+            "output_dimension": {"type": "integer", "minimum": 1,
+                                 "maximum": MAX_OUTPUT_DIMENSION, "nullable": True},
+            # other modalities: refused unless empty
+            **{k: {"type": "array", "maxItems": 0, "nullable": True,
+                   "description": "not supported: this server embeds text"}
+               for k in UNSUPPORTED}}},
+        "CohereEmbedResponse": {"type": "object", "required": ["id", "embeddings", "texts",
+                                                               "meta"],
+                                "properties": {**common, "embeddings": by_type}},
+        "CohereEmbedResponseV1": {"type": "object", "required": ["id", "embeddings", "texts",
+                                                                 "meta"],
+                                  "properties": {**common, "embeddings": {"oneOf": [
+                                      floats, by_type]}}},
+    }
 def _rerank_spec(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     """The rerank routes (service/rerank.py) and their schemas: (paths, schemas)."""
     limits = settings.requests
@@ -93,21 +218,17 @@ def _rerank_spec(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     def op(name: str, summary: str, request: dict[str, Any],
            response: dict[str, Any]) -> dict[str, Any]:
         return {"post": {
-            "operationId": name, "summary": summary,
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": request}}},
+            "operationId": name, "summary": summary, "requestBody": _body(request),
             "responses": {
                 "200": {"description": "Documents ranked by score, best first",
                         "content": {"application/json": {"schema": response}},
                         "headers": {"X-Edge-Embed-Truncated": {
                             "description": "How many pairs were cut at the model's limit",
                             "schema": {"type": "integer"}}}},
+                **_INPUT_ERRORS,
                 "400": _err("Invalid request (names the field and document), or a model "
                             "of another task"),
                 "408": _err("The request did not finish within the request timeout"),
-                "413": _err("Body over the size limit"),
-                "415": _err("Content-Type is not application/json"),
-                "429": _err("Overloaded (Retry-After)"),
                 **_COMMON_ERRORS}}}
 
     paths = {
@@ -155,6 +276,36 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
             **{p: {"post": {**embeddings_op, "operationId": f"createEmbedding{i}"}}
                for i, p in enumerate(("/v1/embeddings", "/embeddings", "/api/embeddings",
                                       "/api/v2/embeddings"))},
+            **{p: {"post": {**cohere_op(settings, v), "operationId": f"embedCohereV{v}"}}
+               for p, v in (("/v2/embed", "2"), ("/v1/embed", "1"))},
+            "/tokenize": {"post": {
+                "operationId": "tokenize",
+                "summary": "Tokenize as /v1/embeddings would (TEI or vLLM shape)",
+                "requestBody": _body({"oneOf": [_ref("TokenizeTEI"), _ref("TokenizeVLLM"),
+                                         _ref("TokenizeVLLMInput")]}),
+                "responses": {
+                    "200": {"description": "TEI: per input its tokens; vLLM: count and ids",
+                            "headers": {"X-Edge-Embed-Truncated": {
+                                "description": "How many inputs /v1/embeddings would cut",
+                                "schema": {"type": "integer"}}},
+                            "content": {"application/json": {"schema": {"oneOf": [
+                                {"type": "array", "items": {
+                                    "type": "array", "items": _ref("SimpleToken")}},
+                                _ref("TokenizeResponse")]}}}},
+                    **_INPUT_ERRORS, **_COMMON_ERRORS}}},
+            **{p: {"post": {
+                "operationId": f"detokenize{i}",
+                "summary": "Token ids back to text (vLLM or TEI shape)",
+                "requestBody": _body({"oneOf": [_ref("DetokenizeVLLM"), _ref("DecodeTEI")]}),
+                "responses": {
+                    "200": {"description": "vLLM: {prompt}; TEI: the text(s)",
+                            "content": {"application/json": {"schema": {"oneOf": [
+                                {"type": "object", "required": ["prompt"],
+                                 "properties": {"prompt": {"type": "string"}}},
+                                {"type": "string"},
+                                {"type": "array", "items": {"type": "string"}}]}}}},
+                    **_INPUT_ERRORS, **_COMMON_ERRORS}}}
+               for i, p in enumerate(("/detokenize", "/decode"))},
             **rerank_paths,
             "/v1/models": {"get": {"operationId": "listModels", "summary": "Served models",
                                    "responses": {"200": _ok("Models", "ModelList"),
@@ -197,8 +348,17 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                             token_ids, {"type": "array", "minItems": 1,
                                         "maxItems": settings.requests.max_inputs,
                                         "items": token_ids}]},
-                        "encoding_format": {"type": "string", "enum": ["float", "base64"],
-                                            "nullable": True},
+                        "encoding_format": {"type": "string", "enum": list(ENCODING_FORMATS),
+                                            "nullable": True,
+                                            "description": "float, base64 (little-endian "
+                                                           "float32) or, an extension, a "
+                                                           "compact type as integers"},
+                        "embedding_types": {"type": "array", "minItems": 1,
+                                            "uniqueItems": True, "nullable": True,
+                                            "items": {"type": "string",
+                                                      "enum": list(EMBEDDING_TYPES)},
+                                            "description": "extension: each item gets "
+                                                           "`embeddings` by type"},
                         "dimensions": {"type": "integer", "minimum": 1, "nullable": True},
                         "user": {"type": "string", "nullable": True},
                         "metadata": {"type": "object", "nullable": True},
@@ -219,7 +379,13 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                              "index": {"type": "integer"},
                                              "embedding": {"oneOf": [
                                                  {"type": "array", "items": {"type": "number"}},
-                                                 {"type": "string", "format": "byte"}]}}},
+                                                 {"type": "string", "format": "byte"}]},
+                                             "embeddings": {"type": "object", "properties": {
+                                                 t: {"oneOf": [
+                                                     {"type": "array",
+                                                      "items": {"type": "number"}},
+                                                     {"type": "string", "format": "byte"}]}
+                                                 for t in EMBEDDING_TYPES}}}},
                 "Warning": {"type": "object", "properties": {
                     "index": {"type": "integer"}, "code": {"type": "string"},
                     "message": {"type": "string"}, "original_tokens": {"type": "integer"},
@@ -255,6 +421,10 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                          "rerank": {"type": "object", "nullable": True},
                                          "provider": {"type": "array",
                                                       "items": {"type": "string"}},
+                                         "embedding_types": {
+                                             "type": "array", "items": {
+                                                 "type": "string",
+                                                 "enum": list(EMBEDDING_TYPES)}},
                                          # the start-up check of the bundle's canaries
                                          "canary": {"type": "object", "nullable": True,
                                                     "required": ["status"], "properties": {
@@ -263,6 +433,8 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                                             "absent"]},
                                                         "agreement": {"type": "number"},
                                                         "gate": {"type": "number"}}}}},
+                **tokenize_schemas(settings),
+                **cohere_schemas(settings),
                 **rerank_schemas,
                 "ModelList": {"type": "object", "required": ["object", "data"],
                               "properties": {"object": {"type": "string"},

@@ -35,11 +35,10 @@ from edge_embed.core.rerank import RerankModel
 
 from .admission import estimate_tokens
 from .auth import Authenticator
-from .embeddings import INLINE_PARSE_BYTES, Caller, RequestPath
+from .embeddings import Caller, RequestPath
 from .errors import InvalidRequest
 from .middleware import Phase
 from .models import ServedModel
-from .schema import parse_body
 
 Shape = Literal["cohere", "cohere_v2", "tei"]
 V2_PATH = "/v2/rerank"
@@ -205,17 +204,6 @@ class RerankResult:
 
 
 class RerankPath(RequestPath):
-    async def parse(self, raw: bytes, path: str) -> RerankRequest:
-        if len(raw) <= INLINE_PARSE_BYTES:
-            return self._parse(raw, path)
-        return await asyncio.get_running_loop().run_in_executor(self.parse_executor,
-                                                                self._parse, raw, path)
-
-    def _parse(self, raw: bytes, path: str) -> RerankRequest:
-        return parse_rerank(parse_body(raw), path,
-                            max_documents=self.limits.max_rerank_documents,
-                            max_chars=self.limits.max_input_chars)
-
     def _served(self, req: RerankRequest, caller: Caller) -> ServedModel:
         visible = partial(Authenticator.may_use, caller.key)
         if req.model is not None:

@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edge_embed.core.batching import BatchPolicy
 from edge_embed.core.canary import CANARY_FAILURES, CanaryFailure
 from edge_embed.core.files import VERIFY_MODES, VerifyMode
 from edge_embed.core.runtime import PROVIDERS, SPINNING, RuntimeOptions
 
 from .address import DEFAULT_HOST, DEFAULT_PORT, env_name
-from .limits import BatchPolicy, CacheLimits, ConnectionLimits, QueueLimits, RequestLimits
+from .limits import CacheLimits, ConnectionLimits, QueueLimits, RequestLimits
 
 # Kubernetes gives 30 s between SIGTERM and SIGKILL by default; 20 s leaves room to exit.
 DRAIN_TIMEOUT_S = 20.0

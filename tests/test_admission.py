@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from edge_embed.core.batching import RUN_COST_TOKENS, BatchPolicy
 from edge_embed.service.admission import (
     RATE_SMOOTHING,
     RETRY_AFTER_MAX_S,
     RETRY_AFTER_MIN_S,
-    RUN_COST_TOKENS,
     Meter,
     estimate_tokens,
     judge,
 )
-from edge_embed.service.limits import BatchPolicy, QueueLimits
+from edge_embed.service.limits import QueueLimits
 
 BATCH = BatchPolicy(max_tokens=1000, max_inputs=10)
 QUEUE = QueueLimits(deadline_share=0.5)

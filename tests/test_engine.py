@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_embed.service.admission import RUN_COST_TOKENS
+from edge_embed.core.batching import RUN_COST_TOKENS, BatchPolicy
 from edge_embed.service.app import ENGINES, STATE
 from edge_embed.service.engine import Job
-from edge_embed.service.limits import BatchPolicy, CacheLimits, QueueLimits, RequestLimits
+from edge_embed.service.limits import CacheLimits, QueueLimits, RequestLimits
 from tests.fixtures.server import Gate, MakeClient, until
 
 SENTENCES = [f"sentence number {i} about a cat and a dog" + " fox" * (i % 5) for i in range(16)]

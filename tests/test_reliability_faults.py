@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_embed.core.batching import BatchPolicy
 from edge_embed.core.encoder import BundleModel
 from edge_embed.service.engine import ModelEngine
-from edge_embed.service.limits import BatchPolicy, CacheLimits
+from edge_embed.service.limits import CacheLimits
 from tests.fixtures.server import MakeClient
 from tests.reliability_server import assert_openai_error
 

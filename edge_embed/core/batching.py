@@ -1,4 +1,4 @@
-"""Cutting length-sorted token rows into model runs: the one cut the engine and the bulk job use.
+"""How model runs are formed: the budgets, and the one cut the engine and the corpus job use.
 
 A batch costs RUN_COST_TOKENS plus its padded tokens (longest x count); batches stay within the
 policy's token and input budgets. Over rows sorted by length the cheapest cut is found exactly
@@ -11,9 +11,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from .admission import RUN_COST_TOKENS
-from .limits import BatchPolicy
+# Padded tokens per model run (longest x count): 4 texts of 256 tokens, 32 of 32. Smaller runs
+# keep a single-threaded run's activations in cache and bound the arena; short requests still
+# batch 32 at a time. Figures: docs/measurements.md#batch_tokens
+BATCH_TOKENS = 1024
+# Short inputs gain throughput up to batch 32 and lose it at 64 (docs/measurements.md#batch_inputs).
+BATCH_INPUTS = 32
+# Extra wait to fill a batch when the worker is free. 0: never wait; batches form from what
+# queues while a run is in flight, so an idle server answers at once
+# (figures: docs/measurements.md#batch_delay_ms).
+BATCH_DELAY_MS = 0.0
+# Pad batch widths up to a multiple of this (fewer distinct shapes for onnxruntime's arena).
+# 1: padding cost more throughput than the arena saved (--arena-shrink is the memory knob); a
+# lone input is never padded. Figures: docs/measurements.md#pad_multiple
+PAD_MULTIPLE = 1
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_tokens: int = BATCH_TOKENS
+    max_inputs: int = BATCH_INPUTS
+    delay_ms: float = BATCH_DELAY_MS
+    pad_multiple: int = PAD_MULTIPLE
+
+
+# What one more model run costs beyond its tokens (session call, executor hop, pooling, the
+# worker's bookkeeping), in tokens of compute; batches are cut where padding would cost more
+# than another run. Figures: docs/measurements.md#run_cost_tokens
+RUN_COST_TOKENS = 16
 
 
 def padded_width(longest: int, count: int, policy: BatchPolicy, model_max_tokens: int) -> int:
