@@ -146,3 +146,18 @@ def test_corpus_job_refuses_a_reranker(rerank_bundle: Path, tmp_path: Path,
                        str(tmp_path / "out")]) == 2
     assert "task 'rerank'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_rerank_set_refuses_what_is_not_a_query_with_candidates(tmp_path: Path) -> None:
+    from edge_embed.core.evalset import load_rerank_set
+    from edge_embed.core.tooling import ToolError
+
+    shipped = load_rerank_set()
+    assert shipped.n_pairs == sum(len(q.documents) for q in shipped.queries) >= 200
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "q", "query": "x", "documents": ["a", "b", "c", "d"]}\n{"id": 2}\n')
+    with pytest.raises(ToolError, match=r"bad.jsonl:2: not a rerank item"):
+        load_rerank_set(bad)
+    bad.write_text('{"id": "q", "query": "x", "documents": ["a", "b"]}\n')
+    with pytest.raises(ToolError, match="at least 4 non-empty documents"):
+        load_rerank_set(bad)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, TypeVar
 
 from .tooling import ToolError
 
@@ -19,6 +21,8 @@ from .tooling import ToolError
 DEFAULT_EVAL_SET = Path(str(resources.files("edge_embed.core") / "data" / "eval.jsonl"))
 # How much of the file's sha256 names the set in manifests: enough to tell versions apart.
 _HASH_PREFIX = 12
+T = TypeVar("T")
+_ARTICLE = {"evaluation": "an", "rerank": "a"}
 
 
 @dataclass(frozen=True)
@@ -41,29 +45,35 @@ class EvalSet:
         return sorted({item.kind for item in self.items})
 
 
-def load_eval_set(path: Path | None = None) -> EvalSet:
-    """The evaluation set at `path` (default: the shipped one), every non-empty item in file
-    order; a file that cannot be read or a line that is not an item is refused by name."""
-    path = path or DEFAULT_EVAL_SET
+def _read_jsonl(path: Path, what: str, item: Callable[[Any], T]) -> tuple[str, list[T]]:
+    """("<file name>@<sha256 prefix>", `item` of each non-empty line's JSON object); a file
+    that cannot be read, or a line `item` cannot make an item of, is refused by file and line
+    (`what`: the set's kind, "evaluation" or "rerank")."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ToolError(f"cannot read the evaluation set {path}: {exc.strerror}") from None
-    items: list[EvalItem] = []
+        raise ToolError(f"cannot read the {what} set {path}: {exc.strerror}") from None
+    out: list[T] = []
     for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-            item = EvalItem(str(row["id"]), str(row.get("kind", "para")), str(row["text"]))
+            out.append(item(json.loads(line)))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise ToolError(f"{path}:{number}: not an evaluation item ({exc})") from None
-        if item.text.strip():
-            items.append(item)
+            raise ToolError(f"{path}:{number}: not {_ARTICLE[what]} {what} item ({exc})") from None
+    return f"{path.name}@{hashlib.sha256(raw).hexdigest()[:_HASH_PREFIX]}", out
+
+
+def load_eval_set(path: Path | None = None) -> EvalSet:
+    """The evaluation set at `path` (default: the shipped one), every non-empty item in file
+    order; a file that cannot be read or a line that is not an item is refused by name."""
+    path = path or DEFAULT_EVAL_SET
+    name, rows = _read_jsonl(path, "evaluation", lambda row: EvalItem(
+        str(row["id"]), str(row.get("kind", "para")), str(row["text"])))
+    items = [item for item in rows if item.text.strip()]
     if len(items) < 2:
         raise ToolError(f"{path}: needs at least two non-empty items")
-    digest = hashlib.sha256(raw).hexdigest()[:_HASH_PREFIX]
-    return EvalSet(f"{path.name}@{digest}", tuple(items))
+    return EvalSet(name, tuple(items))
 
 
 # ---- the rerank evaluation set ---------------------------------------------------------------
@@ -97,26 +107,13 @@ def load_rerank_set(path: Path | None = None) -> RerankSet:
     """The rerank evaluation set at `path` (default: the shipped one); a line that is not a
     query with at least _MIN_CANDIDATES non-empty documents is refused by file and line."""
     path = path or DEFAULT_RERANK_SET
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ToolError(f"cannot read the rerank evaluation set {path}: {exc.strerror}") from None
-    queries: list[RerankQuery] = []
-    for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            docs = tuple(str(d) for d in row["documents"])
-            item = RerankQuery(str(row["id"]), str(row["query"]), docs)
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise ToolError(f"{path}:{number}: not a rerank item ({exc})") from None
-        if (not item.query.strip() or len(docs) < _MIN_CANDIDATES
-                or not all(d.strip() for d in docs)):
-            raise ToolError(f"{path}:{number}: needs a query and at least {_MIN_CANDIDATES} "
-                            "non-empty documents")
-        queries.append(item)
+    name, queries = _read_jsonl(path, "rerank", lambda row: RerankQuery(
+        str(row["id"]), str(row["query"]), tuple(str(d) for d in row["documents"])))
+    for number, q in enumerate(queries, start=1):
+        if (not q.query.strip() or len(q.documents) < _MIN_CANDIDATES
+                or not all(d.strip() for d in q.documents)):
+            raise ToolError(f"{path}: query {number} ({q.id}) needs a query and at least "
+                            f"{_MIN_CANDIDATES} non-empty documents")
     if not queries:
         raise ToolError(f"{path}: holds no queries")
-    digest = hashlib.sha256(raw).hexdigest()[:_HASH_PREFIX]
-    return RerankSet(f"{path.name}@{digest}", tuple(queries))
+    return RerankSet(name, tuple(queries))
