@@ -65,6 +65,10 @@ def _invalid(message: str, param: str) -> InvalidRequest:
 
 
 def _is_int(value: Any) -> bool:
+    """An integer as JSON Schema (and so /openapi.json) counts one: 7, or 7.0 as a client's
+    encoder may write it; never a boolean."""
+    if isinstance(value, float):
+        return value.is_integer()
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -291,6 +295,12 @@ def parse_request(data: Any, *, max_inputs: int, max_input_chars: int) -> Embedd
         if "model" in extra and extra["model"] != data.get("model"):
             raise _invalid("'extra_body.model' differs from 'model': extra_body may not change "
                            "the model; send it in 'model' only.", "extra_body")
+        if extra.keys() & data.keys() - {"model"}:
+            # Each field is checked where it was sent (/openapi.json declares both places): a
+            # value the merge hides must be valid too.
+            top = {k: v for k, v in data.items() if k != "extra_body"}
+            parse_request({**top, "input": top.get("input", extra.get("input"))},
+                          max_inputs=max_inputs, max_input_chars=max_input_chars)
         data = {**data, **extra}
     model = data.get("model")
     if not isinstance(model, str) or not model:
@@ -306,6 +316,8 @@ def parse_request(data: Any, *, max_inputs: int, max_input_chars: int) -> Embedd
     dims = data.get("dimensions")
     if dims is not None and (not _is_int(dims) or dims <= 0):
         raise _invalid("'dimensions' must be a positive integer.", "dimensions")
+    if dims is not None:
+        dims = int(dims)
     for key in ("truncate",):
         if data.get(key) is not None and not isinstance(data[key], bool):
             raise _invalid(f"'{key}' must be true or false.", key)
