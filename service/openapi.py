@@ -232,7 +232,9 @@ def openapi_spec(settings: Settings, models: Sequence[ServedModel] = (),
                 "200": {"description": "The file", "content": {
                     media: {"schema": {"type": "string"}}
                     for media in sorted({m for m in ASSETS.values()})}},
-                "404": _err("No such file"), "503": _UNAVAILABLE}}}
+                # another name is any unknown path: with keys on, 401 before 404
+                "401": _COMMON_ERRORS["401"], "404": _err("No such file"),
+                "503": _UNAVAILABLE}}}
     if settings.api_keys or settings.api_keys_file:
         for path, item in paths.items():
             if path in OPEN_PATHS or path == DOCS_ASSET_PATH:
