@@ -109,7 +109,7 @@ _SCRIPT = """"use strict";
 def _asset(name: str) -> bytes:
     if name == _PAGE_SCRIPT:
         return _SCRIPT.encode()
-    return (swagger_ui_path / name).read_bytes()
+    return bytes((swagger_ui_path / name).read_bytes())
 
 
 async def page(request: web.Request) -> web.Response:

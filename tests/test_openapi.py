@@ -45,7 +45,7 @@ async def test_every_route_is_declared_and_nothing_else(make_client: MakeClient,
                                                         docs: bool) -> None:
     client = await make_client(docs=docs)
     spec = await spec_of(client)
-    served, declared = served_routes(client.server.app), declared_routes(spec)
+    served, declared = served_routes(client.app), declared_routes(spec)
     assert served == declared, (f"served, not declared: {sorted(served - declared)}; "
                                 f"declared, not served: {sorted(declared - served)}")
     assert (("GET", "/docs") in served) is docs
