@@ -88,6 +88,7 @@ _SCRIPT = """"use strict";
       spec: spec,
       dom_id: "#swagger-ui",
       deepLinking: true,
+      validatorUrl: null,  // its default is a public validator: nothing leaves this server
       onComplete: function () {
         if (key) {
           window.ui.preauthorizeApiKey("bearer", key);

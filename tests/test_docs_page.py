@@ -42,6 +42,8 @@ def test_the_page_shows_every_route_and_tries_an_embedding(
     page = browser_page
     args = ["--api-key", KEY] if keyed else []
     with live_server([tiny_bundle, tiny_cls_bundle], args) as live:
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
         page.goto(f"{live.url}/docs")
         if keyed:  # the document needs the key: the page asks for it first
             page.wait_for_selector("#key-form:not([hidden])", timeout=RENDER_TIMEOUT_MS)
@@ -68,3 +70,7 @@ def test_the_page_shows_every_route_and_tries_an_embedding(
         assert status.inner_text().strip() == "200", body.inner_text()[:500]
         answer = json.loads(body.inner_text())
         assert answer["object"] == "list" and len(answer["data"][0]["embedding"]) == 32
+        # offline: the page fetched nothing from anywhere but this server
+        outside = [url for url in requested if not url.startswith(live.url + "/")
+                   and not url.startswith("data:")]
+        assert not outside, outside
