@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from edge_embed.service.settings import parse_settings
 from tests.fixtures.server import Client, MakeClient
 
 KEY_ALL = "sk-openapi-all-0123456789"
@@ -51,6 +52,12 @@ async def test_every_route_is_declared_and_nothing_else(make_client: MakeClient,
     assert (("GET", "/docs") in served) is docs
     resp = await client.get("/docs")
     assert resp.status == (200 if docs else 404)
+
+
+def test_no_docs_by_flag_or_environment() -> None:
+    assert parse_settings(["--model", "m"], environ={}).docs
+    assert not parse_settings(["--model", "m", "--no-docs"], environ={}).docs
+    assert not parse_settings(["--model", "m"], environ={"EDGE_EMBED_DOCS": "false"}).docs
 
 
 async def test_the_document_names_the_callers_models(make_client: MakeClient) -> None:
