@@ -60,8 +60,8 @@ def _token_ids(settings: Settings, vocab_size: int | None) -> dict[str, Any]:
     if vocab_size is not None:
         ids["maximum"] = vocab_size - 1
     return {"type": "array", "minItems": 1, "maxItems": settings.requests.max_input_chars,
-            "items": ids, "description": "token ids of the model's own tokenizer, sent to the "
-                                         "model as they are (no special tokens added)"}
+            "items": ids, "description": "token ids of the model's own tokenizer (not "
+                                         "tiktoken's); the model's special tokens are added"}
 
 
 def _request_fields(settings: Settings, served: ServedModel | None) -> dict[str, Any]:
@@ -120,7 +120,8 @@ def _request_schema(settings: Settings, served: ServedModel | None) -> dict[str,
             "model": model, **fields,
             "extra_body": {
                 "type": "object", "nullable": True, "properties": {
-                    # the top-level model repeated, or nothing: it may not change the model
+                    # Declared absent: the server takes the top-level model repeated, which
+                    # no schema can say, and refuses any other (400).
                     "model": {"not": {}}, **fields},
                 "description": "its fields count as the request's own (as the OpenAI SDKs "
                                "send extra_body)"},
