@@ -1,6 +1,7 @@
 """`edge-embed bench`: run the benchmark, print the table, write JSON, text and a PNG chart.
 
-`edge-embed bench sweep` measures the tuning knobs instead (bench/sweep.py).
+`edge-embed bench sweep` measures the tuning knobs instead (bench/sweep.py), `bench compact`
+the compact vector types' search quality (bench/compact.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from edge_embed.core.tooling import ToolError, check_bundles, run_cli
 
 from .bulk import main as bulk_main
 from .chart import chart
+from .compact import main as compact_main
 from .report import table, write_json
 from .run import Config, Plan, add_run_options, run
 from .sweep import main as sweep_main
@@ -26,7 +28,8 @@ RESULT_CHART = "bench.png"
 def parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], epilog=(
         f"`{prog} sweep --help`: the tuning sweep, each knob's values against the defaults; "
-        f"`{prog} bulk --help`: the corpus job against raw onnxruntime"))
+        f"`{prog} bulk --help`: the corpus job against raw onnxruntime; "
+        f"`{prog} compact --help`: the compact vector types' search quality"))
     add_run_options(p, int8="the bundle under test (the default int8 bundle)",
                     fp32="the fp32 bundle, served too",
                     window="seconds per system per workload per round",
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed bench") -> int:
         return sweep_main(argv[1:], prog=f"{prog} sweep")
     if argv[:1] == ["bulk"]:
         return bulk_main(argv[1:], prog=f"{prog} bulk")
+    if argv[:1] == ["compact"]:
+        return compact_main(argv[1:], prog=f"{prog} compact")
     args = parser(prog).parse_args(argv)
 
     def body() -> int:

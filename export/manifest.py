@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from edge_embed.core import canary
+from edge_embed.core import canary, compact
 from edge_embed.core.bundle import Manifest, Quality
 from edge_embed.core.encoder import BundleModel
+from edge_embed.core.evalset import EvalSet
 from edge_embed.core.files import entries, sha256
 from edge_embed.core.tooling import now, tool_versions
 
@@ -51,10 +52,13 @@ def build(*, bundle_id: str, aliases: tuple[str, ...], source: Source, settings:
         tools=tool_versions(*EXPORT_TOOLS), build={"created": now()})
 
 
-def finalize(manifest: Manifest, parity: Quality, folder: Path) -> Manifest:
+def finalize(manifest: Manifest, parity: Quality, folder: Path, eval_set: EvalSet) -> Manifest:
     """Add the canaries (the graph's own vectors for them are the reference), the measured
-    parity, and the files' sizes and hashes (taken last, over the finished files)."""
+    parity, the compact vectors' int8 scale (from the bundle's vectors for the evaluation set),
+    and the files' sizes and hashes (taken last, over the finished files)."""
     model = BundleModel(folder)
     texts = canary.canary_texts(manifest.max_tokens)
     info = canary.build(folder, texts, canary.embed(model, texts), model, quality_min=None)
-    return dataclasses.replace(manifest, parity=parity, canary=info, files=entries(folder))
+    scale = compact.calibrate(model.embed(eval_set.texts), eval_set.name)
+    return dataclasses.replace(manifest, parity=parity, canary=info, compact=scale,
+                               files=entries(folder))

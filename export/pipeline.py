@@ -109,7 +109,7 @@ def run(opts: ExportOptions, reporter: Reporter) -> Path:
                       f"({eval_set.name})")
         quality = parity.measure(tmp, model, eval_set.texts, eval_set.name, reporter)
         parity.check(quality, opts.min_cosine)
-        final = manifest_mod.finalize(draft, quality, tmp)
+        final = manifest_mod.finalize(draft, quality, tmp, eval_set)
         final.write(tmp)
     reporter.step(f"wrote {opts.out} (id {bundle_id}; cosine vs torch min "
                   f"{quality.cosine_min:.7f}, max abs diff {quality.max_abs_diff:.2g})")

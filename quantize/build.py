@@ -21,9 +21,10 @@ from typing import Any
 
 import onnx
 
-from edge_embed.core import canary
+from edge_embed.core import canary, compact
 from edge_embed.core.bundle import (
     EXTERNAL_DATA_SUFFIX,
+    CompactScale,
     Manifest,
     Precision,
     Quantization,
@@ -326,7 +327,8 @@ def run(opts: QuantizeOptions) -> int:
             source, id=bundle_id, aliases=opts.aliases or (), precision=opts.precision,
             model_file="model.onnx", inputs=tuple(i.name for i in result.model.graph.input),
             quantization=Quantization.of(quantization), quality=ev.quality(), parity=None,
-            canary=canaries, files=entries(tmp), tools=tool_versions("onnx"),
+            canary=canaries, compact=_compact(source, ref, ev, eval_set.name),
+            files=entries(tmp), tools=tool_versions("onnx"),
             # how long: the one build-time fact, kept apart from what reproduces byte for byte
             build={"created": now(), "seconds": round(time.monotonic() - started, 1),
                    "attempts": {a.method: round(a.seconds, 1) for a in attempts}})
@@ -339,3 +341,12 @@ def run(opts: QuantizeOptions) -> int:
     reporter.step(f"wrote {opts.out} ({opts.precision}, {chosen.method}) in "
                   f"{time.monotonic() - started:.0f} s")
     return 0
+
+
+def _compact(source: Manifest, ref: Reference, ev: Evaluation, eval_set: str) -> CompactScale:
+    """The source bundle's int8 scale, so that compact vectors from either bundle can share one
+    index (calibrated on its vectors where it has none), measured on the quantized vectors."""
+    scale = (source.compact.scale if source.compact is not None
+             else compact.calibrate(ref.vectors, eval_set).scale)
+    vectors = ev.vectors if ev.vectors is not None else ref.vectors
+    return compact.measure(vectors, scale, eval_set)

@@ -60,6 +60,8 @@ class Evaluation:
     batch_invariance_max_abs_diff: float | None
     max_abs_diff: float
     per_kind: dict[str, KindStats] = field(default_factory=dict)
+    # the candidate's own vectors for the set: its compact scale's clipping is measured on them
+    vectors: F32 | None = field(default=None, repr=False, compare=False)
 
     def quality(self) -> Quality:
         return Quality(reference="fp32-bundle", eval_set=self.eval_set, n_inputs=self.n_inputs,
@@ -197,7 +199,7 @@ def evaluate(ref: Reference, candidate: Path, eval_set: EvalSet,
         nn_agreement=nn_agreement(ref.vectors, cand), geometry=measure(ref.vectors, cand),
         batch_invariance_min=None, reference_invariance_min=ref.invariance_min,
         batch_invariance_max_abs_diff=None, max_abs_diff=float(np.abs(ref.vectors - cand).max()),
-        per_kind=per_kind)
+        per_kind=per_kind, vectors=cand)
     if check_invariance is not None and not check_invariance(ev):
         return ev
     reporter.step("checking batch invariance (alone vs inside a padded batch of "

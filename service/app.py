@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -30,12 +30,14 @@ from .. import __version__
 from .address import is_loopback
 from .auth import Authenticator, check_flag_keys, load_keys_file
 from .cache import EmbeddingCache
+from .cohere import ApiVersion, cohere_body, cohere_error, parse_cohere
 from .connections import ConnectionGuard
 from .docs import add_routes as add_docs_routes
-from .embeddings import Caller, EmbeddingsPath
+from .embeddings import INLINE_TOKENIZE_CHARS, Caller, EmbeddingsPath, prompt_for, tokenize
 from .engine import Engines, InFlight, ModelEngine
 from .errors import (
     ClientGone,
+    InvalidRequest,
     PayloadTooLarge,
     RequestTimeout,
     TracingUnavailable,
@@ -53,15 +55,21 @@ from .middleware import (
 )
 from .models import Registry, ServedModel
 from .openapi import openapi_spec
+from .schema import parse_request
 from .settings import Settings
+from .tokenize import check as check_tokenize
+from .tokenize import detokenize, parse_detokenize, parse_tokenize, pick_model, tokenize_body
 
 if TYPE_CHECKING:  # imported at run time only when --otlp-endpoint is given
     from .tracing import Tracing
 
 log = logging.getLogger("edge_embed.app")
+T = TypeVar("T")
 
 TRUNCATED_HEADER = "X-Edge-Embed-Truncated"
 EMBEDDING_PATHS = ("/v1/embeddings", "/embeddings", "/api/embeddings", "/api/v2/embeddings")
+# vLLM's and llama.cpp's name, and text-embeddings-inference's
+DETOKENIZE_PATHS = ("/detokenize", "/decode")
 _JSON = "application/json"
 
 
@@ -154,6 +162,11 @@ def create_app(settings: Settings, registry: Registry | None = None,
     app.cleanup_ctx.append(_engines)
     for path in EMBEDDING_PATHS:
         app.router.add_post(path, embeddings)
+    app.router.add_post("/v2/embed", partial(cohere_embed, version="2"))
+    app.router.add_post("/v1/embed", partial(cohere_embed, version="1"))
+    app.router.add_post("/tokenize", tokenize_view)
+    for path in DETOKENIZE_PATHS:
+        app.router.add_post(path, detokenize_view)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
     app.router.add_get("/health", health)
@@ -318,22 +331,78 @@ async def read_body(request: web.Request, limit: int, timeout_s: float,
 
 
 # ---- routes ----------------------------------------------------------------------------------
-async def embeddings(request: web.Request) -> web.Response:
+async def _read(request: web.Request, shape: Callable[[Any], T]) -> tuple[T, float]:
+    """The body, as `shape` parses it, and when the request arrived (the loop's clock)."""
     app = request.app
     started = asyncio.get_running_loop().time()
     settings = app[SETTINGS]
     require_json(request)
     path = app[EMBEDDINGS]
     with path.bodies.hold(request.content_length):  # a 429 before a large body is read
-        req = await path.parse(await read_body(request, settings.requests.max_body_bytes,
-                                               settings.connections.body_timeout_s, started))
+        raw = await read_body(request, settings.requests.max_body_bytes,
+                              settings.connections.body_timeout_s, started)
+        return await path.parse(raw, shape), started
+
+
+def _limits(request: web.Request) -> dict[str, int]:
+    limits = request.app[SETTINGS].requests
+    return {"max_inputs": limits.max_inputs, "max_input_chars": limits.max_input_chars}
+
+
+def _caller(request: web.Request, started: float) -> Caller:
     transport = request.transport
-    rlog = request[LOG_KEY]
-    result = await path(req, Caller(
-        key=request.get(API_KEY), log=rlog, started=started,
-        is_gone=lambda: transport is None or transport.is_closing()))
-    return web.Response(body=result.body(rlog.request_id), content_type=_JSON,
+    return Caller(key=request.get(API_KEY), log=request[LOG_KEY], started=started,
+                  is_gone=lambda: transport is None or transport.is_closing())
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    req, started = await _read(request, partial(parse_request, **_limits(request)))
+    result = await request.app[EMBEDDINGS](req, _caller(request, started))
+    return web.Response(body=result.body(request[LOG_KEY].request_id), content_type=_JSON,
                         headers={TRUNCATED_HEADER: str(len(result.warnings))})
+
+
+async def cohere_embed(request: web.Request, version: ApiVersion) -> web.Response:
+    """Cohere's embed (service/cohere.py) over the embeddings request path."""
+    req, started = await _read(request, partial(parse_cohere, version=version,
+                                                **_limits(request)))
+    # the input type names a prompt of the model's; an unknown or hidden model is the path's 404
+    served = request.app[REGISTRY].find(req.request.model)
+    asked = req.for_prompts(served.model.manifest.prompts if served is not None else {})
+    try:
+        result = await request.app[EMBEDDINGS](asked, _caller(request, started))
+    except InvalidRequest as exc:
+        raise cohere_error(exc) from None
+    return web.Response(body=cohere_body(req, result, request[LOG_KEY].request_id),
+                        content_type=_JSON,
+                        headers={TRUNCATED_HEADER: str(len(result.warnings))})
+
+
+async def tokenize_view(request: web.Request) -> web.Response:
+    """/tokenize (service/tokenize.py): the embeddings path's own tokenizing, in TEI's or
+    vLLM's shape."""
+    req, _ = await _read(request, partial(parse_tokenize, **_limits(request)))
+    app = request.app
+    served = pick_model(app[REGISTRY], req.model,
+                        partial(Authenticator.may_use, request.get(API_KEY)))
+    request[LOG_KEY].model, request[LOG_KEY].inputs = served.id, len(req.texts)
+    prompt = prompt_for(check_tokenize(req, served), served.model.manifest)
+    work = partial(tokenize, served.model.tokenizer, req.texts, prompt, detail=req.shape == "tei")
+    if sum(len(t) for t in req.texts) <= INLINE_TOKENIZE_CHARS:
+        tokens = work()
+    else:
+        tokens = await asyncio.get_running_loop().run_in_executor(
+            app[EMBEDDINGS].tokenizer_executor, work)
+    body, cut = tokenize_body(req, served, tokens, prompt)
+    return web.Response(body=body, content_type=_JSON, headers={TRUNCATED_HEADER: str(cut)})
+
+
+async def detokenize_view(request: web.Request) -> web.Response:
+    req, _ = await _read(request, partial(parse_detokenize, **_limits(request)))
+    served = pick_model(request.app[REGISTRY], req.model,
+                        partial(Authenticator.may_use, request.get(API_KEY)))
+    request[LOG_KEY].model = served.id
+    return web.Response(body=detokenize(req, served.model.tokenizer), content_type=_JSON)
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -34,6 +34,7 @@ class CacheKey(NamedTuple):
     prompt: str  # what the input type puts before a text ("" for none)
     max_tokens: int  # where an over-long input is cut
     dimensions: int | None  # the Matryoshka cut asked for; None: the model's full vector
+    cut: str = "end"  # which end of an over-long input is cut (core/encoder.py CutSide)
 
     def size(self) -> int:
         """Bytes the key holds: its tuple, the item and the prompt as Python stores them (a text

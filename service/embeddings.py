@@ -17,11 +17,14 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
-from edge_embed.core.encoder import TextTokenizer, Tokenized
+from edge_embed.core.bundle import Manifest
+from edge_embed.core.compact import CompactType, convert, scale_for
+from edge_embed.core.encoder import CutSide, TextTokenizer, Tokenized
 from edge_embed.core.feeds import I64
 from edge_embed.core.pooling import F32
 
@@ -41,9 +44,9 @@ from .schema import (
     check_for_model,
     encode_response,
     parse_body,
-    parse_request,
 )
 
+T = TypeVar("T")
 # Requests up to this many characters are tokenized on the event loop: a sentence or two
 # encodes in ~20-40 us, less than the round trip through the tokenizer thread (executor future,
 # call_soon_threadsafe, loop wake-up) that one-sentence requests at concurrency 1 would pay.
@@ -105,10 +108,18 @@ class EmbeddingResult:
     encoding_format: EncodingFormat
     prompt_tokens: int
     warnings: tuple[dict[str, Any], ...]  # one per input that was cut
+    compact_types: tuple[CompactType, ...] = ()
+    scale: float | None = None  # the bundle's int8 scale for this width (None: it has none)
+    embedding_types: tuple[str, ...] | None = None
+
+    def compact(self) -> dict[CompactType, npt.NDArray[Any]]:
+        """Each asked compact type of every vector: row by row, with the bundle's fixed scale."""
+        return {t: convert(self.vectors, t, self.scale) for t in self.compact_types}
 
     def body(self, request_id: str) -> bytes:
         return encode_response(self.vectors, self.encoding_format, self.model,
-                               self.prompt_tokens, request_id, list(self.warnings))
+                               self.prompt_tokens, request_id, list(self.warnings),
+                               self.compact(), self.embedding_types)
 
 
 @dataclass
@@ -129,7 +140,8 @@ class _Work:
         return len(self.req.inputs) == 1
 
     def where(self, i: int) -> str:
-        return "input" if self.single else f"input[{i}]"
+        name = self.req.field
+        return name if self.single and name == "input" else f"{name}[{i}]"
 
 
 class EmbeddingsPath:
@@ -148,16 +160,13 @@ class EmbeddingsPath:
         self.bodies = BodySlots(limits.max_large_bodies,
                                 metrics.rejected.labels("overloaded").inc)
 
-    async def parse(self, raw: bytes) -> EmbeddingRequest:
-        """The request in `raw`; a large body on the parse thread, off the event loop."""
+    async def parse(self, raw: bytes, shape: Callable[[Any], T]) -> T:
+        """`shape` (the route's parser: `parse_request`, Cohere's, the token routes') of the
+        JSON in `raw`; a large body on the parse thread, off the event loop."""
         if len(raw) <= INLINE_PARSE_BYTES:
-            return self._parse(raw)
-        return await asyncio.get_running_loop().run_in_executor(self.parse_executor,
-                                                                self._parse, raw)
-
-    def _parse(self, raw: bytes) -> EmbeddingRequest:
-        return parse_request(parse_body(raw), max_inputs=self.limits.max_inputs,
-                             max_input_chars=self.limits.max_input_chars)
+            return shape(parse_body(raw))
+        return await asyncio.get_running_loop().run_in_executor(
+            self.parse_executor, lambda: shape(parse_body(raw)))
 
     async def __call__(self, req: EmbeddingRequest, caller: Caller) -> EmbeddingResult:
         limits = self.limits
@@ -173,7 +182,7 @@ class EmbeddingsPath:
                 self.parse_executor, check_for_model, req, manifest, vocab)
         n = len(req.inputs)
         work = _Work(req, served,
-                     prompt=manifest.prompts.get(req.input_type, "") if req.input_type else "",
+                     prompt=prompt_for(req, manifest),
                      truncate=limits.truncate if req.truncate is None else req.truncate,
                      vectors=np.empty((n, req.dimensions or manifest.dimensions),
                                       dtype=np.float32),
@@ -196,9 +205,9 @@ class EmbeddingsPath:
         manifest = work.served.model.manifest
         # A prompt is put before text only; token ids go to the model as sent.
         return [CacheKey(work.served.id, item, work.prompt, manifest.max_tokens,
-                         work.req.dimensions) if isinstance(item, str) else
+                         work.req.dimensions, work.req.cut) if isinstance(item, str) else
                 CacheKey(work.served.id, item.tobytes(), "", manifest.max_tokens,
-                         work.req.dimensions)
+                         work.req.dimensions, work.req.cut)
                 for item in work.req.inputs]
 
     def _lookup(self, work: _Work, keys: list[CacheKey], log: RequestLog) -> list[int]:
@@ -243,7 +252,7 @@ class EmbeddingsPath:
                              timeout_s=timeout) as ticket:
             tokenize_start = time.perf_counter()
             if chars <= INLINE_TOKENIZE_CHARS:
-                tokens = _tokenize(model.tokenizer, items, work.prompt)
+                tokens = tokenize(model.tokenizer, items, work.prompt, work.req.cut)
             else:
                 executor = (self.short_tokenizer_executor if chars <= SHORT_TOKENIZE_CHARS
                             else self.tokenizer_executor)
@@ -253,7 +262,7 @@ class EmbeddingsPath:
                 with contextlib.suppress(TimeoutError):
                     late = await asyncio.wait_for(loop.run_in_executor(
                         executor, _tokenize_unless_late, model.tokenizer, items, work.prompt,
-                        deadline, caller.is_gone), max(0.0, deadline - loop.time()))
+                        work.req.cut, deadline, caller.is_gone), max(0.0, deadline - loop.time()))
                 if late is None:
                     self.metrics.rejected.labels("timeout").inc()
                     raise self._timeout()
@@ -295,9 +304,9 @@ class EmbeddingsPath:
                 if original > used:
                     raise InvalidRequest(
                         f"'{work.where(i)}' has {_count(original, work.exact[i])} tokens, over "
-                        f"this model's limit of "
-                        f"{limit}; shorten it or send truncate: true to have it cut.",
-                        param="input", code="context_length_exceeded")
+                        f"this model's limit of {limit}; shorten it or send "
+                        f"{_CUT_HINT.get(work.req.field, 'truncate: true')} to have it cut.",
+                        param=work.req.field, code="context_length_exceeded")
         total = sum(work.used)
         if total > self.limits.max_request_tokens:
             raise InvalidRequest(f"The request has {total} tokens; at most "
@@ -318,7 +327,20 @@ class EmbeddingsPath:
         self.metrics.tokens.labels(model_id).inc(total)
         if warnings:
             self.metrics.truncated.labels(model_id).inc(len(warnings))
-        return EmbeddingResult(model_id, work.vectors, work.req.encoding_format, total, warnings)
+        manifest = work.served.model.manifest
+        scale = (None if manifest.compact is None else
+                 scale_for(manifest.compact.scale, manifest.dimensions, work.vectors.shape[1]))
+        return EmbeddingResult(model_id, work.vectors, work.req.encoding_format, total, warnings,
+                               work.req.compact, scale, work.req.embedding_types)
+
+
+# How a request asks for over-long inputs to be cut, by the field its inputs come in.
+_CUT_HINT = {"input": "truncate: true", "texts": "truncate: END or START"}
+
+
+def prompt_for(req: EmbeddingRequest, manifest: Manifest) -> str:
+    """What the request's input type puts before each text ("" for none)."""
+    return manifest.prompts.get(req.input_type, "") if req.input_type else ""
 
 
 def _record_engine_phases(log: RequestLog, job: Job) -> None:
@@ -331,16 +353,20 @@ def _record_engine_phases(log: RequestLog, job: Job) -> None:
         log.phases.append(Phase("inference", start, end, {"edge_embed.batch_size": batch}))
 
 
-def _tokenize(tokenizer: TextTokenizer, items: Sequence[TextInput], prompt: str) -> list[Tokenized]:
-    """Text with the input type's prompt, in one encode_batch; token ids as given, framed."""
+def tokenize(tokenizer: TextTokenizer, items: Sequence[TextInput], prompt: str,
+             cut: CutSide = "end", *, detail: bool = False) -> list[Tokenized]:
+    """Text with the input type's prompt, in one encode_batch; token ids as given, framed.
+    The one tokenizing of a request: /tokenize counts with it too (`detail`: the encodings)."""
     texts = [(i, prompt + item) for i, item in enumerate(items) if isinstance(item, str)]
     out: list[Tokenized | None] = [None] * len(items)
     if texts:
-        for (i, _), tok in zip(texts, tokenizer.encode([t for _, t in texts]), strict=True):
+        encoded = tokenizer.encode([t for _, t in texts], detail=detail, cut=cut,
+                                   keep=len(prompt))
+        for (i, _), tok in zip(texts, encoded, strict=True):
             out[i] = tok
     for i, item in enumerate(items):
         if not isinstance(item, str):
-            out[i] = tokenizer.wrap_ids(item)
+            out[i] = tokenizer.wrap_ids(item, cut)
     return [t for t in out if t is not None]
 
 
@@ -349,12 +375,13 @@ def _count(tokens: int, exact: bool) -> str:
 
 
 def _tokenize_unless_late(tokenizer: TextTokenizer, items: Sequence[TextInput], prompt: str,
-                          deadline: float, is_gone: Callable[[], bool]) -> list[Tokenized] | None:
-    """`_tokenize` in the tokenizer thread; None, at no cost, for a request already timed out
+                          cut: CutSide, deadline: float,
+                          is_gone: Callable[[], bool]) -> list[Tokenized] | None:
+    """`tokenize` in the tokenizer thread; None, at no cost, for a request already timed out
     (`deadline`: the event loop's clock, time.monotonic) or whose client went away."""
     if time.monotonic() >= deadline or is_gone():
         return None
-    return _tokenize(tokenizer, items, prompt)
+    return tokenize(tokenizer, items, prompt, cut)
 
 
 def _truncation_warning(index: int, original: int, used: int, limit: int,

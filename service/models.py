@@ -11,6 +11,7 @@ from typing import Any
 
 from edge_embed.core import files
 from edge_embed.core.bundle import load_manifest
+from edge_embed.core.compact import SCALED_TYPES
 from edge_embed.core.encoder import BundleModel
 from edge_embed.core.errors import BundleError
 from edge_embed.core.files import VerifyMode
@@ -18,6 +19,7 @@ from edge_embed.core.runtime import RuntimeOptions
 
 from .advice import bundle_warnings
 from .errors import ModelNotFound
+from .schema import EMBEDDING_TYPES
 
 log = logging.getLogger("edge_embed.models")
 
@@ -35,6 +37,13 @@ class ServedModel:
     @property
     def names(self) -> tuple[str, ...]:
         return (self.id, *self.model.manifest.aliases)
+
+    @property
+    def embedding_types(self) -> list[str]:
+        """What /v2/embed and the embeddings extension serve for it (core/compact.py): the
+        scaled types only where its bundle has a scale."""
+        compact = self.model.manifest.compact
+        return [t for t in EMBEDDING_TYPES if compact is not None or t not in SCALED_TYPES]
 
     def warnings(self) -> list[str]:
         """What the operator should fix about serving this bundle here (service/advice.py)."""
@@ -61,6 +70,7 @@ class ServedModel:
             "provider_requested": list(p.requested), "provider_fell_back": p.fell_back,
             "provider_message": p.message or None, "quality": quality,
             "source": m.source.get("model"), "canary": canary,
+            "embedding_types": self.embedding_types,
         }
 
 

@@ -15,15 +15,20 @@ over the per-request token limit, is a 400).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
+
+from edge_embed.core.compact import COMPACT_TYPES
 
 from .. import __version__
 from .auth import OPEN_PATHS
+from .cohere import COHERE_INPUT_TYPES, TRUNCATE, UNSUPPORTED
 from .docs import ASSETS, DOCS_ASSET_PATH, DOCS_PATH
 from .models import ServedModel
-from .schema import INPUT_TYPES
+from .schema import EMBEDDING_TYPES, ENCODING_FORMATS, INPUT_TYPES
 from .settings import Settings
+from .tokenize import MAX_TOKEN_ID
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -51,8 +56,183 @@ _COMMON_ERRORS = {
 _NULL_ONLY = {"nullable": True, "enum": [None]}
 
 
-def _schema_name(model_id: str) -> str:
-    return "EmbeddingRequest." + re.sub(r"[^A-Za-z0-9._-]", "_", model_id)
+_INPUT_ERRORS = {
+    "400": _err("Invalid request (names the field and item)"),
+    "413": _err("Body over the size limit"),
+    "415": _err("Content-Type is not application/json"),
+    "429": _err("Overloaded (Retry-After)"),
+}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def cohere_op(settings: Settings, version: str) -> dict[str, Any]:
+    response = "CohereEmbedResponse" if version == "2" else "CohereEmbedResponseV1"
+    return {
+        "summary": f"Embed texts in Cohere's v{version} shape, with compact types",
+        "requestBody": _body(_ref("CohereEmbedRequest")),
+        "responses": {
+            "200": {**_ok("Embeddings by type", response),
+                    "headers": {"X-Edge-Embed-Truncated": {
+                        "description": "How many texts were cut at the model's token limit",
+                        "schema": {"type": "integer"}}}},
+            "408": _err("The request did not finish within the request timeout"),
+            **_INPUT_ERRORS, **_COMMON_ERRORS}}
+
+
+def _model_field(served: ServedModel | None, optional: bool) -> dict[str, Any]:
+    """`model`: the model's names (any name where the caller may use none); `optional`: it may
+    be left out, the caller using this one model only."""
+    if served is None:
+        return {"type": "string", "minLength": 1, "nullable": optional}
+    if optional:
+        return {"type": "string", "nullable": True, "enum": [*served.names, None],
+                "description": "the served model; may be left out"}
+    return {"type": "string", "enum": list(served.names)}
+
+
+def _input_types(served: ServedModel | None) -> list[str]:
+    """The input types the embeddings checks take for this model (schema.check_for_model)."""
+    return sorted({*INPUT_TYPES, *(served.model.manifest.prompts if served else ())})
+
+
+def _dimensions(served: ServedModel | None) -> dict[str, Any]:
+    """A vector cut (`dimensions`, Cohere's `output_dimension`): Matryoshka bundles only."""
+    if served is None:
+        return {"type": "integer", "minimum": 1, "nullable": True}
+    manifest = served.model.manifest
+    if not manifest.matryoshka_dimensions:
+        return {**_NULL_ONLY, "description": "this model has no trained cuts: only null"}
+    return {"type": "integer", "minimum": 1, "maximum": manifest.dimensions, "nullable": True,
+            "description": "cut the vector to this many dimensions and renormalize; trained "
+                           "cuts: " + ", ".join(map(str, manifest.matryoshka_dimensions))}
+
+
+def _per_model(name: str, build: Callable[[ServedModel | None], dict[str, Any]],
+               models: Sequence[ServedModel]) -> dict[str, Any]:
+    """The schema `name` for the caller's one model (or any, where it may use none), or a
+    `oneOf` of each model's, told apart by `model` (served names never overlap)."""
+    if len(models) <= 1:
+        return {name: build(models[0] if models else None)}
+    names = {s.id: f"{name}.{re.sub(r'[^A-Za-z0-9._-]', '_', s.id)}" for s in models}
+    mapping = {n: f"#/components/schemas/{names[s.id]}" for s in models for n in s.names}
+    return {**{names[s.id]: build(s) for s in models},
+            name: {"oneOf": [_ref(n) for n in names.values()],
+                   "discriminator": {"propertyName": "model", "mapping": mapping}}}
+
+
+def tokenize_schemas(settings: Settings, models: Sequence[ServedModel]) -> dict[str, Any]:
+    limits = settings.requests
+    text = {"type": "string", "minLength": 1, "maxLength": limits.max_input_chars}
+    # `model` may be left out where the caller may use one model only.
+    one = len(models) <= 1
+    needs = [] if one else ["model"]
+    special = {"type": "boolean", "nullable": True}
+    closed = {"type": "object", "additionalProperties": False}
+
+    def ids(served: ServedModel | None) -> dict[str, Any]:
+        top = served.model.tokenizer.vocab_size - 1 if served else MAX_TOKEN_ID
+        return {"type": "array", "minItems": 1, "maxItems": limits.max_input_chars,
+                "items": {"type": "integer", "minimum": 0, "maximum": top}}
+
+    def prompt_name(served: ServedModel | None) -> dict[str, Any]:
+        return {"type": "string", "nullable": True, "enum": [*_input_types(served), None],
+                "description": "an input type: the model's prompt of that name"}
+
+    def tei(served: ServedModel | None) -> dict[str, Any]:
+        return {**closed, "required": ["inputs", *needs], "properties": {
+            "inputs": {"oneOf": [text, {"type": "array", "minItems": 1,
+                                        "maxItems": limits.max_inputs, "items": text}]},
+            "add_special_tokens": special, "prompt_name": prompt_name(served),
+            "model": _model_field(served, one)}}
+
+    def vllm(field: str) -> Callable[[ServedModel | None], dict[str, Any]]:
+        return lambda served: {**closed, "required": [field, *needs], "properties": {
+            field: text, "model": _model_field(served, one), "add_special_tokens": special,
+            "input_type": prompt_name(served)}}
+
+    def detokenize(served: ServedModel | None) -> dict[str, Any]:
+        return {**closed, "required": ["tokens", *needs], "properties": {
+            "tokens": ids(served), "model": _model_field(served, one)}}
+
+    def decode(served: ServedModel | None) -> dict[str, Any]:
+        return {**closed, "required": ["ids", *needs], "properties": {
+            "ids": {"oneOf": [ids(served), {"type": "array", "minItems": 1,
+                                            "maxItems": limits.max_inputs,
+                                            "items": ids(served)}]},
+            "skip_special_tokens": special, "model": _model_field(served, one)}}
+
+    return {
+        **_per_model("TokenizeTEI", tei, models),
+        **_per_model("TokenizeVLLM", vllm("prompt"), models),
+        **_per_model("TokenizeVLLMInput", vllm("input"), models),
+        "SimpleToken": {"type": "object", "required": ["id", "text", "special", "start", "stop"],
+                        "properties": {"id": {"type": "integer"}, "text": {"type": "string"},
+                                       "special": {"type": "boolean"},
+                                       "start": {"type": "integer", "nullable": True},
+                                       "stop": {"type": "integer", "nullable": True}}},
+        "TokenizeResponse": {
+            "type": "object",
+            "required": ["count", "max_model_len", "tokens", "truncated", "used_tokens"],
+            "properties": {
+                "count": {"type": "integer",
+                          "description": "tokens before any cut (count_exact false: at least)"},
+                "max_model_len": {"type": "integer"},
+                "tokens": {"type": "array", "items": {"type": "integer"},
+                           "description": "the ids the model would see"},
+                "model": {"type": "string"}, "truncated": {"type": "boolean"},
+                "used_tokens": {"type": "integer"}, "count_exact": {"type": "boolean"}}},
+        **_per_model("DetokenizeVLLM", detokenize, models),
+        **_per_model("DecodeTEI", decode, models),
+    }
+
+
+def cohere_schemas(settings: Settings, models: Sequence[ServedModel]) -> dict[str, Any]:
+    limits = settings.requests
+    text = {"type": "string", "minLength": 1, "maxLength": limits.max_input_chars}
+    ints = {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}
+    floats = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
+    by_type: dict[str, Any] = {"type": "object", "properties": {
+        "float": floats, "base64": {"type": "array", "items": {"type": "string",
+                                                                "format": "byte"}},
+        **{t: ints for t in COMPACT_TYPES}}}
+    meta = {"type": "object", "properties": {
+        "api_version": {"type": "object", "properties": {"version": {"type": "string"}}},
+        "billed_units": {"type": "object", "properties": {"input_tokens": {"type": "integer"}}},
+        "warnings": {"type": "array", "items": {"type": "string"}}}}
+    common = {"id": {"type": "string"}, "texts": {"type": "array", "items": {"type": "string"}},
+              "meta": meta, "response_type": {"type": "string"},
+              "warnings": {"type": "array", "items": _ref("Warning")}}
+    return {
+        **_per_model("CohereEmbedRequest", lambda served: {
+            "type": "object", "required": ["model", "texts"], "properties": {
+                "model": _model_field(served, False),
+                "texts": {"type": "array", "minItems": 1, "maxItems": limits.max_inputs,
+                          "items": text},
+                "input_type": {"type": "string", "enum": [*COHERE_INPUT_TYPES, None],
+                               "nullable": True},
+                "embedding_types": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                    "nullable": True, "items": {"type": "string", "enum": (
+                                        served.embedding_types if served
+                                        else list(EMBEDDING_TYPES))}},
+                "truncate": {"type": "string", "enum": [*TRUNCATE, None], "nullable": True,
+                             "description": "END: cut the end, START: the start, NONE: "
+                                            "refuse an over-long text (400)"},
+                "output_dimension": _dimensions(served),
+                # other modalities: refused unless empty
+                **{k: {"type": "array", "maxItems": 0, "nullable": True,
+                       "description": "not supported: this server embeds text"}
+                   for k in UNSUPPORTED}}}, models),
+        "CohereEmbedResponse": {"type": "object", "required": ["id", "embeddings", "texts",
+                                                               "meta"],
+                                "properties": {**common, "embeddings": by_type}},
+        "CohereEmbedResponseV1": {"type": "object", "required": ["id", "embeddings", "texts",
+                                                                 "meta"],
+                                  "properties": {**common, "embeddings": {"oneOf": [
+                                      floats, by_type]}}},
+    }
 
 
 def _token_ids(settings: Settings, vocab_size: int | None) -> dict[str, Any]:
@@ -70,14 +250,7 @@ def _request_fields(settings: Settings, served: ServedModel | None) -> dict[str,
     manifest = served.model.manifest if served is not None else None
     token_ids = _token_ids(settings, served.model.tokenizer.vocab_size if served else None)
     text = {"type": "string", "minLength": 1, "maxLength": limits.max_input_chars}
-    dimensions: dict[str, Any] = {"type": "integer", "minimum": 1, "nullable": True}
-    input_types = sorted({*INPUT_TYPES, *(manifest.prompts if manifest else ())})
-    if manifest is not None and not manifest.matryoshka_dimensions:
-        dimensions = {**_NULL_ONLY, "description": "this model has no trained cuts: only null"}
-    elif manifest is not None:
-        dimensions.update(maximum=manifest.dimensions, description=(
-            "cut the vector to this many dimensions and renormalize; trained cuts: "
-            + ", ".join(map(str, manifest.matryoshka_dimensions))))
+    types = served.embedding_types if served is not None else list(EMBEDDING_TYPES)
     max_tokens = f" of {manifest.max_tokens}" if manifest is not None else ""
     return {
         "input": {"oneOf": [
@@ -86,16 +259,21 @@ def _request_fields(settings: Settings, served: ServedModel | None) -> dict[str,
                         "items": token_ids}],
             "description": "a text, texts, token ids or arrays of token ids; at most "
                            f"{limits.max_request_tokens} tokens in all (else 400)"},
-        "encoding_format": {"type": "string", "enum": ["float", "base64", None],
-                            "nullable": True},
-        "dimensions": dimensions,
+        "encoding_format": {"type": "string", "nullable": True,
+                            "enum": [*(f for f in ENCODING_FORMATS if f in types), None],
+                            "description": "float, base64 (little-endian float32) or, an "
+                                           "extension, a compact type as integers"},
+        "embedding_types": {"type": "array", "minItems": 1, "uniqueItems": True,
+                            "nullable": True, "items": {"type": "string", "enum": types},
+                            "description": "extension: each item gets `embeddings` by type"},
+        "dimensions": _dimensions(served),
         "user": {"type": "string", "nullable": True},
         "metadata": {"type": "object", "nullable": True},
         "truncate": {"type": "boolean", "nullable": True, "description": (
             f"cut inputs over the model's token limit{max_tokens} and warn (true), or refuse "
             f"them with 400 (false); null: the server's default "
             f"({'cut' if limits.truncate else 'refuse'})")},
-        "input_type": {"type": "string", "nullable": True, "enum": [*input_types, None],
+        "input_type": {"type": "string", "nullable": True, "enum": [*_input_types(served), None],
                        "description": "the bundle's prompt put before each text"},
         "cache_control": {"type": "object", "nullable": True, "properties": {
             "no_cache": {"type": "boolean"},
@@ -107,9 +285,7 @@ def _request_fields(settings: Settings, served: ServedModel | None) -> dict[str,
 
 def _request_schema(settings: Settings, served: ServedModel | None) -> dict[str, Any]:
     fields = _request_fields(settings, served)
-    model: dict[str, Any] = {"type": "string", "minLength": 1}
-    if served is not None:
-        model = {"type": "string", "enum": list(served.names)}
+    model = _model_field(served, False)
     example = {"model": served.id if served else "MODEL", "input": "The quick brown fox."}
     return {
         "type": "object", "required": ["model"], "example": example,
@@ -127,18 +303,6 @@ def _request_schema(settings: Settings, served: ServedModel | None) -> dict[str,
                                "send extra_body)"},
         },
     }
-
-
-def _request_schemas(settings: Settings, models: Sequence[ServedModel]) -> dict[str, Any]:
-    """EmbeddingRequest: one model's schema, or a `oneOf` of each model's, told apart by
-    `model` (the names of served models never overlap)."""
-    if len(models) <= 1:
-        return {"EmbeddingRequest": _request_schema(settings, models[0] if models else None)}
-    schemas = {_schema_name(s.id): _request_schema(settings, s) for s in models}
-    refs = [_ref(name) for name in schemas]
-    mapping = {n: f"#/components/schemas/{_schema_name(s.id)}" for s in models for n in s.names}
-    return {**schemas, "EmbeddingRequest": {
-        "oneOf": refs, "discriminator": {"propertyName": "model", "mapping": mapping}}}
 
 
 def _typed(value: Any) -> dict[str, str]:
@@ -191,6 +355,36 @@ def openapi_spec(settings: Settings, models: Sequence[ServedModel] = (),
         **{p: {"post": {**embeddings_op, "operationId": f"createEmbedding{i}"}}
            for i, p in enumerate(("/v1/embeddings", "/embeddings", "/api/embeddings",
                                   "/api/v2/embeddings"))},
+        **{p: {"post": {**cohere_op(settings, v), "operationId": f"embedCohereV{v}"}}
+           for p, v in (("/v2/embed", "2"), ("/v1/embed", "1"))},
+        "/tokenize": {"post": {
+            "operationId": "tokenize",
+            "summary": "Tokenize as /v1/embeddings would (TEI or vLLM shape)",
+            "requestBody": _body({"oneOf": [_ref("TokenizeTEI"), _ref("TokenizeVLLM"),
+                                     _ref("TokenizeVLLMInput")]}),
+            "responses": {
+                "200": {"description": "TEI: per input its tokens; vLLM: count and ids",
+                        "headers": {"X-Edge-Embed-Truncated": {
+                            "description": "How many inputs /v1/embeddings would cut",
+                            "schema": {"type": "integer"}}},
+                        "content": {"application/json": {"schema": {"oneOf": [
+                            {"type": "array", "items": {
+                                "type": "array", "items": _ref("SimpleToken")}},
+                            _ref("TokenizeResponse")]}}}},
+                **_INPUT_ERRORS, **_COMMON_ERRORS}}},
+        **{p: {"post": {
+            "operationId": f"detokenize{i}",
+            "summary": "Token ids back to text (vLLM or TEI shape)",
+            "requestBody": _body({"oneOf": [_ref("DetokenizeVLLM"), _ref("DecodeTEI")]}),
+            "responses": {
+                "200": {"description": "vLLM: {prompt}; TEI: the text(s)",
+                        "content": {"application/json": {"schema": {"oneOf": [
+                            {"type": "object", "required": ["prompt"],
+                             "properties": {"prompt": {"type": "string"}}},
+                            {"type": "string"},
+                            {"type": "array", "items": {"type": "string"}}]}}}},
+                **_INPUT_ERRORS, **_COMMON_ERRORS}}}
+           for i, p in enumerate(("/detokenize", "/decode"))},
         "/v1/models": {"get": {"operationId": "listModels", "summary": "Served models",
                                "responses": {"200": _ok("Models", "ModelList"),
                                              **_COMMON_ERRORS}}},
@@ -260,13 +454,19 @@ def openapi_spec(settings: Settings, models: Sequence[ServedModel] = (),
                     "properties": {"message": {"type": "string"}, "type": {"type": "string"},
                                    "param": nullable_string, "code": nullable_string,
                                    "request_id": {"type": "string"}}}}},
-                **_request_schemas(settings, models),
+                **_per_model("EmbeddingRequest", partial(_request_schema, settings), models),
                 "Embedding": {"type": "object", "required": ["object", "index", "embedding"],
                               "properties": {"object": {"type": "string", "enum": ["embedding"]},
                                              "index": {"type": "integer", "minimum": 0},
                                              "embedding": {"oneOf": [
                                                  {"type": "array", "items": {"type": "number"}},
-                                                 {"type": "string", "format": "byte"}]}}},
+                                                 {"type": "string", "format": "byte"}]},
+                                             "embeddings": {"type": "object", "properties": {
+                                                 t: {"oneOf": [
+                                                     {"type": "array",
+                                                      "items": {"type": "number"}},
+                                                     {"type": "string", "format": "byte"}]}
+                                                 for t in EMBEDDING_TYPES}}}},
                 "Warning": {"type": "object", "required": [
                     "index", "code", "message", "original_tokens", "original_tokens_exact",
                     "used_tokens"], "properties": {
@@ -290,11 +490,14 @@ def openapi_spec(settings: Settings, models: Sequence[ServedModel] = (),
                                                  "total_tokens": {"type": "integer"}}},
                         "warnings": {"type": "array", "items": _ref("Warning")}}},
                 "Canary": canary,
+                **tokenize_schemas(settings, models),
+                **cohere_schemas(settings, models),
                 "Model": {"type": "object", "required": [
                     "id", "object", "created", "owned_by", "aliases", "dimensions",
                     "matryoshka_dimensions", "max_tokens", "pooling", "normalized",
                     "precision", "input_types", "provider", "provider_requested",
-                    "provider_fell_back", "provider_message", "quality", "source", "canary"],
+                    "provider_fell_back", "provider_message", "quality", "source", "canary",
+                    "embedding_types"],
                     "properties": {
                         "id": {"type": "string"}, "object": {"type": "string", "enum": ["model"]},
                         "created": {"type": "integer"}, "owned_by": {"type": "string"},
@@ -315,7 +518,9 @@ def openapi_spec(settings: Settings, models: Sequence[ServedModel] = (),
                             "batch_invariance_min": {"type": "number", "nullable": True}}},
                         "source": nullable_string,
                         # the start-up check of the bundle's canaries
-                        "canary": _ref("Canary")}},
+                        "canary": _ref("Canary"),
+                        "embedding_types": {"type": "array", "items": {
+                            "type": "string", "enum": list(EMBEDDING_TYPES)}}}},
                 "ModelList": {"type": "object", "required": ["object", "data"],
                               "properties": {"object": {"type": "string", "enum": ["list"]},
                                              "data": {"type": "array",

@@ -12,19 +12,27 @@ import math
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
 from edge_embed.core.bundle import Manifest
+from edge_embed.core.compact import COMPACT_TYPES, SCALED_TYPES, CompactType, to_base64
+from edge_embed.core.encoder import CutSide
 from edge_embed.core.feeds import I64
 from edge_embed.core.pooling import F32
 
 from .errors import InvalidRequest
 
-EncodingFormat = Literal["float", "base64"]
+# float and base64 (little-endian float32) are OpenAI's; the compact types are an extension
+# (core/compact.py): each vector as a list of integers.
+EncodingFormat = Literal["float", "base64", "int8", "uint8", "binary", "ubinary"]
+ENCODING_FORMATS: tuple[EncodingFormat, ...] = ("float", "base64", *COMPACT_TYPES)
+# `embedding_types` (the extension that asks for several types at once, as Cohere's embed does):
+# base64 is the float vector as little-endian float32 bytes.
+EMBEDDING_TYPES = ("float", "base64", *COMPACT_TYPES)
 # Text, or the model's own token ids: a read-only int64 array (8 bytes an id, where a tuple of
 # Python ints held ~40).
 TextInput = str | I64
@@ -58,13 +66,18 @@ class EmbeddingRequest:
     truncate: bool | None = None  # None: the server's default
     input_type: str | None = None
     cache_control: CacheControl = CacheControl()
+    cut: CutSide = "end"  # which end of an over-long input is cut
+    # compact types asked for beside the float vector (`embedding_types`), in the asked order
+    compact: tuple[CompactType, ...] = ()
+    field: str = "input"  # the body's name for the inputs, as errors name them
+    embedding_types: tuple[str, ...] | None = None  # as sent (OpenAI route's extension)
 
 
 def _invalid(message: str, param: str) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
-def _is_int(value: Any) -> bool:
+def is_json_int(value: Any) -> bool:
     """An integer as JSON Schema (and so /openapi.json) counts one: 7, or 7.0 as a client's
     encoder may write it; never a boolean."""
     if isinstance(value, float):
@@ -220,9 +233,9 @@ def _parse_inputs(value: Any, max_inputs: int, max_chars: int) -> tuple[TextInpu
     elif isinstance(value, list):
         if not value:
             raise _invalid("'input' is an empty array; send at least one input.", "input")
-        if _is_int(value[0]):
+        if is_json_int(value[0]):
             for j, tok in enumerate(value):
-                if not _is_int(tok):
+                if not is_json_int(tok):
                     raise _invalid(f"'input[{j}]' is {_type_name(tok)}, but 'input' starts as "
                                    "an array of token ids: every item must be an integer.",
                                    "input")
@@ -253,7 +266,7 @@ def _parse_inputs(value: Any, max_inputs: int, max_chars: int) -> tuple[TextInpu
                 raise _invalid(f"'{where}' is an empty array of token ids.", "input")
             if isinstance(item, list):
                 for j, tok in enumerate(item):
-                    if not _is_int(tok):
+                    if not is_json_int(tok):
                         raise _invalid(f"'{where}[{j}]' must be an integer token id, got "
                                        f"{_type_name(tok)}.", "input")
             if len(item) > max_chars:
@@ -310,11 +323,12 @@ def parse_request(data: Any, *, max_inputs: int, max_input_chars: int) -> Embedd
     fmt = data.get("encoding_format")
     if fmt is None:
         fmt = "float"
-    if fmt not in ("float", "base64"):
-        raise _invalid(f"'encoding_format' must be 'float' or 'base64', got "
+    if fmt not in ENCODING_FORMATS:
+        raise _invalid(f"'encoding_format' must be one of {', '.join(ENCODING_FORMATS)}, got "
                        f"{orjson.dumps(fmt).decode()[:40]}.", "encoding_format")
+    types = parse_embedding_types(data.get("embedding_types"), "embedding_types")
     dims = data.get("dimensions")
-    if dims is not None and (not _is_int(dims) or dims <= 0):
+    if dims is not None and (not is_json_int(dims) or dims <= 0):
         raise _invalid("'dimensions' must be a positive integer.", "dimensions")
     if dims is not None:
         dims = int(dims)
@@ -331,9 +345,32 @@ def parse_request(data: Any, *, max_inputs: int, max_input_chars: int) -> Embedd
     if input_type is not None and not isinstance(input_type, str):
         raise _invalid("'input_type' must be a string such as 'query' or 'passage'.",
                        "input_type")
+    compact = tuple(t for t in types or () if t in COMPACT_TYPES)
+    if fmt in COMPACT_TYPES and fmt not in compact:
+        compact = (*compact, fmt)
     return EmbeddingRequest(model=model, inputs=inputs, encoding_format=fmt, dimensions=dims,
                             truncate=data.get("truncate"), input_type=input_type,
-                            cache_control=_cache_control(data.get("cache_control")))
+                            cache_control=_cache_control(data.get("cache_control")),
+                            compact=compact, embedding_types=types)
+
+
+def parse_embedding_types(value: Any, param: str) -> tuple[str, ...] | None:
+    """`embedding_types`: a non-empty array of distinct types of EMBEDDING_TYPES; None if
+    absent."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise _invalid(f"'{param}' must be a non-empty array of {', '.join(EMBEDDING_TYPES)}.",
+                       param)
+    for j, kind in enumerate(value):
+        if kind not in EMBEDDING_TYPES:
+            shown = orjson.dumps(kind).decode()[:40] if isinstance(kind, str | int | float) \
+                else _type_name(kind)
+            raise _invalid(f"'{param}[{j}]' must be one of {', '.join(EMBEDDING_TYPES)}, got "
+                           f"{shown}.", param)
+    if len(set(value)) != len(value):
+        raise _invalid(f"'{param}' names a type twice.", param)
+    return tuple(value)
 
 
 def _cache_control(value: Any) -> CacheControl:
@@ -361,6 +398,14 @@ def check_for_model(req: EmbeddingRequest, manifest: Manifest, vocab_size: int) 
             cuts = ", ".join(map(str, manifest.matryoshka_dimensions))
             raise _invalid(f"'dimensions' must be at most {manifest.dimensions} for this model "
                            f"(trained cuts: {cuts}).", "dimensions")
+    scaled = [t for t in req.compact if t in SCALED_TYPES]
+    if scaled and manifest.compact is None:
+        param = ("encoding_format" if req.encoding_format in SCALED_TYPES
+                 else "embedding_types")
+        raise _invalid(f"'{param}' asks for {scaled[0]}, but this model's bundle has no int8 "
+                       "scale (bundle.json 'compact', written by edge-embed export and quantize "
+                       "since compact vectors exist): rebuild the bundle, or ask for binary or "
+                       "ubinary, which need none.", param)
     if req.input_type is not None and req.input_type not in (*INPUT_TYPES, *manifest.prompts):
         choices = sorted({*INPUT_TYPES, *manifest.prompts})
         raise _invalid(f"'input_type' must be one of {', '.join(choices)}.", "input_type")
@@ -384,13 +429,39 @@ def encode_vector(row: F32, fmt: EncodingFormat) -> Any:
     return row  # orjson writes numpy arrays itself (OPT_SERIALIZE_NUMPY), no Python floats
 
 
+def encode_compact(row: npt.NDArray[Any], base64_bytes: bool) -> Any:
+    """A compact vector: its integers, or base64 of its bytes (int8 and binary as signed)."""
+    return to_base64(row) if base64_bytes else row
+
+
 def encode_response(vectors: F32, fmt: EncodingFormat, model: str, prompt_tokens: int,
-                    request_id: str, warnings: list[dict[str, Any]]) -> bytes:
+                    request_id: str, warnings: list[dict[str, Any]],
+                    compact: dict[CompactType, npt.NDArray[Any]] | None = None,
+                    embedding_types: tuple[str, ...] | None = None) -> bytes:
+    """OpenAI's response; a compact `fmt` puts that type in `embedding`, `embedding_types`
+    adds `embeddings: {type: vector}` to each item (base64 where `fmt` is base64)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    compact = compact or {}
+    as_base64 = fmt == "base64"
+
+    def item(i: int) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "object": "embedding", "index": i,
+            "embedding": (encode_compact(compact[fmt][i], False)
+                          if fmt in COMPACT_TYPES
+                          else encode_vector(vectors[i], "base64" if as_base64 else "float"))}
+        if embedding_types is not None:
+            out["embeddings"] = {
+                t: (encode_vector(vectors[i], "base64" if as_base64 or t == "base64"
+                                  else "float")
+                    if t in ("float", "base64")
+                    else encode_compact(compact[cast(CompactType, t)][i], as_base64))
+                for t in embedding_types}
+        return out
+
     body: dict[str, Any] = {
         "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": encode_vector(vectors[i], fmt)}
-                 for i in range(vectors.shape[0])],
+        "data": [item(i) for i in range(vectors.shape[0])],
         "model": model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
         "id": request_id,

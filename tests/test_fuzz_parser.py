@@ -24,6 +24,7 @@ from hypothesis.extra import numpy as hnp
 from edge_embed.core.bundle import Manifest, load_manifest
 from edge_embed.service.errors import ApiError, InvalidRequest
 from edge_embed.service.schema import (
+    ENCODING_FORMATS,
     EmbeddingRequest,
     check_for_model,
     encode_response,
@@ -83,7 +84,7 @@ def through_parser(raw: bytes, manifests: list[Manifest]) -> None:
             continue
         assert isinstance(req, EmbeddingRequest)
         assert 1 <= len(req.inputs) <= limits["max_inputs"]
-        assert req.encoding_format in ("float", "base64")
+        assert req.encoding_format in ENCODING_FORMATS
         for manifest in manifests:
             try:
                 check_for_model(req, manifest, manifest.vocab_size or TINY_VOCAB)

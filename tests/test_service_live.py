@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +14,16 @@ import openai
 import pytest
 
 from edge_embed.core.encoder import BundleModel
-from tests.fixtures.server import ROOT, Live, live_server
+from tests.fixtures.server import LIVE_KEY, LIVE_LIMITED, ROOT, Live, live_server
 from tests.reliability_server import get_json, http
 
-KEY = "sk-live-test-key-0123456789"
-LIMITED = "sk-live-limited-9876543210"
+KEY, LIMITED = LIVE_KEY, LIVE_LIMITED
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "A cat sleeps on the windowsill."]
 
 
 @pytest.fixture(scope="module")
-def live(tiny_bundle: Path, tiny_cls_bundle: Path,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
-    keys.write_text(f"{KEY}\n{LIMITED} tiny-cls\n", encoding="utf-8")
-    with live_server([tiny_bundle, tiny_cls_bundle], ["--api-keys-file", str(keys)]) as server:
-        yield server
+def live(keyed_live: Live) -> Live:
+    return keyed_live
 
 
 def client(live: Live, key: str = KEY) -> openai.OpenAI:

@@ -47,6 +47,12 @@ from tests.fixtures.tiny import (
 VOLATILE = ("build", "tools", "files", "parity")
 # Figures of the parity section that are measured (the others name what was measured).
 MEASURED = ("cosine_min", "cosine_mean", "nn_agreement", "max_abs_diff", "batch_invariance_min")
+# Figures of the compact section measured on this machine's vectors (the scale is chosen from
+# them too: compared to within SCALE_TOLERANCE instead).
+COMPACT_MEASURED = ("scale", "clipped_fraction", "inputs_clipped_fraction", "max_abs",
+                    "cosine_min", "cosine_mean")
+# Two machines' last-bit differences move the quantile the scale comes from by far less.
+SCALE_TOLERANCE = 1e-4
 # Weights of the same seeded model on two machines: torch's initializers are bit-exact across
 # x86 and arm64, and a constant folded by a different kernel moves a value by an ulp or two.
 WEIGHT_TOLERANCE = 1e-6
@@ -66,6 +72,8 @@ def comparable(manifest: dict[str, Any]) -> dict[str, Any]:
     kept = {k: v for k, v in manifest.items() if k not in VOLATILE}
     kept["source"] = {k: v for k, v in manifest["source"].items() if k != "path"}
     kept["parity"] = {k: v for k, v in manifest["parity"].items() if k not in MEASURED}
+    kept["compact"] = {k: v for k, v in (manifest.get("compact") or {}).items()
+                       if k not in COMPACT_MEASURED}
     return kept
 
 
@@ -121,6 +129,7 @@ def test_committed_bundle_is_what_the_exporter_makes(pair: Pair) -> None:
     assert comparable(old) == comparable(new), "run `make tiny-bundles` and commit the result"
     assert old["files"].keys() == new["files"].keys()
     assert old["parity"].keys() == new["parity"].keys()
+    assert old["compact"]["scale"] == pytest.approx(new["compact"]["scale"], rel=SCALE_TOLERANCE)
     assert_same_graph(committed / load_manifest(committed).model_file,
                       fresh / load_manifest(fresh).model_file)
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from edge_embed.core.errors import BundleError
 
@@ -71,6 +71,29 @@ class CanaryInfo:
     gate: float  # the least agreement (min cosine vs the reference) the service accepts
     gate_rule: str  # how `gate` was derived, in words
     build_agreement: float  # the agreement measured on the machine that built the bundle
+
+
+# How `compact` names its conversion (core/compact.py); a reader refuses another scheme.
+COMPACT_SCHEME = "symmetric-int8"
+
+
+@dataclass(frozen=True)
+class CompactScale:
+    """The `compact` section: the int8 scale of the bundle's compact vectors (core/compact.py)
+    and what it was chosen from. Bundles built before it have none: they serve binary and
+    ubinary, and refuse int8 and uint8."""
+
+    scheme: str  # COMPACT_SCHEME
+    scale: float  # int8 = round(x * scale), at the bundle's full dimensions
+    quantile: float  # the quantile of |x| over the evaluation set that maps to 127
+    eval_set: str  # the evaluation set's name and sha256 prefix
+    n_values: int  # values the quantile was taken over (inputs x dimensions)
+    # measured on this bundle's own vectors for the evaluation set, at the full dimensions:
+    clipped_fraction: float  # share of values past the int8 range
+    inputs_clipped_fraction: float  # share of inputs with at least one value clipped
+    max_abs: float  # the largest |x| seen; past 127 / scale it was clipped
+    cosine_min: float  # int8 (as integers) against float, the worst input
+    cosine_mean: float
 
 
 @dataclass(frozen=True)
@@ -152,6 +175,8 @@ class Manifest:
     parity: Quality | None = None  # fp32 bundles: the ONNX graph against torch
     # absent in bundles built before canaries: they load, and report {"status": "absent"}
     canary: CanaryInfo | None = None
+    # absent in bundles built before compact vectors: int8/uint8 are refused for them
+    compact: CompactScale | None = None
     # every file of the bundle but this manifest: the graph, its external data, the tokenizer
     files: dict[str, FileEntry] = field(default_factory=dict)
     tools: dict[str, str] = field(default_factory=dict)
@@ -193,26 +218,30 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _quality(data: Any, path: Path, key: str) -> Quality | None:
+Section = TypeVar("Section")
+
+
+def _section(data: Any, path: Path, key: str, kind: type[Section]) -> Section | None:
+    """An optional object section as the dataclass `kind` (None when null or absent); its
+    fields' values are the caller's to check."""
     if data is None:
         return None
     if not isinstance(data, dict):
         raise BundleError(path, "must be an object or null", key)
     try:
-        return Quality(**data)
+        return kind(**data)
     except TypeError as exc:
         raise BundleError(path, f"has unexpected content ({exc})", key) from None
 
 
+def _quality(data: Any, path: Path, key: str) -> Quality | None:
+    return _section(data, path, key, Quality)
+
+
 def _canary(data: Any, path: Path) -> CanaryInfo | None:
-    if data is None:
+    info = _section(data, path, "canary", CanaryInfo)
+    if info is None:
         return None
-    if not isinstance(data, dict):
-        raise BundleError(path, "must be an object or null", "canary")
-    try:
-        info = CanaryInfo(**data)
-    except TypeError as exc:
-        raise BundleError(path, f"has unexpected content ({exc})", "canary") from None
     if not isinstance(info.file, str) or not _plain_name(info.file):
         raise BundleError(path, "file must be a plain file name inside the bundle", "canary")
     if isinstance(info.count, bool) or not isinstance(info.count, int) or info.count <= 0:
@@ -221,6 +250,19 @@ def _canary(data: Any, path: Path) -> CanaryInfo | None:
         value = getattr(info, key)
         if isinstance(value, bool) or not isinstance(value, int | float) or not -1 <= value <= 1:
             raise BundleError(path, f"{key} must be a cosine, a number in [-1, 1]", "canary")
+    return info
+
+
+def _compact(data: Any, path: Path) -> CompactScale | None:
+    info = _section(data, path, "compact", CompactScale)
+    if info is None:
+        return None
+    if info.scheme != COMPACT_SCHEME:
+        raise BundleError(path, f"scheme must be '{COMPACT_SCHEME}', got "
+                          f"{json.dumps(info.scheme)[:60]}", "compact")
+    scale = info.scale
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < 1e12:
+        raise BundleError(path, "scale must be a positive number", "compact")
     return info
 
 
@@ -333,6 +375,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         quality=_quality(data.get("quality"), path, "quality"),
         parity=_quality(data.get("parity"), path, "parity"),
         canary=_canary(data.get("canary"), path),
+        compact=_compact(data.get("compact"), path),
         files=_files(data.get("files", {}), path),
         tools=dict(data.get("tools", {})),
         build=dict(data.get("build", {})),

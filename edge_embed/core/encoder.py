@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -33,6 +34,10 @@ COUNT_TOKENS_MIN = 1024
 # per WordPiece/BPE token, so one pass covers most texts; a text with fewer tokens in it (long
 # runs of spaces, one huge word) gets a prefix twice as long, and so on to its end.
 PREFIX_CHARS_PER_TOKEN = 6
+# Which end of an over-long input is cut: "end" (the default: the start is kept) or "start" (the
+# end is kept; the input type's prompt stays, cut from the text after it).
+CutSide = Literal["end", "start"]
+CUT_SIDES: tuple[CutSide, ...] = ("end", "start")
 # Batch size for the convenience `embed` (tools and tests); the service forms its own batches.
 EMBED_BATCH = 32
 
@@ -42,10 +47,23 @@ class Tokenized:
     ids: I64  # with the model's special tokens, already cut to the model's limit
     original_tokens: int  # before the cut, special tokens included
     exact: bool = True  # False: `original_tokens` is a lower bound (TextTokenizer.encode)
+    # the tokens' strings, offsets and special flags (`encode(..., detail=True)`, /tokenize)
+    encoding: Encoding | None = None
 
     @property
     def truncated(self) -> bool:
         return self.original_tokens > len(self.ids)
+
+
+def _first_word_tokens(enc: Encoding) -> int:
+    """How many tokens the first word of an encoding (no special tokens) has."""
+    words = enc.word_ids
+    if not words:
+        return 0
+    count = 1
+    while count < len(words) and words[count] == words[0]:
+        count += 1
+    return count
 
 
 def _complete_words(enc: Encoding) -> int:
@@ -90,13 +108,16 @@ class TextTokenizer:
                 return framed[:start], framed[start + len(plain):]
         return [], []
 
-    def encode(self, texts: Sequence[str]) -> list[Tokenized]:
+    def encode(self, texts: Sequence[str], *, detail: bool = False, cut: CutSide = "end",
+               keep: int = 0) -> list[Tokenized]:
         """Each text's ids cut to the limit, and its token count, from a bounded prefix.
 
         A text is tokenized from its start, a prefix at a time (doubling), until the prefix is
         the whole text or holds more than `count_cap` tokens in complete words; so the work is
         bounded by the token limit, not by the text's length, and the count is exact up to that
-        bound (a lower bound, `exact=False`, past it).
+        bound (a lower bound, `exact=False`, past it). `detail`: keep each text's `Encoding`
+        (token strings, offsets). `cut="start"`: an over-long text keeps its first `keep`
+        characters (the prompt) and its end (`_keep_end`).
         """
         cap = self.count_cap
         out: list[Tokenized | None] = [None] * len(texts)
@@ -113,21 +134,53 @@ class TextTokenizer:
                 if not whole and counted <= cap:
                     later.append(i)  # too few tokens in this prefix to be sure: a longer one
                     continue
-                out[i] = Tokenized(np.asarray(enc.ids, dtype=np.int64), counted, exact=whole)
+                out[i] = Tokenized(np.asarray(enc.ids, dtype=np.int64), counted, exact=whole,
+                                   encoding=enc if detail else None)
                 if counted > self.max_tokens:
                     over[i] = (prefix, enc)
             pending, budget = later, budget * 2
-        if over:
+        if over and cut == "start":
+            for i in over:
+                done = out[i]
+                assert done is not None
+                out[i] = Tokenized(self._keep_end(texts[i], keep), done.original_tokens,
+                                   exact=done.exact)
+        elif over:
             # Re-encoded with the tokenizer's own truncation, which keeps the closing special
             # token where a plain slice would not; only up to the words the cut keeps.
             order = list(over)
-            cut = self._cut.encode_batch([self._kept_words(*over[i]) for i in order])
-            for i, enc in zip(order, cut, strict=True):
+            kept = self._cut.encode_batch([self._kept_words(*over[i]) for i in order])
+            for i, enc in zip(order, kept, strict=True):
                 done = out[i]
                 assert done is not None
                 out[i] = Tokenized(np.asarray(enc.ids, dtype=np.int64), done.original_tokens,
-                                   exact=done.exact)
+                                   exact=done.exact, encoding=enc if detail else None)
         return [t for t in out if t is not None]
+
+    def _keep_end(self, text: str, keep: int) -> I64:
+        """An over-long text cut at its start: the special tokens, the tokens of its first `keep`
+        characters (the prompt) and as many of its last tokens as fit; the same tokens as the
+        tokenizer's left truncation of the text after the prompt, from a bounded suffix."""
+        head = self._full.encode(text[:keep], add_special_tokens=False).ids if keep else []
+        room = max(0, self.max_tokens - len(self.prefix) - len(self.suffix) - len(head))
+        body = text[keep:]
+        budget = max(room, 1) * PREFIX_CHARS_PER_TOKEN
+        tail: list[int] = []
+        while room:
+            part = body[-budget:]
+            enc = self._full.encode(part, add_special_tokens=False)
+            # The suffix may start inside a word, whose tokens differ from the whole text's:
+            # only the tokens after its first word count, so the suffix must hold `room` of them.
+            first = _first_word_tokens(enc) if len(part) < len(body) else 0
+            if len(enc.ids) - first >= room or len(part) == len(body):
+                tail = enc.ids[-room:]
+                break
+            budget *= 2
+        return np.asarray([*self.prefix, *head, *tail, *self.suffix], dtype=np.int64)
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        text: str = self._full.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return text
 
     @property
     def count_cap(self) -> int:
@@ -151,11 +204,16 @@ class TextTokenizer:
                 return text[:enc.offsets[j][0]]
         return text
 
-    def wrap_ids(self, ids: Sequence[int] | I64) -> Tokenized:
-        """Token-id input (the model's own vocabulary): add the special tokens, cut to the limit."""
+    def wrap_ids(self, ids: Sequence[int] | I64, cut: CutSide = "end") -> Tokenized:
+        """Token-id input (the model's own vocabulary): add the special tokens, cut to the limit
+        (`cut`: at its end, or at its start keeping the end)."""
         original = len(self.prefix) + len(ids) + len(self.suffix)
         room = self.max_tokens - len(self.prefix) - len(self.suffix)
-        body = np.asarray(ids[:room] if original > self.max_tokens else ids, dtype=np.int64)
+        if original <= self.max_tokens:
+            kept = ids
+        else:
+            kept = ids[len(ids) - room:] if cut == "start" else ids[:room]
+        body = np.asarray(kept, dtype=np.int64)
         return Tokenized(np.concatenate([np.asarray(self.prefix, dtype=np.int64), body,
                                          np.asarray(self.suffix, dtype=np.int64)]), original)
 
