@@ -75,6 +75,12 @@ async def test_the_document_names_the_callers_models(make_client: MakeClient) ->
     assert tiny["properties"]["dimensions"]["enum"] == [None]
     assert cls["properties"]["dimensions"]["maximum"] == 32
     assert set(tiny["properties"]["input_type"]["enum"]) == {"query", "passage", None}
+    # the other routes' bodies likewise, `model` required where the caller may use several
+    vllm = schemas["TokenizeVLLM.tiny"]
+    assert vllm["properties"]["model"]["enum"] == ["tiny"] and "model" in vllm["required"]
+    decode = schemas["DecodeTEI.tiny-cls"]["properties"]["ids"]["oneOf"][0]
+    assert decode["items"]["maximum"] == 380
+    assert schemas["CohereEmbedRequest.tiny"]["properties"]["output_dimension"]["enum"] == [None]
     # the probes and the page are open; the rest needs the key
     assert spec["security"] == [{"bearer": []}]
     assert spec["paths"]["/health"]["get"]["security"] == []
@@ -94,6 +100,10 @@ async def test_a_key_sees_its_own_models_only(make_client: MakeClient, tmp_path:
     assert schemas["EmbeddingRequest"]["properties"]["model"]["enum"] == ["tiny"]
     param = spec["paths"]["/v1/models/{model}"]["get"]["parameters"][0]
     assert param["schema"]["enum"] == ["tiny"]
+    # one model to this key: /tokenize may leave it out
+    vllm = schemas["TokenizeVLLM"]
+    assert vllm["properties"]["model"]["enum"] == ["tiny", None] and "model" not in vllm[
+        "required"]
 
 
 async def test_the_page_needs_no_key_but_the_document_does(make_client: MakeClient) -> None:
@@ -129,6 +139,15 @@ async def test_whole_numbers_written_as_floats_are_integers(make_client: MakeCli
     assert status == 400 and "integer" in body["error"]["message"]
     status, body = await embed(client, {"model": "tiny-cls", "input": "x", "dimensions": 16.0})
     assert status == 200 and len(body["data"][0]["embedding"]) == 16
+    texts = []
+    for ids in ([7, 12, 40], [7.0, 12, 40.0]):
+        resp = await client.post("/detokenize", json={"model": "tiny", "tokens": ids})
+        assert resp.status == 200
+        texts.append((await resp.json())["prompt"])
+    assert texts[0] == texts[1]
+    resp = await client.post("/v2/embed", json={"model": "tiny-cls", "texts": ["x"],
+                                                "output_dimension": 16.0})
+    assert resp.status == 200 and len((await resp.json())["embeddings"]["float"][0]) == 16
 
 
 async def test_a_field_hidden_by_extra_body_is_checked_too(make_client: MakeClient) -> None:
