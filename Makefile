@@ -31,8 +31,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install install-fast install-runtime install-gpu install-openvino model rerank-model \
-	model-repro \
+.PHONY: install install-fast install-runtime install-gpu install-openvino browser model \
+	rerank-model model-repro \
 	tiny-bundles serve test test-fast test-mpnet test-openvino test-emulated test-cross-cpu lint \
 	bench bench-rerank bench-openvino bench-sweep soak load clean
 
@@ -83,6 +83,11 @@ $(OPENVINO_VENV)/.installed: pyproject.toml
 	$(OPENVINO_VENV)/bin/pip install -q --force-reinstall --no-deps 'onnxruntime-openvino'
 	touch $@
 
+# Debian's chromium, which the /docs page's test drives (tests/test_docs_page.py): installed once
+# per machine, as root through apt (tests/browser/chromium.sh); a no-op once there.
+browser:
+	tests/browser/chromium.sh
+
 model: $(MODELS)/$(MODEL)-int8/bundle.json
 
 # The packages write the files with their packaged times, older than the venv: touched, so that
@@ -129,7 +134,7 @@ model-repro: $(MINILM_SRC)/config.json
 serve: model
 	$(BIN)/edge-embed serve --model $(MODELS)/$(MODEL)-int8 --host $(HOST) --port $(PORT)
 
-test: install model
+test: install model browser
 	EDGE_EMBED_MODELS=$(abspath $(MODELS)) $(BIN)/pytest -q $(PYTEST_ARGS)
 
 # The second real model, all-mpnet-base-v2: its bundles (a few minutes to fetch, export and
@@ -159,7 +164,7 @@ test-cross-cpu: model
 
 # The inner loop (under a minute): no torch, no export, no MiniLM, no benchmark runs; the tiny
 # bundles are the committed ones. `make test` stays the whole suite.
-test-fast: install-fast
+test-fast: install-fast browser
 	$(BIN)/pytest -q --fast $(PYTEST_ARGS)
 
 # No torch needed (pyproject.toml's mypy section says what that costs). mypy reads the package

@@ -32,6 +32,7 @@ from .auth import Authenticator, check_flag_keys, load_keys_file
 from .cache import EmbeddingCache
 from .cohere import ApiVersion, cohere_body, cohere_error, parse_cohere
 from .connections import ConnectionGuard
+from .docs import add_routes as add_docs_routes
 from .embeddings import INLINE_TOKENIZE_CHARS, Caller, EmbeddingsPath, prompt_for, tokenize
 from .engine import Engines, InFlight, ModelEngine
 from .errors import (
@@ -177,6 +178,8 @@ def create_app(settings: Settings, registry: Registry | None = None,
     app.router.add_get("/info", info)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/openapi.json", openapi_view)
+    if settings.docs:
+        add_docs_routes(app)
     return app
 
 
@@ -533,4 +536,7 @@ async def metrics_view(request: web.Request) -> web.Response:
 
 
 async def openapi_view(request: web.Request) -> web.Response:
-    return _json(openapi_spec(request.app[SETTINGS]))
+    """The document for this caller: the models its key may use (service/openapi.py)."""
+    key, settings = request.get(API_KEY), request.app[SETTINGS]
+    models = [s for s in request.app[REGISTRY] if Authenticator.may_use(key, s.names)]
+    return _json(openapi_spec(settings, models, docs=settings.docs))

@@ -16,13 +16,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .docs import ASSETS, DOCS_ASSET_PATH, DOCS_PATH
 from .errors import ApiKeyError, KeysFileError, Unauthorized
 
 log = logging.getLogger("edge_embed.auth")
 
 # Paths anyone may call: probes and scrapers do not carry keys. /health answers them with its
-# status alone; its detail needs a key (service/app.py).
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# status alone; its detail needs a key (service/app.py). The API page and its files hold nothing
+# of the server's: the page asks for a key before it fetches the document (service/docs.py).
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", DOCS_PATH,
+                        *(DOCS_ASSET_PATH.format(asset=name) for name in ASSETS)})
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 # A key shorter than this is guessable by brute force over HTTP; 16 characters is the floor
 # of a random token (`openssl rand -hex 8`), and every generator in the README makes longer.

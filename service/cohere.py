@@ -23,7 +23,7 @@ from edge_embed.core.encoder import CutSide
 
 from .embeddings import EmbeddingResult
 from .errors import InvalidRequest
-from .schema import EmbeddingRequest, encode_vector, parse_embedding_types
+from .schema import EmbeddingRequest, encode_vector, is_json_int, parse_embedding_types
 
 ApiVersion = Literal["1", "2"]
 COHERE_INPUT_TYPES = ("search_query", "search_document", "classification", "clustering")
@@ -107,10 +107,12 @@ def parse_cohere(data: Any, *, max_inputs: int, max_input_chars: int,
                        f"{_shown(truncate)}.", "truncate")
     cut = TRUNCATE[truncate]
     dims = data.get("output_dimension")
-    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims <= 0
+    if dims is not None and (not is_json_int(dims) or dims <= 0
                              or dims > MAX_OUTPUT_DIMENSION):
         raise _invalid(f"'output_dimension' must be an integer in 1..{MAX_OUTPUT_DIMENSION}.",
                        "output_dimension")
+    if dims is not None:
+        dims = int(dims)
     asked = parse_embedding_types(data.get("embedding_types"), "embedding_types")
     types = asked or ("float",)
     compact: tuple[CompactType, ...] = tuple(t for t in COMPACT_TYPES if t in types)

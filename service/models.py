@@ -56,6 +56,15 @@ class ServedModel:
                 f"'{task}' (GET /v1/models lists each model's task).", param="model",
                 code="wrong_model_task")
 
+    @property
+    def embedding_types(self) -> list[str]:
+        """What /v2/embed and the embeddings extension serve for it (core/compact.py): the
+        scaled types only where its bundle has a scale; none for a reranker (no vectors)."""
+        if self.task != "embed":
+            return []
+        compact = self.model.manifest.compact
+        return [t for t in EMBEDDING_TYPES if compact is not None or t not in SCALED_TYPES]
+
     def warnings(self) -> list[str]:
         """What the operator should fix about serving this bundle here (service/advice.py)."""
         return bundle_warnings(self.model.manifest, self.model.providers.used)
@@ -82,10 +91,7 @@ class ServedModel:
             "provider_message": p.message or None, "quality": quality,
             "source": m.source.get("model"), "canary": canary, "task": m.task,
             "rerank": None if m.rerank is None else _rerank_info(m.rerank),
-            # what /v2/embed and the embeddings extension serve for it (core/compact.py); a
-            # reranker has no vectors
-            "embedding_types": [] if m.task != "embed" else [
-                t for t in EMBEDDING_TYPES if m.compact is not None or t not in SCALED_TYPES],
+            "embedding_types": self.embedding_types,
         }
 
 

@@ -1,18 +1,33 @@
 """/openapi.json: the HTTP contract, machine-readable (OpenAPI 3.0), errors included.
 
-Written by hand so that it says exactly what the server does; tests and the fuzzer
-(schemathesis) hold the server to it.
+Written by hand so that it says exactly what the server does, and built per process (and per
+API key) from the models the caller may use: `model` is an enum of their names, and what depends
+on the model (token ids below its vocabulary size, `dimensions`, `input_type`) is declared for
+each model, one request schema each, told apart by `model`. tests/test_openapi.py holds the
+document to the app's routes (every route declared, nothing declared that is not served), and
+tests/test_fuzz_schema.py holds the server to the document with schemathesis.
+
+What no JSON schema can say is written in the descriptions: token counts, which only the
+model's tokenizer knows (an input over the model's limit with `truncate: false`, or a request
+over the per-request token limit, is a 400).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
+from edge_embed.core.bundle import ACTIVATIONS, PAIR_TRUNCATIONS, TASKS
 from edge_embed.core.compact import COMPACT_TYPES
 
 from .. import __version__
-from .cohere import COHERE_INPUT_TYPES, MAX_OUTPUT_DIMENSION, TRUNCATE, UNSUPPORTED
-from .schema import EMBEDDING_TYPES, ENCODING_FORMATS
+from .auth import OPEN_PATHS
+from .cohere import COHERE_INPUT_TYPES, TRUNCATE, UNSUPPORTED
+from .docs import ASSETS, DOCS_ASSET_PATH, DOCS_PATH
+from .models import ServedModel
+from .schema import EMBEDDING_TYPES, ENCODING_FORMATS, INPUT_TYPES
 from .settings import Settings
 from .tokenize import MAX_TOKEN_ID
 
@@ -28,13 +43,18 @@ def _ok(description: str, ref: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
 
 
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_UNAVAILABLE = _err("Draining, engine stopped, or over the connection limit")
 _COMMON_ERRORS = {
     "401": _err("Missing or wrong API key (WWW-Authenticate: Bearer)"),
     "404": _err("Unknown model (or one the API key may not use) or path"),
-    "405": _err("Method not allowed"),
     "500": _err("A server fault; the message carries the request id"),
-    "503": _err("Not ready, draining or engine stopped"),
+    "503": _UNAVAILABLE,
 }
+_NULL_ONLY = {"nullable": True, "enum": [None]}
 
 
 _INPUT_ERRORS = {
@@ -43,10 +63,6 @@ _INPUT_ERRORS = {
     "415": _err("Content-Type is not application/json"),
     "429": _err("Overloaded (Retry-After)"),
 }
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -67,34 +83,92 @@ def cohere_op(settings: Settings, version: str) -> dict[str, Any]:
             **_INPUT_ERRORS, **_COMMON_ERRORS}}
 
 
-def tokenize_schemas(settings: Settings) -> dict[str, Any]:
+def _model_field(served: ServedModel | None, optional: bool) -> dict[str, Any]:
+    """`model`: the model's names (any name where the caller may use none); `optional`: it may
+    be left out, the caller using this one model only."""
+    if served is None:
+        return {"type": "string", "minLength": 1, "nullable": optional}
+    if optional:
+        return {"type": "string", "nullable": True, "enum": [*served.names, None],
+                "description": "the served model; may be left out"}
+    return {"type": "string", "enum": list(served.names)}
+
+
+def _input_types(served: ServedModel | None) -> list[str]:
+    """The input types the embeddings checks take for this model (schema.check_for_model)."""
+    return sorted({*INPUT_TYPES, *(served.model.manifest.prompts if served else ())})
+
+
+def _dimensions(served: ServedModel | None) -> dict[str, Any]:
+    """A vector cut (`dimensions`, Cohere's `output_dimension`): Matryoshka bundles only."""
+    if served is None:
+        return {"type": "integer", "minimum": 1, "nullable": True}
+    manifest = served.model.manifest
+    if not manifest.matryoshka_dimensions:
+        return {**_NULL_ONLY, "description": "this model has no trained cuts: only null"}
+    return {"type": "integer", "minimum": 1, "maximum": manifest.dimensions, "nullable": True,
+            "description": "cut the vector to this many dimensions and renormalize; trained "
+                           "cuts: " + ", ".join(map(str, manifest.matryoshka_dimensions))}
+
+
+def _per_model(name: str, build: Callable[[ServedModel | None], dict[str, Any]],
+               models: Sequence[ServedModel]) -> dict[str, Any]:
+    """The schema `name` for the caller's one model (or any, where it may use none), or a
+    `oneOf` of each model's, told apart by `model` (served names never overlap)."""
+    if len(models) <= 1:
+        return {name: build(models[0] if models else None)}
+    names = {s.id: f"{name}.{re.sub(r'[^A-Za-z0-9._-]', '_', s.id)}" for s in models}
+    mapping = {n: f"#/components/schemas/{names[s.id]}" for s in models for n in s.names}
+    return {**{names[s.id]: build(s) for s in models},
+            name: {"oneOf": [_ref(n) for n in names.values()],
+                   "discriminator": {"propertyName": "model", "mapping": mapping}}}
+
+
+def tokenize_schemas(settings: Settings, models: Sequence[ServedModel]) -> dict[str, Any]:
     limits = settings.requests
     text = {"type": "string", "minLength": 1, "maxLength": limits.max_input_chars}
-    ids = {"type": "array", "minItems": 1, "maxItems": limits.max_input_chars,
-           "items": {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID}}
-    # `model` may be left out where the caller may use one model only: a server of several
-    # declares it required (a key limited to one of them may still leave it out).
-    several = len(settings.models) > 1
-    model: dict[str, Any] = (
-        {"type": "string", "minLength": 1} if several else
-        {"type": "string", "minLength": 1, "nullable": True,
-         "description": "the served model; may be left out"})
-    needs = ["model"] if several else []
+    # `model` may be left out where the caller may use one model only.
+    one = len(models) <= 1
+    needs = [] if one else ["model"]
     special = {"type": "boolean", "nullable": True}
     closed = {"type": "object", "additionalProperties": False}
-    prompt_name = {"type": "string", "nullable": True,
-                   "description": "an input type: the model's prompt of that name"}
-    return {
-        "TokenizeTEI": {**closed, "required": ["inputs", *needs], "properties": {
+
+    def ids(served: ServedModel | None) -> dict[str, Any]:
+        top = served.model.tokenizer.vocab_size - 1 if served else MAX_TOKEN_ID
+        return {"type": "array", "minItems": 1, "maxItems": limits.max_input_chars,
+                "items": {"type": "integer", "minimum": 0, "maximum": top}}
+
+    def prompt_name(served: ServedModel | None) -> dict[str, Any]:
+        return {"type": "string", "nullable": True, "enum": [*_input_types(served), None],
+                "description": "an input type: the model's prompt of that name"}
+
+    def tei(served: ServedModel | None) -> dict[str, Any]:
+        return {**closed, "required": ["inputs", *needs], "properties": {
             "inputs": {"oneOf": [text, {"type": "array", "minItems": 1,
                                         "maxItems": limits.max_inputs, "items": text}]},
-            "add_special_tokens": special, "prompt_name": prompt_name, "model": model}},
-        "TokenizeVLLM": {**closed, "required": ["prompt", *needs], "properties": {
-            "prompt": text, "model": model, "add_special_tokens": special,
-            "input_type": prompt_name}},
-        "TokenizeVLLMInput": {**closed, "required": ["input", *needs], "properties": {
-            "input": text, "model": model, "add_special_tokens": special,
-            "input_type": prompt_name}},
+            "add_special_tokens": special, "prompt_name": prompt_name(served),
+            "model": _model_field(served, one)}}
+
+    def vllm(field: str) -> Callable[[ServedModel | None], dict[str, Any]]:
+        return lambda served: {**closed, "required": [field, *needs], "properties": {
+            field: text, "model": _model_field(served, one), "add_special_tokens": special,
+            "input_type": prompt_name(served)}}
+
+    def detokenize(served: ServedModel | None) -> dict[str, Any]:
+        return {**closed, "required": ["tokens", *needs], "properties": {
+            "tokens": ids(served), "model": _model_field(served, one)}}
+
+    def decode(served: ServedModel | None) -> dict[str, Any]:
+        return {**closed, "required": ["ids", *needs], "properties": {
+            "ids": {"oneOf": [ids(served), {"type": "array", "minItems": 1,
+                                            "maxItems": limits.max_inputs,
+                                            "items": ids(served)}]},
+            "skip_special_tokens": special, "model": _model_field(served, one)}}
+
+    return {
+        **_per_model("TokenizeTEI", tei, models),
+        **_per_model("TokenizeVLLM", vllm("prompt"), models),
+        **_per_model("TokenizeVLLMInput", vllm("input"), models),
         "SimpleToken": {"type": "object", "required": ["id", "text", "special", "start", "stop"],
                         "properties": {"id": {"type": "integer"}, "text": {"type": "string"},
                                        "special": {"type": "boolean"},
@@ -111,16 +185,12 @@ def tokenize_schemas(settings: Settings) -> dict[str, Any]:
                            "description": "the ids the model would see"},
                 "model": {"type": "string"}, "truncated": {"type": "boolean"},
                 "used_tokens": {"type": "integer"}, "count_exact": {"type": "boolean"}}},
-        "DetokenizeVLLM": {**closed, "required": ["tokens", *needs], "properties": {
-            "tokens": ids, "model": model}},
-        "DecodeTEI": {**closed, "required": ["ids", *needs], "properties": {
-            "ids": {"oneOf": [ids, {"type": "array", "minItems": 1,
-                                    "maxItems": limits.max_inputs, "items": ids}]},
-            "skip_special_tokens": special, "model": model}},
+        **_per_model("DetokenizeVLLM", detokenize, models),
+        **_per_model("DecodeTEI", decode, models),
     }
 
 
-def cohere_schemas(settings: Settings) -> dict[str, Any]:
+def cohere_schemas(settings: Settings, models: Sequence[ServedModel]) -> dict[str, Any]:
     limits = settings.requests
     text = {"type": "string", "minLength": 1, "maxLength": limits.max_input_chars}
     ints = {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}
@@ -137,22 +207,25 @@ def cohere_schemas(settings: Settings) -> dict[str, Any]:
               "meta": meta, "response_type": {"type": "string"},
               "warnings": {"type": "array", "items": _ref("Warning")}}
     return {
-        "CohereEmbedRequest": {"type": "object", "required": ["model", "texts"], "properties": {
-            "model": {"type": "string", "minLength": 1},
-            "texts": {"type": "array", "minItems": 1, "maxItems": limits.max_inputs,
-                      "items": text},
-            "input_type": {"type": "string", "enum": list(COHERE_INPUT_TYPES),
-                           "nullable": True},
-            "embedding_types": {"type": "array", "minItems": 1, "uniqueItems": True,
-                                "nullable": True,
-                                "items": {"type": "string", "enum": list(EMBEDDING_TYPES)}},
-            "truncate": {"type": "string", "enum": list(TRUNCATE), "nullable": True},
-            "output_dimension": {"type": "integer", "minimum": 1,
-                                 "maximum": MAX_OUTPUT_DIMENSION, "nullable": True},
-            # other modalities: refused unless empty
-            **{k: {"type": "array", "maxItems": 0, "nullable": True,
-                   "description": "not supported: this server embeds text"}
-               for k in UNSUPPORTED}}},
+        **_per_model("CohereEmbedRequest", lambda served: {
+            "type": "object", "required": ["model", "texts"], "properties": {
+                "model": _model_field(served, False),
+                "texts": {"type": "array", "minItems": 1, "maxItems": limits.max_inputs,
+                          "items": text},
+                "input_type": {"type": "string", "enum": [*COHERE_INPUT_TYPES, None],
+                               "nullable": True},
+                "embedding_types": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                    "nullable": True, "items": {"type": "string", "enum": (
+                                        served.embedding_types if served
+                                        else list(EMBEDDING_TYPES))}},
+                "truncate": {"type": "string", "enum": [*TRUNCATE, None], "nullable": True,
+                             "description": "END: cut the end, START: the start, NONE: "
+                                            "refuse an over-long text (400)"},
+                "output_dimension": _dimensions(served),
+                # other modalities: refused unless empty
+                **{k: {"type": "array", "maxItems": 0, "nullable": True,
+                       "description": "not supported: this server embeds text"}
+                   for k in UNSUPPORTED}}}, models),
         "CohereEmbedResponse": {"type": "object", "required": ["id", "embeddings", "texts",
                                                                "meta"],
                                 "properties": {**common, "embeddings": by_type}},
@@ -161,8 +234,12 @@ def cohere_schemas(settings: Settings) -> dict[str, Any]:
                                   "properties": {**common, "embeddings": {"oneOf": [
                                       floats, by_type]}}},
     }
-def _rerank_spec(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The rerank routes (service/rerank.py) and their schemas: (paths, schemas)."""
+def _rerank_spec(settings: Settings,
+                 rerankers: Sequence[ServedModel]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The rerank routes (service/rerank.py) and their schemas for a caller who may use
+    `rerankers`: (paths, schemas). `model` is an enum of their names (any name where the caller
+    may use none: the answer is then a 400 or 404); TEI's body may leave it out where the
+    caller may use one reranker only."""
     limits = settings.requests
     text = {"type": "string", "pattern": "\\S", "maxLength": limits.max_input_chars}
     documents = {"type": "array", "minItems": 1, "maxItems": limits.max_rerank_documents,
@@ -175,16 +252,21 @@ def _rerank_spec(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
               "truncate": {**flag, "description": "cut over-long pairs (warn) or refuse"},
               "max_tokens_per_doc": {**count, "description": "cut (or with truncate false, "
                                                              "refuse) longer documents"}}
-    model = {"type": "string", "minLength": 1}
+    names = [n for r in rerankers for n in r.names]
+    model: dict[str, Any] = ({"type": "string", "enum": names} if names
+                             else {"type": "string", "minLength": 1})
+    one = len(rerankers) == 1
     schemas: dict[str, Any] = {
         "RerankRequest": {"type": "object", "required": ["model", "query", "documents"],
                           "properties": {"model": model, **common, "return_documents": {
                               **flag, "description": "default true"}}},
         "RerankRequestV2": {"type": "object", "required": ["model", "query", "documents"],
                             "properties": {"model": model, **common}},
-        "TeiRerankRequest": {"type": "object", "required": ["query", "texts"], "properties": {
-            "model": {**model, "nullable": True,
-                      "description": "required where several rerankers are served"},
+        "TeiRerankRequest": {"type": "object", "required": [
+            "query", "texts", *([] if one else ["model"])], "properties": {
+            "model": ({"type": "string", "nullable": True, "enum": [*names, None],
+                       "description": "the served reranker; may be left out"} if one
+                      else model),
             "query": text, "texts": documents, "top_n": common["top_n"],
             "raw_scores": {**flag, "description": "the logits, before the activation"},
             "return_text": flag, "truncate": common["truncate"],
@@ -244,19 +326,109 @@ def _rerank_spec(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     return paths, schemas
 
 
-def openapi_spec(settings: Settings) -> dict[str, Any]:
-    token_ids = {"type": "array", "minItems": 1, "maxItems": settings.requests.max_input_chars,
-                 "items": {"type": "integer", "minimum": 0}}
-    text = {"type": "string", "minLength": 1, "maxLength": settings.requests.max_input_chars}
+def _token_ids(settings: Settings, vocab_size: int | None) -> dict[str, Any]:
+    ids: dict[str, Any] = {"type": "integer", "minimum": 0}
+    if vocab_size is not None:
+        ids["maximum"] = vocab_size - 1
+    return {"type": "array", "minItems": 1, "maxItems": settings.requests.max_input_chars,
+            "items": ids, "description": "token ids of the model's own tokenizer (not "
+                                         "tiktoken's); the model's special tokens are added"}
+
+
+def _request_fields(settings: Settings, served: ServedModel | None) -> dict[str, Any]:
+    """The request's fields other than `model`, for one model (None: any model)."""
+    limits = settings.requests
+    manifest = served.model.manifest if served is not None else None
+    token_ids = _token_ids(settings, served.model.tokenizer.vocab_size if served else None)
+    text = {"type": "string", "minLength": 1, "maxLength": limits.max_input_chars}
+    types = served.embedding_types if served is not None else list(EMBEDDING_TYPES)
+    max_tokens = f" of {manifest.max_tokens}" if manifest is not None else ""
+    return {
+        "input": {"oneOf": [
+            text, {"type": "array", "minItems": 1, "maxItems": limits.max_inputs, "items": text},
+            token_ids, {"type": "array", "minItems": 1, "maxItems": limits.max_inputs,
+                        "items": token_ids}],
+            "description": "a text, texts, token ids or arrays of token ids; at most "
+                           f"{limits.max_request_tokens} tokens in all (else 400)"},
+        "encoding_format": {"type": "string", "nullable": True,
+                            "enum": [*(f for f in ENCODING_FORMATS if f in types), None],
+                            "description": "float, base64 (little-endian float32) or, an "
+                                           "extension, a compact type as integers"},
+        "embedding_types": {"type": "array", "minItems": 1, "uniqueItems": True,
+                            "nullable": True, "items": {"type": "string", "enum": types},
+                            "description": "extension: each item gets `embeddings` by type"},
+        "dimensions": _dimensions(served),
+        "user": {"type": "string", "nullable": True},
+        "metadata": {"type": "object", "nullable": True},
+        "truncate": {"type": "boolean", "nullable": True, "description": (
+            f"cut inputs over the model's token limit{max_tokens} and warn (true), or refuse "
+            f"them with 400 (false); null: the server's default "
+            f"({'cut' if limits.truncate else 'refuse'})")},
+        "input_type": {"type": "string", "nullable": True, "enum": [*_input_types(served), None],
+                       "description": "the bundle's prompt put before each text"},
+        "cache_control": {"type": "object", "nullable": True, "properties": {
+            "no_cache": {"type": "boolean"},
+            "ttl": {"type": "number", "minimum": 0, "nullable": True,
+                    "description": f"seconds; cut to the server's {settings.cache.max_ttl_s:g} "
+                                   "s at most"}}},
+    }
+
+
+def _request_schema(settings: Settings, served: ServedModel | None) -> dict[str, Any]:
+    fields = _request_fields(settings, served)
+    model = _model_field(served, False)
+    example = {"model": served.id if served else "MODEL", "input": "The quick brown fox."}
+    return {
+        "type": "object", "required": ["model"], "example": example,
+        # `input` at the top, or in extra_body
+        "anyOf": [{"required": ["input"]}, {"required": ["extra_body"], "properties": {
+            "extra_body": {"type": "object", "required": ["input"]}}}],
+        "properties": {
+            "model": model, **fields,
+            "extra_body": {
+                "type": "object", "nullable": True, "properties": {
+                    # Declared absent: the server takes the top-level model repeated, which
+                    # no schema can say, and refuses any other (400).
+                    "model": {"not": {}}, **fields},
+                "description": "its fields count as the request's own (as the OpenAI SDKs "
+                               "send extra_body)"},
+        },
+    }
+
+
+def _typed(value: Any) -> dict[str, str]:
+    return {"type": "boolean" if isinstance(value, bool) else "integer" if isinstance(value, int)
+            else "number" if isinstance(value, float) else "string"}
+
+
+def _object_of(values: dict[str, Any]) -> dict[str, Any]:
+    """An object schema of these fields, each typed as its value is (for /info's limits)."""
+    return {"type": "object", "required": list(values),
+            "properties": {k: _object_of(v) if isinstance(v, dict) else _typed(v)
+                           for k, v in values.items()}}
+
+
+def _open(op: dict[str, Any]) -> dict[str, Any]:
+    """An operation anyone may call, keys or not (auth.OPEN_PATHS)."""
+    return {**op, "security": []}
+
+
+def _text(media: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
+
+
+def openapi_spec(settings: Settings, models: Sequence[ServedModel] = (),
+                 docs: bool = False) -> dict[str, Any]:
+    """The document for a caller who may use `models`; `docs`: the /docs page is served."""
     embeddings_op = {
         "summary": "Create embeddings (OpenAI-compatible)",
         "requestBody": {"required": True, "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/EmbeddingRequest"}}}},
+            "schema": _ref("EmbeddingRequest")}}},
         "responses": {
             "200": {**_ok("Embeddings", "EmbeddingResponse"),
                     "headers": {"X-Edge-Embed-Truncated": {
                         "description": "How many inputs were cut at the model's token limit",
-                        "schema": {"type": "integer"}}}},
+                        "schema": {"type": "integer", "minimum": 0}}}},
             "400": _err("Invalid request (names the field and item)"),
             "408": _err("The request did not finish within the request timeout"),
             "413": _err("Body over the size limit"),
@@ -265,118 +437,130 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
             **_COMMON_ERRORS,
         },
     }
-    probe = {"description": "Status", "content": {"application/json": {
-        "schema": {"type": "object"}}}}
-    rerank_paths, rerank_schemas = _rerank_spec(settings)
+    # A probe's 503: its own answer, or the connection limit's (service/connections.py).
+    probe_503 = {"anyOf": [_ref("Health"), _ERROR]}
+    probe = {"200": _ok("Status", "Health"), "503": {
+        "description": "Not alive, or over the connection limit",
+        "content": {"application/json": {"schema": probe_503}}}}
+    paths: dict[str, Any] = {
+        **{p: {"post": {**embeddings_op, "operationId": f"createEmbedding{i}"}}
+           for i, p in enumerate(("/v1/embeddings", "/embeddings", "/api/embeddings",
+                                  "/api/v2/embeddings"))},
+        **{p: {"post": {**cohere_op(settings, v), "operationId": f"embedCohereV{v}"}}
+           for p, v in (("/v2/embed", "2"), ("/v1/embed", "1"))},
+        "/tokenize": {"post": {
+            "operationId": "tokenize",
+            "summary": "Tokenize as /v1/embeddings would (TEI or vLLM shape)",
+            "requestBody": _body({"oneOf": [_ref("TokenizeTEI"), _ref("TokenizeVLLM"),
+                                     _ref("TokenizeVLLMInput")]}),
+            "responses": {
+                "200": {"description": "TEI: per input its tokens; vLLM: count and ids",
+                        "headers": {"X-Edge-Embed-Truncated": {
+                            "description": "How many inputs /v1/embeddings would cut",
+                            "schema": {"type": "integer"}}},
+                        "content": {"application/json": {"schema": {"oneOf": [
+                            {"type": "array", "items": {
+                                "type": "array", "items": _ref("SimpleToken")}},
+                            _ref("TokenizeResponse")]}}}},
+                **_INPUT_ERRORS, **_COMMON_ERRORS}}},
+        **{p: {"post": {
+            "operationId": f"detokenize{i}",
+            "summary": "Token ids back to text (vLLM or TEI shape)",
+            "requestBody": _body({"oneOf": [_ref("DetokenizeVLLM"), _ref("DecodeTEI")]}),
+            "responses": {
+                "200": {"description": "vLLM: {prompt}; TEI: the text(s)",
+                        "content": {"application/json": {"schema": {"oneOf": [
+                            {"type": "object", "required": ["prompt"],
+                             "properties": {"prompt": {"type": "string"}}},
+                            {"type": "string"},
+                            {"type": "array", "items": {"type": "string"}}]}}}},
+                **_INPUT_ERRORS, **_COMMON_ERRORS}}}
+           for i, p in enumerate(("/detokenize", "/decode"))},
+        "/v1/models": {"get": {"operationId": "listModels", "summary": "Served models",
+                               "responses": {"200": _ok("Models", "ModelList"),
+                                             **_COMMON_ERRORS}}},
+        "/v1/models/{model}": {"get": {
+            "operationId": "retrieveModel", "summary": "One served model",
+            "parameters": [{"name": "model", "in": "path", "required": True,
+                            "schema": {"type": "string", "enum": [
+                                n for s in models for n in s.names]} if models
+                            else {"type": "string"}}],
+            "responses": {"200": _ok("Model", "Model"), **_COMMON_ERRORS}}},
+        "/health": {"get": {"operationId": "health", "summary": (
+            "Liveness; with auth on, a caller without a valid key gets the status alone"),
+            "responses": probe}},
+        "/ready": {"get": {"operationId": "ready", "summary": "Readiness",
+                           "responses": {"200": _ok("Ready", "Ready"), "503": {
+                               "description": "Not ready (and why), or over the connection "
+                                              "limit",
+                               "content": {"application/json": {"schema": {
+                                   "anyOf": [_ref("Ready"), _ERROR]}}}}}}},
+        "/info": {"get": {"operationId": "info", "summary": "Version, limits, providers",
+                          "responses": {"200": _ok("Info", "Info"), **_COMMON_ERRORS}}},
+        "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
+                             "responses": {"200": _text("text/plain", "Prometheus text format"),
+                                           "503": _UNAVAILABLE}}},
+        "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
+                                  "responses": {"200": {"description": "OpenAPI 3.0",
+                                                        "content": {"application/json": {
+                                                            "schema": {"type": "object"}}}},
+                                                **_COMMON_ERRORS}}},
+    }
+    if docs:
+        paths[DOCS_PATH] = {"get": {
+            "operationId": "docs", "summary": "This API page (Swagger UI)", "tags": ["docs"],
+            "responses": {"200": _text("text/html", "The page"), "503": _UNAVAILABLE}}}
+        paths[DOCS_ASSET_PATH] = {"get": {
+            "operationId": "docsAsset", "summary": "The page's files", "tags": ["docs"],
+            "parameters": [{"name": "asset", "in": "path", "required": True,
+                            "schema": {"type": "string", "enum": sorted(ASSETS)}}],
+            "responses": {
+                "200": {"description": "The file", "content": {
+                    media: {"schema": {"type": "string"}}
+                    for media in sorted({m for m in ASSETS.values()})}},
+                # another name is any unknown path: with keys on, 401 before 404
+                "401": _COMMON_ERRORS["401"], "404": _err("No such file"),
+                "503": _UNAVAILABLE}}}
+    embedders = [s for s in models if s.task == "embed"]
+    rerank_paths, rerank_schemas = _rerank_spec(settings,
+                                                [s for s in models if s.task == "rerank"])
+    paths.update(rerank_paths)
+    if settings.api_keys or settings.api_keys_file:
+        for path, item in paths.items():
+            if path in OPEN_PATHS or path == DOCS_ASSET_PATH:
+                for method, op in item.items():
+                    item[method] = _open(op)
+    canary = {"type": "object", "nullable": True, "required": ["status"], "properties": {
+        "status": {"type": "string", "enum": ["pass", "failed-serving", "absent"]},
+        "agreement": {"type": "number"}, "gate": {"type": "number"},
+        "count": {"type": "integer"}, "build_agreement": {"type": "number", "nullable": True}}}
+    strings = {"type": "array", "items": {"type": "string"}}
+    nullable_string = {"type": "string", "nullable": True}
+    number = {"type": "number"}
+    ranking = {"type": "object", "nullable": True, "properties": {
+        "reference": {"type": "string"}, "eval_set": {"type": "string"},
+        "n_queries": {"type": "integer"}, "n_pairs": {"type": "integer"},
+        "score_abs_max": number, "score_abs_mean": number, "kendall_tau_min": number,
+        "kendall_tau_mean": number, "top1_agreement": number, "top3_agreement": number,
+        "batch_invariance_max_abs_diff": {"type": "number", "nullable": True}}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "edge-embed", "version": __version__,
                  "description": "OpenAI-compatible embeddings on onnxruntime."},
-        "paths": {
-            **{p: {"post": {**embeddings_op, "operationId": f"createEmbedding{i}"}}
-               for i, p in enumerate(("/v1/embeddings", "/embeddings", "/api/embeddings",
-                                      "/api/v2/embeddings"))},
-            **{p: {"post": {**cohere_op(settings, v), "operationId": f"embedCohereV{v}"}}
-               for p, v in (("/v2/embed", "2"), ("/v1/embed", "1"))},
-            "/tokenize": {"post": {
-                "operationId": "tokenize",
-                "summary": "Tokenize as /v1/embeddings would (TEI or vLLM shape)",
-                "requestBody": _body({"oneOf": [_ref("TokenizeTEI"), _ref("TokenizeVLLM"),
-                                         _ref("TokenizeVLLMInput")]}),
-                "responses": {
-                    "200": {"description": "TEI: per input its tokens; vLLM: count and ids",
-                            "headers": {"X-Edge-Embed-Truncated": {
-                                "description": "How many inputs /v1/embeddings would cut",
-                                "schema": {"type": "integer"}}},
-                            "content": {"application/json": {"schema": {"oneOf": [
-                                {"type": "array", "items": {
-                                    "type": "array", "items": _ref("SimpleToken")}},
-                                _ref("TokenizeResponse")]}}}},
-                    **_INPUT_ERRORS, **_COMMON_ERRORS}}},
-            **{p: {"post": {
-                "operationId": f"detokenize{i}",
-                "summary": "Token ids back to text (vLLM or TEI shape)",
-                "requestBody": _body({"oneOf": [_ref("DetokenizeVLLM"), _ref("DecodeTEI")]}),
-                "responses": {
-                    "200": {"description": "vLLM: {prompt}; TEI: the text(s)",
-                            "content": {"application/json": {"schema": {"oneOf": [
-                                {"type": "object", "required": ["prompt"],
-                                 "properties": {"prompt": {"type": "string"}}},
-                                {"type": "string"},
-                                {"type": "array", "items": {"type": "string"}}]}}}},
-                    **_INPUT_ERRORS, **_COMMON_ERRORS}}}
-               for i, p in enumerate(("/detokenize", "/decode"))},
-            **rerank_paths,
-            "/v1/models": {"get": {"operationId": "listModels", "summary": "Served models",
-                                   "responses": {"200": _ok("Models", "ModelList"),
-                                                 **_COMMON_ERRORS}}},
-            "/v1/models/{model}": {"get": {
-                "operationId": "retrieveModel", "summary": "One served model",
-                "parameters": [{"name": "model", "in": "path", "required": True,
-                                "schema": {"type": "string"}}],
-                "responses": {"200": _ok("Model", "Model"),
-                              **_COMMON_ERRORS}}},
-            "/health": {"get": {"operationId": "health", "summary": "Liveness",
-                                "responses": {"200": probe, "503": probe}}},
-            "/ready": {"get": {"operationId": "ready", "summary": "Readiness",
-                               "responses": {"200": probe, "503": probe}}},
-            "/info": {"get": {"operationId": "info", "summary": "Version, limits, providers",
-                              "responses": {"200": probe, **_COMMON_ERRORS}}},
-            "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
-                                 "responses": {"200": {"description": "Prometheus text format",
-                                                       "content": {"text/plain": {
-                                                           "schema": {"type": "string"}}}}}}},
-            "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
-                                      "responses": {"200": probe, **_COMMON_ERRORS}}},
-        },
+        "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {
                     "type": "object", "required": ["message", "type", "param", "code"],
                     "properties": {"message": {"type": "string"}, "type": {"type": "string"},
-                                   "param": {"type": "string", "nullable": True},
-                                   "code": {"type": "string", "nullable": True},
+                                   "param": nullable_string, "code": nullable_string,
                                    "request_id": {"type": "string"}}}}},
-                "EmbeddingRequest": {
-                    "type": "object", "required": ["model", "input"],
-                    "properties": {
-                        "model": {"type": "string", "minLength": 1},
-                        "input": {"oneOf": [
-                            text, {"type": "array", "minItems": 1,
-                                   "maxItems": settings.requests.max_inputs, "items": text},
-                            token_ids, {"type": "array", "minItems": 1,
-                                        "maxItems": settings.requests.max_inputs,
-                                        "items": token_ids}]},
-                        "encoding_format": {"type": "string", "enum": list(ENCODING_FORMATS),
-                                            "nullable": True,
-                                            "description": "float, base64 (little-endian "
-                                                           "float32) or, an extension, a "
-                                                           "compact type as integers"},
-                        "embedding_types": {"type": "array", "minItems": 1,
-                                            "uniqueItems": True, "nullable": True,
-                                            "items": {"type": "string",
-                                                      "enum": list(EMBEDDING_TYPES)},
-                                            "description": "extension: each item gets "
-                                                           "`embeddings` by type"},
-                        "dimensions": {"type": "integer", "minimum": 1, "nullable": True},
-                        "user": {"type": "string", "nullable": True},
-                        "metadata": {"type": "object", "nullable": True},
-                        "extra_body": {"type": "object", "nullable": True},
-                        "truncate": {"type": "boolean", "nullable": True,
-                                     "description": "cut over-long inputs (warn) or refuse"},
-                        "input_type": {"type": "string", "nullable": True,
-                                       "description": "query or passage: the bundle's prompts"},
-                        "cache_control": {"type": "object", "nullable": True, "properties": {
-                            "no_cache": {"type": "boolean"},
-                            "ttl": {"type": "number", "minimum": 0,
-                                    "description": "seconds; cut to the server's "
-                                                   f"{settings.cache.max_ttl_s:g} s at most"}}},
-                    },
-                },
+                **_per_model("EmbeddingRequest", partial(_request_schema, settings),
+                             embedders),
                 "Embedding": {"type": "object", "required": ["object", "index", "embedding"],
                               "properties": {"object": {"type": "string", "enum": ["embedding"]},
-                                             "index": {"type": "integer"},
+                                             "index": {"type": "integer", "minimum": 0},
                                              "embedding": {"oneOf": [
                                                  {"type": "array", "items": {"type": "number"}},
                                                  {"type": "string", "format": "byte"}]},
@@ -386,7 +570,9 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                                       "items": {"type": "number"}},
                                                      {"type": "string", "format": "byte"}]}
                                                  for t in EMBEDDING_TYPES}}}},
-                "Warning": {"type": "object", "properties": {
+                "Warning": {"type": "object", "required": [
+                    "index", "code", "message", "original_tokens", "original_tokens_exact",
+                    "used_tokens"], "properties": {
                     "index": {"type": "integer"}, "code": {"type": "string"},
                     "message": {"type": "string"}, "original_tokens": {"type": "integer"},
                     "original_tokens_exact": {
@@ -396,50 +582,106 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
                                        "1024 at least)"},
                     "used_tokens": {"type": "integer"}}},
                 "EmbeddingResponse": {
-                    "type": "object", "required": ["object", "data", "model", "usage"],
+                    "type": "object", "required": ["object", "data", "model", "usage", "id"],
                     "properties": {
                         "object": {"type": "string", "enum": ["list"]},
-                        "data": {"type": "array",
-                                 "items": {"$ref": "#/components/schemas/Embedding"}},
+                        "data": {"type": "array", "items": _ref("Embedding")},
                         "model": {"type": "string"}, "id": {"type": "string"},
                         "usage": {"type": "object",
                                   "required": ["prompt_tokens", "total_tokens"],
                                   "properties": {"prompt_tokens": {"type": "integer"},
                                                  "total_tokens": {"type": "integer"}}},
-                        "warnings": {"type": "array",
-                                     "items": {"$ref": "#/components/schemas/Warning"}}}},
-                "Model": {"type": "object", "required": ["id", "object", "created", "owned_by"],
-                          "properties": {"id": {"type": "string"}, "object": {"type": "string"},
-                                         "created": {"type": "integer"},
-                                         "owned_by": {"type": "string"},
-                                         "dimensions": {"type": "integer"},
-                                         "max_tokens": {"type": "integer"},
-                                         "precision": {"type": "string"},
-                                         "task": {"type": "string",
-                                                  "enum": ["embed", "rerank"]},
-                                         # a reranker's activation, cut and ranking figures
-                                         "rerank": {"type": "object", "nullable": True},
-                                         "provider": {"type": "array",
-                                                      "items": {"type": "string"}},
-                                         "embedding_types": {
-                                             "type": "array", "items": {
-                                                 "type": "string",
-                                                 "enum": list(EMBEDDING_TYPES)}},
-                                         # the start-up check of the bundle's canaries
-                                         "canary": {"type": "object", "nullable": True,
-                                                    "required": ["status"], "properties": {
-                                                        "status": {"type": "string", "enum": [
-                                                            "pass", "failed-serving",
-                                                            "absent"]},
-                                                        "agreement": {"type": "number"},
-                                                        "gate": {"type": "number"}}}}},
-                **tokenize_schemas(settings),
-                **cohere_schemas(settings),
+                        "warnings": {"type": "array", "items": _ref("Warning")}}},
+                "Canary": canary,
+                **tokenize_schemas(settings, models),
+                **cohere_schemas(settings, embedders),
                 **rerank_schemas,
+                "Model": {"type": "object", "required": [
+                    "id", "object", "created", "owned_by", "aliases", "dimensions",
+                    "matryoshka_dimensions", "max_tokens", "pooling", "normalized",
+                    "precision", "input_types", "provider", "provider_requested",
+                    "provider_fell_back", "provider_message", "quality", "source", "canary",
+                    "embedding_types", "task", "rerank"],
+                    "properties": {
+                        "id": {"type": "string"}, "object": {"type": "string", "enum": ["model"]},
+                        "created": {"type": "integer"}, "owned_by": {"type": "string"},
+                        "aliases": strings, "dimensions": {"type": "integer"},
+                        "matryoshka_dimensions": {"type": "array",
+                                                  "items": {"type": "integer"}},
+                        "max_tokens": {"type": "integer"}, "pooling": {"type": "string"},
+                        "normalized": {"type": "boolean"}, "precision": {"type": "string"},
+                        "input_types": strings, "provider": strings,
+                        "provider_requested": strings, "provider_fell_back": {"type": "boolean"},
+                        "provider_message": nullable_string,
+                        "quality": {"type": "object", "nullable": True, "properties": {
+                            "reference": {"type": "string"}, "eval_set": {"type": "string"},
+                            "n_inputs": {"type": "integer"},
+                            "cosine_min": {"type": "number"},
+                            "cosine_mean": {"type": "number"},
+                            "nn_agreement": {"type": "number", "nullable": True},
+                            "batch_invariance_min": {"type": "number", "nullable": True}}},
+                        "source": nullable_string,
+                        # the start-up check of the bundle's canaries
+                        "canary": _ref("Canary"),
+                        "embedding_types": {"type": "array", "items": {
+                            "type": "string", "enum": list(EMBEDDING_TYPES)}},
+                        "task": {"type": "string", "enum": list(TASKS)},
+                        # a reranker's scoring and its measured ranking agreement
+                        "rerank": {"type": "object", "nullable": True,
+                                   "required": ["activation", "truncation", "parity",
+                                                "quality"], "properties": {
+                                       "activation": {"type": "string",
+                                                      "enum": list(ACTIVATIONS)},
+                                       "truncation": {"type": "string",
+                                                      "enum": list(PAIR_TRUNCATIONS)},
+                                       "parity": ranking, "quality": ranking}}}},
                 "ModelList": {"type": "object", "required": ["object", "data"],
-                              "properties": {"object": {"type": "string"},
-                                             "data": {"type": "array", "items": {
-                                                 "$ref": "#/components/schemas/Model"}}}},
+                              "properties": {"object": {"type": "string", "enum": ["list"]},
+                                             "data": {"type": "array",
+                                                      "items": _ref("Model")}}},
+                "ModelHealth": {"type": "object", "required": [
+                    "alive", "provider", "provider_fell_back", "provider_message", "canary",
+                    "warnings"], "properties": {
+                    "alive": {"type": "boolean"}, "workers": {"type": "integer"},
+                    "faults": {"type": "integer"}, "worker_deaths": {"type": "integer"},
+                    "last_fault": {"type": "object", "nullable": True},
+                    "queued_inputs": {"type": "integer"}, "queued_tokens": {"type": "integer"},
+                    "running": {"type": "integer"},
+                    "runs": {"type": "object", "properties": {
+                        "lone": {"type": "integer"}, "side_by_side": {"type": "integer"},
+                        "threads": {"type": "object",
+                                    "additionalProperties": {"type": "integer"}}}},
+                    "throughput_tokens_per_s": {"type": "integer"},
+                    "work_ahead_s": {"type": "number"},
+                    "provider": strings, "provider_fell_back": {"type": "boolean"},
+                    "provider_message": nullable_string, "canary": _ref("Canary"),
+                    "warnings": strings}},
+                "Health": {"type": "object", "required": ["status"], "properties": {
+                    "status": {"type": "string",
+                               "enum": ["ok", "degraded", "failed-serving", "dead"]},
+                    "auth": {"type": "string", "enum": ["on", "off"]},
+                    "models": {"type": "object", "additionalProperties": _ref("ModelHealth")},
+                    "warnings": strings}},
+                "Ready": {"type": "object", "required": ["status"], "properties": {
+                    "status": {"type": "string", "enum": ["ready", "not ready"]},
+                    "reasons": strings}},
+                "Info": {"type": "object", "required": [
+                    "name", "version", "limits", "threads", "providers", "models", "auth",
+                    "cache"], "properties": {
+                    "name": {"type": "string"}, "version": {"type": "string"},
+                    "limits": _object_of(settings.limits()),
+                    "threads": {"type": "object",
+                                "additionalProperties": {"type": "integer"}},
+                    "providers": {"type": "object", "properties": {
+                        "requested": strings, "fallback_allowed": {"type": "boolean"},
+                        "models": {"type": "object", "additionalProperties": strings},
+                        "fell_back": {"type": "object",
+                                      "additionalProperties": {"type": "string"}}}},
+                    "models": strings, "auth": {"type": "boolean"},
+                    "cache": {"type": "object", "required": ["enabled", "entries", "bytes"],
+                              "properties": {"enabled": {"type": "boolean"},
+                                             "entries": {"type": "integer"},
+                                             "bytes": {"type": "integer"}}}}},
             },
         },
         "security": [{"bearer": []}] if settings.api_keys or settings.api_keys_file else [],

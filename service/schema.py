@@ -77,7 +77,11 @@ def _invalid(message: str, param: str) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
-def _is_int(value: Any) -> bool:
+def is_json_int(value: Any) -> bool:
+    """An integer as JSON Schema (and so /openapi.json) counts one: 7, or 7.0 as a client's
+    encoder may write it; never a boolean."""
+    if isinstance(value, float):
+        return value.is_integer()
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -229,9 +233,9 @@ def _parse_inputs(value: Any, max_inputs: int, max_chars: int) -> tuple[TextInpu
     elif isinstance(value, list):
         if not value:
             raise _invalid("'input' is an empty array; send at least one input.", "input")
-        if _is_int(value[0]):
+        if is_json_int(value[0]):
             for j, tok in enumerate(value):
-                if not _is_int(tok):
+                if not is_json_int(tok):
                     raise _invalid(f"'input[{j}]' is {_type_name(tok)}, but 'input' starts as "
                                    "an array of token ids: every item must be an integer.",
                                    "input")
@@ -262,7 +266,7 @@ def _parse_inputs(value: Any, max_inputs: int, max_chars: int) -> tuple[TextInpu
                 raise _invalid(f"'{where}' is an empty array of token ids.", "input")
             if isinstance(item, list):
                 for j, tok in enumerate(item):
-                    if not _is_int(tok):
+                    if not is_json_int(tok):
                         raise _invalid(f"'{where}[{j}]' must be an integer token id, got "
                                        f"{_type_name(tok)}.", "input")
             if len(item) > max_chars:
@@ -304,6 +308,12 @@ def parse_request(data: Any, *, max_inputs: int, max_input_chars: int) -> Embedd
         if "model" in extra and extra["model"] != data.get("model"):
             raise _invalid("'extra_body.model' differs from 'model': extra_body may not change "
                            "the model; send it in 'model' only.", "extra_body")
+        if extra.keys() & data.keys() - {"model"}:
+            # Each field is checked where it was sent (/openapi.json declares both places): a
+            # value the merge hides must be valid too.
+            top = {k: v for k, v in data.items() if k != "extra_body"}
+            parse_request({**top, "input": top.get("input", extra.get("input"))},
+                          max_inputs=max_inputs, max_input_chars=max_input_chars)
         data = {**data, **extra}
     model = data.get("model")
     if not isinstance(model, str) or not model:
@@ -318,8 +328,10 @@ def parse_request(data: Any, *, max_inputs: int, max_input_chars: int) -> Embedd
                        f"{orjson.dumps(fmt).decode()[:40]}.", "encoding_format")
     types = parse_embedding_types(data.get("embedding_types"), "embedding_types")
     dims = data.get("dimensions")
-    if dims is not None and (not _is_int(dims) or dims <= 0):
+    if dims is not None and (not is_json_int(dims) or dims <= 0):
         raise _invalid("'dimensions' must be a positive integer.", "dimensions")
+    if dims is not None:
+        dims = int(dims)
     for key in ("truncate",):
         if data.get(key) is not None and not isinstance(data[key], bool):
             raise _invalid(f"'{key}' must be true or false.", key)

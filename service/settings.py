@@ -63,6 +63,7 @@ class Settings:
     # a model whose canaries disagree at start-up (core/canary.py): refuse it, or serve loudly
     canary_failure: CanaryFailure = "refuse"
     otlp_endpoint: str | None = None  # OTLP/HTTP collector for traces (service/tracing.py)
+    docs: bool = True  # the interactive API page at /docs (service/docs.py)
 
     def runtime_options(self, intra_op_threads: int,
                         lone_threads: int | None = None) -> RuntimeOptions:
@@ -231,6 +232,7 @@ _BOOLS: tuple[tuple[str, str], ...] = (
     ("--cpu-arena", "onnxruntime's CPU memory arena (default on)"),
     ("--arena-shrink", "shrink the arena after each run: flat RSS, slower long batches"),
     ("--access-log", "one JSON line per request (default on)"),
+    ("--docs", "the interactive API page at /docs (default on); --no-docs: no page"),
 )
 # Flags that set a field of one of the limit objects (service/limits.py): flag -> (group, field).
 # The rest set the Settings field of the flag's own name.

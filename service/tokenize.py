@@ -32,7 +32,7 @@ from edge_embed.core.encoder import TextTokenizer, Tokenized
 
 from .errors import InvalidRequest
 from .models import Registry, ServedModel
-from .schema import EmbeddingRequest, check_for_model
+from .schema import EmbeddingRequest, check_for_model, is_json_int
 
 Shape = Literal["tei", "vllm"]
 # Each shape's fields: anything else is refused by name (the OpenAPI document declares exactly
@@ -168,9 +168,9 @@ def parse_detokenize(data: Any, *, max_inputs: int, max_input_chars: int) -> Det
             raise _invalid(f"'{where}' has {len(row)} token ids; at most {max_input_chars} are "
                            "allowed.", field)
         for j, tok in enumerate(row):
-            if isinstance(tok, bool) or not isinstance(tok, int):
+            if not is_json_int(tok):
                 raise _invalid(f"'{where}[{j}]' must be an integer token id.", field)
-        out.append(tuple(row))
+        out.append(tuple(int(tok) for tok in row))
     return DetokenizeRequest(_model(data), tuple(out), "vllm" if field == "tokens" else "tei",
                              single, _flag(data, "skip_special_tokens", True), field)
 

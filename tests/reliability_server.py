@@ -104,6 +104,14 @@ def get_json(url: str, timeout: float = 30.0) -> Any:
     return body
 
 
+def openapi_document(base: str, key: str | None = None) -> dict[str, Any]:
+    """The server's /openapi.json, as the caller with `key` gets it."""
+    status, _, body = http("GET", f"{base}/openapi.json",
+                           headers={"Authorization": f"Bearer {key}"} if key else {})
+    assert status == 200 and isinstance(body, dict), f"/openapi.json: {status} {body}"
+    return body
+
+
 def token_ids_body(seed: int, model: str, size: int, low: int = 0, span: int = 100) -> bytes:
     """A body of about `size` bytes (at most) of token-id inputs for `model`, each of the server's
     largest input (MAX_INPUT_CHARS ids), ids in [low, low + span): a flood of large bodies."""

@@ -26,7 +26,7 @@ ALL_KEYS = (ADMIN_KEY, LIMITED_KEY, WRONG_KEY)
 
 EMBEDDING_ROUTES = ("/v1/embeddings", "/embeddings", "/api/embeddings", "/api/v2/embeddings")
 PROTECTED_GETS = ("/v1/models", "/v1/models/tiny", "/info")
-OPEN_GETS = ("/health", "/ready", "/metrics")
+OPEN_GETS = ("/health", "/ready", "/metrics", "/docs", "/docs/swagger-ui-bundle.js")
 # Headers that legitimately differ between any two answers.
 VOLATILE = {"date", "content-length", "x-request-id", "request-id", "x-process-time"}
 
