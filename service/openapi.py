@@ -234,12 +234,13 @@ def cohere_schemas(settings: Settings, models: Sequence[ServedModel]) -> dict[st
                                   "properties": {**common, "embeddings": {"oneOf": [
                                       floats, by_type]}}},
     }
-def _rerank_spec(settings: Settings,
-                 rerankers: Sequence[ServedModel]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _rerank_spec(settings: Settings, rerankers: Sequence[ServedModel],
+                 embedders: Sequence[ServedModel]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The rerank routes (service/rerank.py) and their schemas for a caller who may use
-    `rerankers`: (paths, schemas). `model` is an enum of their names (any name where the caller
-    may use none: the answer is then a 400 or 404); TEI's body may leave it out where the
-    caller may use one reranker only."""
+    `rerankers` and `embedders`: (paths, schemas). `model` is an enum of the rerankers' names;
+    where the caller may use none, any name but an embedder's (which is a 400 naming its task;
+    any other, the 404 of an unknown model). TEI's body may leave it out where the caller may
+    use one reranker only."""
     limits = settings.requests
     text = {"type": "string", "pattern": "\\S", "maxLength": limits.max_input_chars}
     documents = {"type": "array", "minItems": 1, "maxItems": limits.max_rerank_documents,
@@ -248,13 +249,18 @@ def _rerank_spec(settings: Settings,
     flag = {"type": "boolean", "nullable": True}
     count = {"type": "integer", "minimum": 1, "nullable": True}
     common = {"query": text, "documents": documents,
-              "top_n": {**count, "description": "at most the number of documents"},
+              "top_n": {**count, "maximum": limits.max_rerank_documents,
+                        "description": "at most the number of documents (a 400 otherwise)"},
               "truncate": {**flag, "description": "cut over-long pairs (warn) or refuse"},
-              "max_tokens_per_doc": {**count, "description": "cut (or with truncate false, "
-                                                             "refuse) longer documents"}}
+              # a document holds at most one token a character
+              "max_tokens_per_doc": {**count, "maximum": limits.max_input_chars,
+                                     "description": "cut (or with truncate false, refuse) "
+                                                    "longer documents"}}
     names = [n for r in rerankers for n in r.names]
-    model: dict[str, Any] = ({"type": "string", "enum": names} if names
-                             else {"type": "string", "minLength": 1})
+    others = [n for e in embedders for n in e.names]
+    model: dict[str, Any] = (
+        {"type": "string", "enum": names} if names
+        else {"type": "string", "minLength": 1, **({"not": {"enum": others}} if others else {})})
     one = len(rerankers) == 1
     schemas: dict[str, Any] = {
         "RerankRequest": {"type": "object", "required": ["model", "query", "documents"],
@@ -522,8 +528,8 @@ def openapi_spec(settings: Settings, models: Sequence[ServedModel] = (),
                 "401": _COMMON_ERRORS["401"], "404": _err("No such file"),
                 "503": _UNAVAILABLE}}}
     embedders = [s for s in models if s.task == "embed"]
-    rerank_paths, rerank_schemas = _rerank_spec(settings,
-                                                [s for s in models if s.task == "rerank"])
+    rerank_paths, rerank_schemas = _rerank_spec(
+        settings, [s for s in models if s.task == "rerank"], embedders)
     paths.update(rerank_paths)
     if settings.api_keys or settings.api_keys_file:
         for path, item in paths.items():

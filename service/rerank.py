@@ -39,6 +39,7 @@ from .embeddings import Caller, RequestPath
 from .errors import InvalidRequest
 from .middleware import Phase
 from .models import ServedModel
+from .schema import is_json_int
 
 Shape = Literal["cohere", "cohere_v2", "tei"]
 V2_PATH = "/v2/rerank"
@@ -81,14 +82,15 @@ def _flag(data: dict[str, Any], key: str, default: bool | None) -> bool | None:
     return value
 
 
-def _positive(data: dict[str, Any], key: str) -> int | None:
+def _positive(data: dict[str, Any], key: str, most: int) -> int | None:
+    """A positive integer (7.0 counts, as JSON Schema counts it) of at most `most`."""
     value = data.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _invalid(f"'{key}' must be a positive integer, got "
+    if not is_json_int(value) or not 1 <= value <= most:
+        raise _invalid(f"'{key}' must be an integer from 1 to {most}, got "
                        f"{orjson.dumps(value).decode()[:40]}.", key)
-    return value
+    return int(value)
 
 
 def _documents(value: Any, name: str, max_documents: int, max_chars: int) -> tuple[str, ...]:
@@ -143,10 +145,7 @@ def parse_rerank(data: Any, path: str, *, max_documents: int, max_chars: int) ->
                        "query")
     field = "texts" if shape == "tei" else "documents"
     documents = _documents(data.get(field), field, max_documents, max_chars)
-    top_n = _positive(data, "top_n")
-    if top_n is not None and top_n > len(documents):
-        raise _invalid(f"'top_n' is {top_n}, more than the {len(documents)} documents sent.",
-                       "top_n")
+    top_n = _positive(data, "top_n", max_documents)
     if shape == "tei":
         direction = data.get("truncation_direction")
         if direction not in (None, "right", "Right"):
@@ -161,7 +160,7 @@ def parse_rerank(data: Any, path: str, *, max_documents: int, max_chars: int) ->
                          return_documents=bool(_flag(data, "return_documents",
                                                      shape == "cohere")),
                          truncate=_flag(data, "truncate", None),
-                         max_tokens_per_doc=_positive(data, "max_tokens_per_doc"))
+                         max_tokens_per_doc=_positive(data, "max_tokens_per_doc", max_chars))
 
 
 @dataclass(frozen=True)
@@ -219,6 +218,11 @@ class RerankPath(RequestPath):
 
     async def __call__(self, req: RerankRequest, caller: Caller) -> RerankResult:
         served = self._served(req, caller)
+        # after the model: the body's shape is checked first, then (as for the embeddings'
+        # model-dependent checks) what the document cannot say, behind the model's 404
+        if req.top_n is not None and req.top_n > len(req.documents):
+            raise _invalid(f"'top_n' is {req.top_n}, more than the {len(req.documents)} "
+                           "documents sent.", "top_n")
         model = served.model
         assert isinstance(model, RerankModel)  # a task "rerank" bundle loads as one
         caller.log.model, caller.log.inputs = served.id, len(req.documents)
