@@ -43,6 +43,7 @@ RESTART_WINDOW_S = 60.0
 # batch token budget): long inputs are what fills a queue, so their rate is the one to know
 # before the first request.
 CALIBRATION_ROWS = 4
+ARENA_SHRINK_KEY = "memory.enable_memory_arena_shrinkage"
 
 
 @dataclass(eq=False)
@@ -96,6 +97,13 @@ class InFlight:
         self.runs = 0
 
 
+def shrinking_run() -> ort.RunOptions:
+    """Run options that give the arena's free chunks back to the system when the run ends."""
+    options = ort.RunOptions()
+    options.add_run_config_entry(ARENA_SHRINK_KEY, "cpu:0")
+    return options
+
+
 def _fail(job: Job, error: ApiError) -> None:
     """Fail `job`'s request; its handler may be gone already, so never log it as unretrieved."""
     if not job.future.done():
@@ -118,10 +126,7 @@ class ModelEngine:
         self.queue = queue
         self.n_workers = workers
         self.worker_restarts = worker_restarts
-        self.run_options: ort.RunOptions | None = None
-        if arena_shrink:
-            self.run_options = ort.RunOptions()
-            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self.run_options: ort.RunOptions | None = shrinking_run() if arena_shrink else None
         self._jobs: deque[Job] = deque()
         self._wake = asyncio.Event()
         # The express lane: one more run, on its own thread, for short jobs only, so that a
@@ -208,7 +213,9 @@ class ModelEngine:
     async def warmup(self) -> None:
         """Runs before /ready turns 200: one so that the first client does not pay for session
         set-up, then a timed batch of full-length inputs that seeds the throughput estimate
-        admission decides by."""
+        admission decides by. The last run gives the arena back: the calibration's peak would
+        otherwise stay for good in a server that may never see such a batch (figures:
+        docs/measurements.md, "Memory")."""
         loop = asyncio.get_running_loop()
         short = self.model.tokenizer.encode(["warm up"])[0].ids
         await loop.run_in_executor(self.executor, self.model.run, [short])
@@ -217,9 +224,9 @@ class ModelEngine:
         rows = [long] * max(1, min(CALIBRATION_ROWS, self.batching.max_tokens // len(long),
                                    self.batching.max_inputs))
         # Timed the second time: the first run of a new shape also pays for its buffers.
-        for _ in range(2):
+        for settle in (None, shrinking_run()):
             start = time.perf_counter()
-            await loop.run_in_executor(self.executor, self.model.run, rows)
+            await loop.run_in_executor(self.executor, self.model.run, rows, settle)
         self.meter.record(RUN_COST_TOKENS + len(long) * len(rows), time.perf_counter() - start)
         self.warmed = True
 

@@ -85,7 +85,8 @@ class ServiceProcess:
 
     def __init__(self, bundle: Path | str | Sequence[Path | str], log_path: Path | None = None,
                  extra_args: Sequence[str] = (), *, env: Mapping[str, str] | None = None,
-                 python: str = sys.executable, cwd: Path | None = None) -> None:
+                 python: str = sys.executable, cwd: Path | None = None,
+                 program: Sequence[str] | None = None) -> None:
         bundles = [bundle] if isinstance(bundle, (str, os.PathLike)) else list(bundle)
         self.models = tuple(str(b) for b in bundles)
         self.host = HOST
@@ -93,9 +94,12 @@ class ServiceProcess:
         self.url = f"http://{HOST}:{self.port}"
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"edge-embed-{self.port}.log"
         self.extra_args = tuple(extra_args)
-        self.command = [python, "-m", "edge_embed.service",
-                        *(a for m in self.models for a in ("--model", m)),
-                        "--host", HOST, "--port", str(self.port), *self.extra_args]
+        # `program`: another server taking --host and --port (the benchmark's peers), run
+        # and probed the same way; its bundles are then its own arguments.
+        serving = (list(program) if program is not None else
+                   [python, "-m", "edge_embed.service",
+                    *(a for m in self.models for a in ("--model", m))])
+        self.command = [*serving, "--host", HOST, "--port", str(self.port), *self.extra_args]
         # Unbuffered: the log is read while the service runs (failure tails, tests searching it
         # for what a request printed), so every line must be in the file when it is written.
         environ = {"PYTHONUNBUFFERED": "1", **os.environ, **(env or {})}
