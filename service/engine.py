@@ -41,8 +41,10 @@ WINDOW_BATCHES = 2
 RESTART_WINDOW_S = 60.0
 # The warm-up's calibration run is this many inputs of the model's full length (at most the
 # batch token budget): long inputs are what fills a queue, so their rate is the one to know
-# before the first request.
-CALIBRATION_ROWS = 4
+# before the first request. One: per token, one 256-token input ran as fast as four together
+# (MiniLM int8, one thread: 140 against 164 us a token), and four cost a quarter of a second of
+# start-up on 2 busy cores (docs/measurements.md, "Start-up").
+CALIBRATION_ROWS = 1
 ARENA_SHRINK_KEY = "memory.enable_memory_arena_shrinkage"
 
 

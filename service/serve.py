@@ -17,7 +17,6 @@ from collections.abc import Sequence
 import orjson
 from aiohttp import web
 
-from edge_embed.core import memory
 from edge_embed.core.errors import StartupError
 
 from .app import AUTH, CONNECTIONS, REGISTRY, RUNTIME, STATE, auth_warning, create_app
@@ -104,7 +103,6 @@ async def serve(settings: Settings, app: web.Application) -> int:
 def main(argv: Sequence[str] | None = None, prog: str = "edge-embed serve") -> int:
     settings = parse_settings(argv, prog)
     setup_logging(settings.log_level)
-    memory.tune()  # before anything large is allocated (core/memory.py)
     try:
         app = create_app(settings)
     except StartupError as exc:
