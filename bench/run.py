@@ -24,8 +24,8 @@ from edge_embed.core.bundle import load_manifest
 from edge_embed.core.cpus import usable_cpus
 from edge_embed.core.tooling import measured_on
 
-from . import install_size, workloads
 from . import fastembed_peer as fastembed
+from . import install_size, workloads
 from .fastembed_peer import FASTEMBED_VENV
 from .peer import peer_bundle
 from .server import BatchCounters, Server
