@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from edge_embed.core import memory
 from edge_embed.core.encoder import BundleModel
 from edge_embed.core.feeds import I64
 from edge_embed.core.pooling import F32
@@ -46,6 +47,11 @@ RESTART_WINDOW_S = 60.0
 # start-up on 2 busy cores (docs/measurements.md, "Start-up").
 CALIBRATION_ROWS = 1
 ARENA_SHRINK_KEY = "memory.enable_memory_arena_shrinkage"
+# After this long without a model run, following runs, the engine gives the arena back (one
+# short run with arena shrinkage) and glibc's free pages: the memory a burst of large batches
+# took returns when the burst ends, while a steady stream (a lone client sends far more often)
+# never pays for it. Figures: docs/measurements.md, "Memory".
+IDLE_SETTLE_S = 1.0
 
 
 @dataclass(eq=False)
@@ -136,6 +142,10 @@ class ModelEngine:
         self._express_wake = asyncio.Event()
         self._express: asyncio.Task[None] | None = None
         self._express_executor = ThreadPoolExecutor(1, thread_name_prefix="edge-embed-express")
+        self._settler: asyncio.Task[None] | None = None
+        self._unsettled = False  # runs since the arena was last given back
+        self._last_run = 0.0  # event-loop time the last run ended
+        self.settles = 0
         self._long: set[Job] = set()  # jobs over one batch's budgets, queued or running
         self._workers: set[asyncio.Task[None]] = set()
         self._restarts: deque[float] = deque()
@@ -162,6 +172,8 @@ class ModelEngine:
         for _ in range(self.n_workers):
             self._spawn()
         self._spawn_express()
+        self._settler = asyncio.get_running_loop().create_task(self._settle_when_idle(),
+                                                              name=f"settler:{self.name}")
 
     def _spawn_express(self) -> None:
         self._express = asyncio.get_running_loop().create_task(
@@ -202,7 +214,8 @@ class ModelEngine:
 
     async def stop(self) -> None:
         self._stopping = True
-        tasks = [*self._workers, *([self._express] if self._express is not None else [])]
+        tasks = [*self._workers,
+                 *(t for t in (self._express, self._settler) if t is not None)]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -242,6 +255,8 @@ class ModelEngine:
                 "queued_inputs": self.queued_inputs, "queued_tokens": self.queued_tokens,
                 "running": self.running,
                 # which session the runs took: a lone run has every thread
+                # the arena given back after the load stopped (IDLE_SETTLE_S)
+                "idle_settles": self.settles,
                 "runs": {"lone": self.lone_runs, "side_by_side": self.side_runs,
                          "threads": self.model.sessions.threads()},
                 # what admission decides by: the measured rate and the work it sees ahead
@@ -507,6 +522,8 @@ class ModelEngine:
             self.running -= 1
             self.running_cost -= cost
             self.in_flight.runs -= 1
+            self._unsettled = True
+            self._last_run = loop.time()
         elapsed = time.perf_counter() - start
         real = sum(len(r) for r in rows)
         m = self.metrics
@@ -529,6 +546,31 @@ class ModelEngine:
             job.done_rows += 1
             if job.done_rows == len(job.rows):
                 job.future.set_result(job.result)
+
+    async def _settle_when_idle(self) -> None:
+        """Gives the arena and the heaps' free pages back once no run has ended for
+        IDLE_SETTLE_S and nothing is queued, running or being tokenized."""
+        loop = asyncio.get_running_loop()
+        short = self.model.tokenizer.encode(["settle"])[0].ids
+        while True:
+            await asyncio.sleep(IDLE_SETTLE_S)
+            idle = (self.running == 0 and not self._jobs and self.pending_inputs == 0
+                    and loop.time() - self._last_run >= IDLE_SETTLE_S)
+            if not (self._unsettled and idle):
+                continue
+            self._unsettled = False
+            self.in_flight.runs += 1
+            try:
+                await loop.run_in_executor(self.executor, self._settle, short)
+                self.settles += 1
+            except Exception:  # a fault here costs memory, not answers
+                log.exception("giving the arena back failed for %s", self.name)
+            finally:
+                self.in_flight.runs -= 1
+
+    def _settle(self, short: I64) -> None:
+        self.model.run([short], shrinking_run())
+        memory.trim()
 
     def _alone(self, live: list[tuple[Job, int]]) -> bool:
         """The load is one request: this run carries one request's rows, no other run is in
