@@ -23,6 +23,9 @@ pytestmark = pytest.mark.container
 
 MEMORY = "256m"
 MEMORY_BYTES = 256 * 1024 * 1024
+# Where the container reads its memory limit: cgroup v2, else v1.
+CGROUP_V2_LIMIT = "/sys/fs/cgroup/memory.max"
+CGROUP_V1_LIMIT = "/sys/fs/cgroup/memory/memory.limit_in_bytes"
 TEXTS = 2048
 
 
@@ -41,7 +44,8 @@ def test_one_cpu_256_mib_survives_the_flood() -> None:
     with engine.running(engine.image(), free_port(), env, [(bundle, IN_IMAGE)],
                         extra=["--memory", MEMORY, "--cpuset-cpus", "0"]) as box:
         box.wait_ready(READY_TIMEOUT_S)
-        limit = box.exec("cat", "/sys/fs/cgroup/memory.max").stdout.strip()
+        limit = box.exec("sh", "-c", f"cat {CGROUP_V2_LIMIT} 2>/dev/null || "
+                                     f"cat {CGROUP_V1_LIMIT}").stdout.strip()
         assert limit == str(MEMORY_BYTES), f"the memory limit is not enforced here: {limit!r}"
         result = asyncio.run(flood(box.url, model, long_texts(TEXTS), FLOOD_REQUESTS))
         statuses = result.statuses
