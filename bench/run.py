@@ -237,10 +237,14 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
             servers["service_int8_lone"] = Server(cfg.int8, logs / "service_int8_lone.log",
                                                   [*cfg.server_args, *lone_layout_args()])
         if cfg.baseline_python is not None:
-            servers["service_int8_base"] = Server(cfg.int8, logs / "service_int8_base.log",
+            # Started outside this checkout: from here, `python -m` would put this checkout's
+            # edge_embed/ first on the other build's path, and mix the two builds' code.
+            servers["service_int8_base"] = Server(cfg.int8.resolve(),
+                                                  logs / "service_int8_base.log",
                                                   cfg.server_args,
                                                   python=str(cfg.baseline_python),
-                                                  env={"PYTHONDONTWRITEBYTECODE": "1"})
+                                                  env={"PYTHONDONTWRITEBYTECODE": "1"},
+                                                  cwd=logs)
         if fe_folder is not None:
             servers["fastembed"] = start_fastembed(logs / "fastembed.log")
         # The memory run's server starts now, in parallel with the others, and idles until its
