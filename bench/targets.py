@@ -142,7 +142,6 @@ def _peer_targets(ratios: dict[str, dict[str, float]],
     svc = p50_ms.get("service_int8", {}).get("single_c1")
     peer = p50_ms.get("peer_int8", {}).get("single_c1")
     measured = svc is not None and peer is not None
-    vs_peer = {w: ratios.get(w, {}).get("service_int8/peer_int8") for w in ("short32", "long8")}
     lone = {w: r["service_int8/service_int8_lone"] for w, r in ratios.items()
             if "service_int8/service_int8_lone" in r}
     worst = min(lone, key=lambda w: lone[w]) if lone else ""
@@ -151,12 +150,8 @@ def _peer_targets(ratios: dict[str, dict[str, float]],
                "int8 graph raw in-process at batch 1 with every CPU", "<=", C1_VS_PEER_MS,
                None if not measured else (svc or 0.0) - (peer or 0.0), "ms",
                f"{svc:.2f} vs {peer:.2f} ms" if measured else NO_PEER),
-        target("short_vs_peer", "int8 service / the peers' int8 graph raw in-process, 32 short "
-               "per request", ">=", VS_PEER, vs_peer["short32"], "x",
-               "" if vs_peer["short32"] is not None else NO_PEER),
-        target("long_vs_peer", "int8 service / the peers' int8 graph raw in-process, 8 long per "
-               "request", ">=", VS_PEER, vs_peer["long8"], "x",
-               "" if vs_peer["long8"] is not None else NO_PEER),
+        *_batched(ratios, "peer", "peer_int8", "the peers' int8 graph raw in-process", VS_PEER,
+                  NO_PEER),
         target("layout_vs_lone", "int8 service (default layout) / the same with the lone "
                "session (--lone-threads: every CPU for a run alone), worst workload", ">=",
                VS_LONE, lone[worst] if lone else None, "x",
@@ -177,9 +172,6 @@ def _light_targets(ratios: dict[str, dict[str, float]], p50_ms: dict[str, dict[s
     svc = rss.get("service_int8", {})
     ready = svc.get("ready_mb")
     after = svc.get("after_load_mb")
-    base = {w: ratios.get(w, {}).get("service_int8/service_int8_base")
-            for w in ("short32", "long8")}
-    no_base = "no --baseline-python served"
     return [
         target("c1_vs_fastembed", "one short sentence at c=1: int8 service / fastembed server "
                "(inputs/s, same client, same rounds)", ">=", C1_VS_FASTEMBED, c1_fe, "x",
@@ -197,13 +189,21 @@ def _light_targets(ratios: dict[str, dict[str, float]], p50_ms: dict[str, dict[s
                RSS_READY_MIB, None if ready is None else round(ready * 1e6 / MIB, 1), "MiB"),
         target("rss_after", "RSS of the int8 service after the workloads", "<=", RSS_AFTER_MIB,
                None if after is None else round(after * 1e6 / MIB, 1), "MiB"),
-        target("short_vs_base", "32 short per request: int8 service / the build before "
-               "(--baseline-python)", ">=", VS_BASE, base["short32"], "x",
-               "" if base["short32"] is not None else no_base),
-        target("long_vs_base", "8 long per request: int8 service / the build before "
-               "(--baseline-python)", ">=", VS_BASE, base["long8"], "x",
-               "" if base["long8"] is not None else no_base),
+        *_batched(ratios, "base", "service_int8_base", "the build before (--baseline-python)",
+                  VS_BASE, "no --baseline-python served"),
     ]
+
+
+def _batched(ratios: dict[str, dict[str, float]], suffix: str, other: str, label: str,
+             threshold: float, missing: str) -> list[Target]:
+    """short_vs_SUFFIX and long_vs_SUFFIX: the int8 service / `other`, batched workloads."""
+    out = []
+    for short, workload, title in (("short", "short32", "32 short"), ("long", "long8", "8 long")):
+        value = ratios.get(workload, {}).get(f"service_int8/{other}")
+        out.append(target(f"{short}_vs_{suffix}", f"int8 service / {label}, {title} per "
+                          "request", ">=", threshold, value, "x",
+                          "" if value is not None else missing))
+    return out
 
 
 def _memory_targets(memory: dict[str, Any] | None) -> list[Target]:
