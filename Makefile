@@ -31,8 +31,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install install-fast install-runtime install-gpu install-openvino browser model \
-	rerank-model model-repro \
+.PHONY: install install-fast install-runtime install-fastembed install-gpu install-openvino \
+	browser model rerank-model model-repro \
 	tiny-bundles serve test test-fast test-mpnet test-openvino test-emulated test-cross-cpu lint \
 	bench bench-rerank bench-openvino bench-sweep soak load clean
 
@@ -63,6 +63,18 @@ $(VENV)/.installed-fast: pyproject.toml
 install-runtime:
 	test -x .venv-runtime/bin/python || $(PYTHON) -m venv .venv-runtime
 	.venv-runtime/bin/pip install -q .
+
+# fastembed, for the benchmark's fastembed server (bench/fastembed_server.py): a venv of its own,
+# since it pins a newer `tokenizers` than the export stack's transformers allows.
+FASTEMBED_VENV := .venv-fastembed
+FASTEMBED_VERSION := 0.9.1
+install-fastembed: $(FASTEMBED_VENV)/.installed
+
+$(FASTEMBED_VENV)/.installed:
+	test -x $(FASTEMBED_VENV)/bin/python || $(PYTHON) -m venv $(FASTEMBED_VENV)
+	$(FASTEMBED_VENV)/bin/pip install -q --upgrade pip
+	$(FASTEMBED_VENV)/bin/pip install -q fastembed==$(FASTEMBED_VERSION) aiohttp
+	touch $@
 
 # Each provider's onnxruntime build replaces `onnxruntime`, so each gets its own venv.
 install-gpu:
@@ -134,7 +146,7 @@ model-repro: $(MINILM_SRC)/config.json
 serve: model
 	$(BIN)/edge-embed serve --model $(MODELS)/$(MODEL)-int8 --host $(HOST) --port $(PORT)
 
-test: install model browser
+test: install install-fastembed model browser
 	EDGE_EMBED_MODELS=$(abspath $(MODELS)) $(BIN)/pytest -q $(PYTEST_ARGS)
 
 # The second real model, all-mpnet-base-v2: its bundles (a few minutes to fetch, export and
@@ -179,8 +191,11 @@ lint: install-fast
 # MODEL=all-mpnet-base-v2 measures the second model the same way, into its own folder.
 BENCH_OUT_all-minilm-l6-v2 := bench/results
 BENCH_OUT_all-mpnet-base-v2 := bench/results/all-mpnet-base-v2
-bench: install model
-	$(BIN)/edge-embed bench --int8 $(MODELS)/$(MODEL)-int8 --fp32 $(MODELS)/$(MODEL)-fp32 \
+# Beside ours: a real fastembed server (make install-fastembed) and the same service with the lone
+# session; BASELINE_PYTHON=../other-checkout/.venv/bin/python serves a build before as well.
+BASELINE_PYTHON ?=
+bench: install install-fastembed model
+	$(BIN)/edge-embed bench $(if $(BASELINE_PYTHON),--baseline-python $(BASELINE_PYTHON)) --int8 $(MODELS)/$(MODEL)-int8 --fp32 $(MODELS)/$(MODEL)-fp32 \
 		--source $(SRC_$(MODEL)) --out $(BENCH_OUT_$(MODEL)) \
 		--memory-reference-arg=--batch-tokens=65536 --memory-reference-arg=--batch-inputs=256
 	$(BIN)/edge-embed bench bulk --model $(MODELS)/$(MODEL)-int8 --out $(BENCH_OUT_$(MODEL))

@@ -15,6 +15,7 @@ from edge_embed.core.tooling import ToolError, check_bundles, run_cli
 from .bulk import main as bulk_main
 from .chart import chart
 from .compact import main as compact_main
+from .fastembed_peer import FASTEMBED_VENV
 from .report import table, write_json
 from .rerank import main as rerank_main
 from .run import Config, Plan, add_run_options, run
@@ -52,8 +53,15 @@ def parser(prog: str) -> argparse.ArgumentParser:
                         "bounds in throughput (repeat)")
     p.add_argument("--peer-cache", type=Path, metavar="DIR",
                    help="where the peers' int8 graph is cached (default: beside the fp32 bundle)")
-    p.add_argument("--no-today", action="store_true",
-                   help="do not serve the one-session layout (--lone-threads=1) beside the default")
+    p.add_argument("--no-lone", action="store_true",
+                   help="do not serve the lone-session layout (--lone-threads=CPUs) beside the "
+                        "default")
+    p.add_argument("--fastembed-venv", type=Path, default=FASTEMBED_VENV, metavar="VENV",
+                   help="the venv with fastembed for its server beside ours (make "
+                        "install-fastembed; absent: skipped)")
+    p.add_argument("--baseline-python", type=Path, metavar="PYTHON",
+                   help="another checkout's venv python: serves the int8 bundle beside ours as "
+                        "the build before (e.g. ../main/.venv/bin/python)")
     p.add_argument("--runtime-venv", type=Path, help="venv of the runtime install to measure")
     p.add_argument("--no-install", action="store_true",
                    help="do not create the runtime venv when it is missing")
@@ -91,7 +99,8 @@ def main(argv: list[str] | None = None, prog: str = "edge-embed bench") -> int:
                      quick=args.quick, server_args=args.server_arg,
                      memory_reference_args=args.memory_reference_arg, encoding=args.encoding,
                      only=args.workload, peer_cache=args.peer_cache,
-                     single_thread_runs=not args.no_today)
+                     lone_layout=not args.no_lone, fastembed_venv=args.fastembed_venv,
+                     baseline_python=args.baseline_python)
         if args.runtime_venv is not None:
             cfg.runtime_venv = args.runtime_venv
         args.out.mkdir(parents=True, exist_ok=True)

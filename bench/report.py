@@ -8,12 +8,17 @@ from typing import Any
 
 SYSTEM_LABELS = {
     "service_int8": "service int8",
-    "service_int8_today": "service int8, 1-thread runs only",
+    "service_int8_lone": "service int8 with the lone session",
+    "service_int8_base": "service int8, the build before",
+    "fastembed": "fastembed server",
     "peer_int8": "peers' int8 graph, raw",
     "ort_int8": "raw ort int8",
     "service_fp32": "service fp32",
     "st_fp32": "torch ST fp32",
 }
+
+
+MB_TO_MIB = 1e6 / 2**20
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -49,16 +54,19 @@ def table(result: dict[str, Any]) -> str:
         value = res.get(system, {}).get(wl, {}).get("p50_ms")
         return None if value is None else float(value)
 
-    header = ["workload (inputs/s; latency ms)", "svc int8", "p50", "p99", "1-thread p50",
-              "svc/1-thread", "peer int8", "peer p50", "svc/peer", "raw ort", "svc/raw",
-              "svc fp32", "int8/fp32", "torch ST", "svc/ST"]
+    header = ["workload (inputs/s; latency ms)", "svc int8", "p50", "p99", "fastembed",
+              "fe p50", "fe p99", "svc/fe", "lone p50", "svc/lone", "svc/before", "peer int8",
+              "peer p50", "svc/peer", "raw ort", "svc/raw", "svc fp32", "int8/fp32", "torch ST",
+              "svc/ST"]
     rows = []
     for wl, info in result["workloads"].items():
         s = svc.get(wl, {})
         rows.append([
             info["title"], _fmt(thr("service_int8", wl)), _fmt(s.get("p50_ms"), 2),
-            _fmt(s.get("p99_ms"), 2), _fmt(p50("service_int8_today", wl), 2),
-            ratio(wl, "service_int8_today"), _fmt(thr("peer_int8", wl)),
+            _fmt(s.get("p99_ms"), 2), _fmt(thr("fastembed", wl)), _fmt(p50("fastembed", wl), 2),
+            _fmt(res.get("fastembed", {}).get(wl, {}).get("p99_ms"), 2), ratio(wl, "fastembed"),
+            _fmt(p50("service_int8_lone", wl), 2), ratio(wl, "service_int8_lone"),
+            ratio(wl, "service_int8_base"), _fmt(thr("peer_int8", wl)),
             _fmt(p50("peer_int8", wl), 2), ratio(wl, "peer_int8"), _fmt(thr("ort_int8", wl)),
             ratio(wl, "ort_int8"), _fmt(thr("service_fp32", wl)), ratio(wl, "service_fp32"),
             _fmt(thr("st_fp32", wl)), ratio(wl, "st_fp32"),
@@ -69,8 +77,10 @@ def table(result: dict[str, Any]) -> str:
              f"{machine.get('onnxruntime', '?')}",
              _grid(header, rows) + "\n(throughput: median over rounds; ratios: median of "
              "ratios of back-to-back windows; cache off on every workload but CACHE HITS, where "
-             "a fixed corpus is cycled with the cache on and only the services run; 1-thread: "
-             "the service with every run on one single-threaded session, --lone-threads=1; "
+             "a fixed corpus is cycled with the cache on and only the services run; fastembed: "
+             "its TextEmbedding on the peers' int8 graph behind a minimal aiohttp layer; lone: "
+             "the service with a second session with every CPU for a run alone in flight; "
+             "before: --baseline-python's build; "
              "peer: onnxruntime quantize_dynamic of the fp32 graph, raw in-process, every CPU, "
              "one batch at a time)"]
 
@@ -79,9 +89,14 @@ def table(result: dict[str, Any]) -> str:
     if cold:
         facts.append(f"cold start (int8, process start -> first embedding): median "
                      f"{cold['median_s']:.3f} s over {len(cold['runs_s'])} run(s)")
+    cold_fe = result.get("cold_start_fastembed")
+    if cold_fe:
+        facts.append(f"cold start, fastembed server: median {cold_fe['median_s']:.3f} s over "
+                     f"{len(cold_fe['runs_s'])} run(s)")
     for name, rss in result.get("rss", {}).items():
-        facts.append(f"RSS {SYSTEM_LABELS.get(name, name)}: {rss['ready_mb']:.0f} MB ready, "
-                     f"{rss.get('after_load_mb', 0):.0f} MB after the workloads")
+        facts.append(f"RSS {SYSTEM_LABELS.get(name, name)}: {rss['ready_mb'] * MB_TO_MIB:.0f} "
+                     f"MiB ready, {rss.get('after_load_mb', 0) * MB_TO_MIB:.0f} MiB after the "
+                     "workloads")
     mem = result.get("memory")
     if mem:
         facts.append(f"memory run ({mem['seconds']:.0f} s mixed): RSS {mem['rss_warm_mb']:.0f} -> "

@@ -21,9 +21,12 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from edge_embed.core.bundle import load_manifest
+from edge_embed.core.cpus import usable_cpus
 from edge_embed.core.tooling import measured_on
 
+from . import fastembed_peer as fastembed
 from . import install_size, workloads
+from .fastembed_peer import FASTEMBED_VENV
 from .peer import peer_bundle
 from .server import BatchCounters, Server
 from .stats import Window, median
@@ -70,9 +73,16 @@ class Config:
     runtime_venv: Path = install_size.RUNTIME_VENV
     # Where the peers' int8 graph is cached (bench/peer.py); None: beside the fp32 bundle.
     peer_cache: Path | None = None
-    # Serve the int8 bundle a second time in the layout before the lone session (every run on
-    # one single-threaded session), measured beside the default in the same rounds.
-    single_thread_runs: bool = True
+    # Serve the int8 bundle a second time with the lone session (a second session with every
+    # CPU for a run alone in flight, --lone-threads), measured beside the default in the same
+    # rounds: whether it pays on this machine.
+    lone_layout: bool = True
+    # A real fastembed server (bench/fastembed_peer.py) from this venv, beside ours; skipped, with a
+    # line saying so, where the venv is absent.
+    fastembed_venv: Path = FASTEMBED_VENV
+    # Another checkout's interpreter serving the same int8 bundle (its venv's python), measured
+    # beside ours in the same rounds: the "before" of a change.
+    baseline_python: Path | None = None
 
 
 
@@ -87,8 +97,9 @@ def add_run_options(p: argparse.ArgumentParser, *, int8: str, fp32: str, window:
     p.add_argument("--window", type=float, help=window)
     p.add_argument("--rounds", type=int, help=rounds)
 
-# The flags that give the layout before the lone session: no second session.
-SINGLE_THREAD_RUNS_ARGS = ("--lone-threads=1",)
+def lone_layout_args() -> tuple[str, ...]:
+    """The flags that give the lone session: a second session with every usable CPU."""
+    return (f"--lone-threads={usable_cpus()}",)
 
 
 Say = Callable[[str], None]
@@ -116,11 +127,12 @@ def _summary(windows: list[Window]) -> dict[str, Any]:
     }
 
 
-def cold_start(bundle: Path, model_id: str, runs: int, logs: Path,
-               extra: Sequence[str]) -> dict[str, Any]:
+def cold_start(start: Callable[[Path], Server], model_id: str, runs: int, logs: Path,
+               tag: str) -> dict[str, Any]:
+    """Process start -> first embedding, `runs` times; `start(log)` starts the server."""
     times = []
     for i in range(runs):
-        with Server(bundle, logs / f"cold-{i}.log", extra) as server:
+        with start(logs / f"cold-{tag}-{i}.log") as server:
             times.append(server.first_embedding(model_id, "How long does a cold start take?"))
     return {"runs_s": [round(t, 3) for t in times], "median_s": round(median(times), 3)}
 
@@ -194,18 +206,47 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
                 [w for w in wls if not cfg.only or w.name in cfg.only], tokenizer),
         }
 
+        fe_python = fastembed.python(cfg.fastembed_venv)
+        fe_folder: Path | None = None
+        if cfg.fp32 and fe_python is not None:
+            say("fastembed: the peers' int8 graph through TextEmbedding's custom-model API")
+            fe_folder = fastembed.model_folder(peer_bundle(cfg.fp32, cfg.peer_cache))
+        elif cfg.fp32:
+            say(f"fastembed: skipped: {cfg.fastembed_venv} is absent (make install-fastembed)")
+
+        def start_fastembed(log: Path) -> Server:
+            assert fe_folder is not None and fe_python is not None
+            return fastembed.server(fe_folder, manifest8.dimensions, manifest8.id, log,
+                                    fe_python)
+
         result["cold_start"] = None
+        result["cold_start_fastembed"] = None
         if plan.cold_runs:
             say(f"cold start: {plan.cold_runs} run(s) of the int8 bundle")
-            result["cold_start"] = cold_start(cfg.int8, manifest8.id, plan.cold_runs, logs,
-                                              cfg.server_args)
+            result["cold_start"] = cold_start(
+                lambda log: Server(cfg.int8, log, cfg.server_args), manifest8.id,
+                plan.cold_runs, logs, "service")
+            if fe_folder is not None:
+                result["cold_start_fastembed"] = cold_start(start_fastembed, manifest8.id,
+                                                            plan.cold_runs, logs, "fastembed")
         measured = [w for w in wls if not cfg.only or w.name in cfg.only]
 
         say("starting the services and baselines")
         servers = {"service_int8": Server(cfg.int8, logs / "service_int8.log", cfg.server_args)}
-        if cfg.single_thread_runs:
-            servers["service_int8_today"] = Server(cfg.int8, logs / "service_int8_today.log",
-                                                   [*cfg.server_args, *SINGLE_THREAD_RUNS_ARGS])
+        if cfg.lone_layout:
+            servers["service_int8_lone"] = Server(cfg.int8, logs / "service_int8_lone.log",
+                                                  [*cfg.server_args, *lone_layout_args()])
+        if cfg.baseline_python is not None:
+            # Started outside this checkout: from here, `python -m` would put this checkout's
+            # edge_embed/ first on the other build's path, and mix the two builds' code.
+            servers["service_int8_base"] = Server(cfg.int8.resolve(),
+                                                  logs / "service_int8_base.log",
+                                                  cfg.server_args,
+                                                  python=str(cfg.baseline_python),
+                                                  env={"PYTHONDONTWRITEBYTECODE": "1"},
+                                                  cwd=logs)
+        if fe_folder is not None:
+            servers["fastembed"] = start_fastembed(logs / "fastembed.log")
         # The memory run's server starts now, in parallel with the others, and idles until its
         # turn: RSS "after warm-up" is taken the moment it reports ready.
         mem_server = (Server(cfg.int8, logs / "memory-default.log", cfg.server_args)
@@ -214,7 +255,8 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
         if cfg.fp32 and manifest32:
             servers["service_fp32"] = Server(cfg.fp32, logs / "service_fp32.log",
                                              cfg.server_args)
-        ids = {"service_int8": manifest8.id, "service_int8_today": manifest8.id,
+        ids = {"service_int8": manifest8.id, "service_int8_lone": manifest8.id,
+               "service_int8_base": manifest8.id, "fastembed": manifest8.id,
                "service_fp32": manifest32.id if manifest32 else ""}
         workers: dict[str, Worker] = {}
         try:
@@ -246,8 +288,8 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
                 for wl in measured:
                     say(f"round {r + 1}/{plan.rounds}: {wl.name}")
                     for name, worker in workers.items():
-                        if wl.cached and name not in servers:
-                            continue  # no cache in-process
+                        if wl.cached and (name not in servers or name == "fastembed"):
+                            continue  # no cache in-process, nor in fastembed
                         counted = servers["service_int8"] if name == "service_int8" else None
                         before = counted.counters() if counted else None
                         w = worker.measure(wl.name, plan.window_s, plan.max_requests,
@@ -302,8 +344,9 @@ def run(cfg: Config, say: Say = _say) -> dict[str, Any]:
 
 # The ratios the report and the targets use: the int8 service against each other system.
 PAIRS = (("service_int8", "ort_int8"), ("service_int8", "st_fp32"),
-         ("service_int8", "service_fp32"), ("service_int8", "service_int8_today"),
-         ("service_int8", "peer_int8"))
+         ("service_int8", "service_fp32"), ("service_int8", "service_int8_lone"),
+         ("service_int8", "peer_int8"), ("service_int8", "fastembed"),
+         ("service_int8", "service_int8_base"))
 
 
 def _paired_ratios(windows: dict[str, dict[str, list[Window]]]) -> dict[str, dict[str, float]]:
@@ -342,6 +385,10 @@ def _targets(result: dict[str, Any]) -> list[Target]:
     p50 = {n: {wl: s["p50_ms"] for wl, s in by.items()} for n, by in res.items()}
     padding = result["batches"].get("mixed", {}).get("padding_share")
     install = result["install"]
+    p99 = {n: {wl: s["p99_ms"] for wl, s in by.items()} for n, by in res.items()}
+    cold, cold_fe = result["cold_start"], result.get("cold_start_fastembed")
     return evaluate(result["ratios"], p50, padding, result["memory"],
-                    result["cold_start"]["median_s"] if result["cold_start"] else None,
-                    install.get("runtime_mb") if install else None)
+                    cold["median_s"] if cold else None,
+                    install.get("runtime_mb") if install else None,
+                    p99_ms=p99, rss=result["rss"],
+                    cold_start_fastembed_s=cold_fe["median_s"] if cold_fe else None)

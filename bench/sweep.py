@@ -150,8 +150,9 @@ def thread_values(cpus: int) -> tuple[Value, ...]:
             f"{runs} runs x {threads} {'thread' if threads == 1 else 'threads'}")
         flags = ("--concurrent-runs", str(runs), "--threads", str(threads))
         is_default = (threads, runs) == default
-        # Only the default keeps the lone session (a run alone in flight on every CPU); the
-        # others are the fixed layouts their labels name, and so is the default without it.
+        # Where the defaults build the lone session (a run alone in flight on every CPU), the
+        # default is also measured without it; every other value is the fixed layout its label
+        # names.
         if is_default and plan_lone_threads(cpus, threads, DEFAULTS.lone_threads) is not None:
             out.append(Value(f"{label}, no lone session", (*flags, "--lone-threads",
                                                            str(threads)), False))

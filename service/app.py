@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
-from edge_embed.core import canary
+from edge_embed.core import canary, memory
 from edge_embed.core.cpus import plan_lone_threads, plan_threads, usable_cpus
 
 from .. import __version__
@@ -242,8 +242,7 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     lone_sessions: list[asyncio.Future[None]] = []
     try:
-        for engine in engines.values():
-            await engine.warmup()
+        # Canaries first: the warm-up's last run then leaves the arena as it found the model.
         for served in app[REGISTRY]:
             report = await _check_canaries(served, model_executor, settings.canary_failure)
             app[CANARIES][served.id] = report
@@ -251,6 +250,10 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
                 metrics.canary_agreement.labels(served.id).set(report.agreement)
                 metrics.canary_gate.labels(served.id).set(report.gate or 0.0)
             metrics.canary_failed.labels(served.id).set(float(report.status == "failed-serving"))
+        for engine in engines.values():
+            await engine.warmup()
+        # What loading and warming up freed, handed back before the first request.
+        memory.trim()
         # After warm-up, not before /ready: until a model's lone session is built, every run
         # takes its side-by-side one.
         lone_sessions = [loop.run_in_executor(None, _complete_sessions, s)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from edge_embed.core import memory
 from edge_embed.core.batching import RUN_COST_TOKENS, BatchPolicy, cut_sorted, padded_width
 from edge_embed.core.encoder import BundleModel
 from edge_embed.core.feeds import I64
@@ -41,8 +42,16 @@ WINDOW_BATCHES = 2
 RESTART_WINDOW_S = 60.0
 # The warm-up's calibration run is this many inputs of the model's full length (at most the
 # batch token budget): long inputs are what fills a queue, so their rate is the one to know
-# before the first request.
-CALIBRATION_ROWS = 4
+# before the first request. One: per token, one 256-token input ran as fast as four together
+# (MiniLM int8, one thread: 140 against 164 us a token), and four cost a quarter of a second of
+# start-up on 2 busy cores (docs/measurements.md, "Start-up").
+CALIBRATION_ROWS = 1
+ARENA_SHRINK_KEY = "memory.enable_memory_arena_shrinkage"
+# After this long without a model run, following runs, the engine gives the arena back (one
+# short run with arena shrinkage) and glibc's free pages: the memory a burst of large batches
+# took returns when the burst ends, while a steady stream (a lone client sends far more often)
+# never pays for it. Figures: docs/measurements.md, "Memory".
+IDLE_SETTLE_S = 1.0
 
 
 @dataclass(eq=False)
@@ -96,6 +105,13 @@ class InFlight:
         self.runs = 0
 
 
+def shrinking_run() -> ort.RunOptions:
+    """Run options that give the arena's free chunks back to the system when the run ends."""
+    options = ort.RunOptions()
+    options.add_run_config_entry(ARENA_SHRINK_KEY, "cpu:0")
+    return options
+
+
 def _fail(job: Job, error: ApiError) -> None:
     """Fail `job`'s request; its handler may be gone already, so never log it as unretrieved."""
     if not job.future.done():
@@ -118,10 +134,7 @@ class ModelEngine:
         self.queue = queue
         self.n_workers = workers
         self.worker_restarts = worker_restarts
-        self.run_options: ort.RunOptions | None = None
-        if arena_shrink:
-            self.run_options = ort.RunOptions()
-            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self.run_options: ort.RunOptions | None = shrinking_run() if arena_shrink else None
         self._jobs: deque[Job] = deque()
         self._wake = asyncio.Event()
         # The express lane: one more run, on its own thread, for short jobs only, so that a
@@ -129,6 +142,10 @@ class ModelEngine:
         self._express_wake = asyncio.Event()
         self._express: asyncio.Task[None] | None = None
         self._express_executor = ThreadPoolExecutor(1, thread_name_prefix="edge-embed-express")
+        self._settler: asyncio.Task[None] | None = None
+        self._unsettled = False  # runs since the arena was last given back
+        self._last_run = 0.0  # event-loop time the last run ended
+        self.settles = 0
         self._long: set[Job] = set()  # jobs over one batch's budgets, queued or running
         self._workers: set[asyncio.Task[None]] = set()
         self._restarts: deque[float] = deque()
@@ -155,6 +172,8 @@ class ModelEngine:
         for _ in range(self.n_workers):
             self._spawn()
         self._spawn_express()
+        self._settler = asyncio.get_running_loop().create_task(self._settle_when_idle(),
+                                                              name=f"settler:{self.name}")
 
     def _spawn_express(self) -> None:
         self._express = asyncio.get_running_loop().create_task(
@@ -195,7 +214,8 @@ class ModelEngine:
 
     async def stop(self) -> None:
         self._stopping = True
-        tasks = [*self._workers, *([self._express] if self._express is not None else [])]
+        tasks = [*self._workers,
+                 *(t for t in (self._express, self._settler) if t is not None)]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -208,7 +228,9 @@ class ModelEngine:
     async def warmup(self) -> None:
         """Runs before /ready turns 200: one so that the first client does not pay for session
         set-up, then a timed batch of full-length inputs that seeds the throughput estimate
-        admission decides by."""
+        admission decides by. The last run gives the arena back: the calibration's peak would
+        otherwise stay for good in a server that may never see such a batch (figures:
+        docs/measurements.md, "Memory")."""
         loop = asyncio.get_running_loop()
         short = self.model.tokenizer.encode(["warm up"])[0].ids
         await loop.run_in_executor(self.executor, self.model.run, [short])
@@ -217,9 +239,9 @@ class ModelEngine:
         rows = [long] * max(1, min(CALIBRATION_ROWS, self.batching.max_tokens // len(long),
                                    self.batching.max_inputs))
         # Timed the second time: the first run of a new shape also pays for its buffers.
-        for _ in range(2):
+        for settle in (None, shrinking_run()):
             start = time.perf_counter()
-            await loop.run_in_executor(self.executor, self.model.run, rows)
+            await loop.run_in_executor(self.executor, self.model.run, rows, settle)
         self.meter.record(RUN_COST_TOKENS + len(long) * len(rows), time.perf_counter() - start)
         self.warmed = True
 
@@ -233,6 +255,8 @@ class ModelEngine:
                 "queued_inputs": self.queued_inputs, "queued_tokens": self.queued_tokens,
                 "running": self.running,
                 # which session the runs took: a lone run has every thread
+                # the arena given back after the load stopped (IDLE_SETTLE_S)
+                "idle_settles": self.settles,
                 "runs": {"lone": self.lone_runs, "side_by_side": self.side_runs,
                          "threads": self.model.sessions.threads()},
                 # what admission decides by: the measured rate and the work it sees ahead
@@ -498,6 +522,8 @@ class ModelEngine:
             self.running -= 1
             self.running_cost -= cost
             self.in_flight.runs -= 1
+            self._unsettled = True
+            self._last_run = loop.time()
         elapsed = time.perf_counter() - start
         real = sum(len(r) for r in rows)
         m = self.metrics
@@ -520,6 +546,31 @@ class ModelEngine:
             job.done_rows += 1
             if job.done_rows == len(job.rows):
                 job.future.set_result(job.result)
+
+    async def _settle_when_idle(self) -> None:
+        """Gives the arena and the heaps' free pages back once no run has ended for
+        IDLE_SETTLE_S and nothing is queued, running or being tokenized."""
+        loop = asyncio.get_running_loop()
+        short = self.model.tokenizer.encode(["settle"])[0].ids
+        while True:
+            await asyncio.sleep(IDLE_SETTLE_S)
+            idle = (self.running == 0 and not self._jobs and self.pending_inputs == 0
+                    and loop.time() - self._last_run >= IDLE_SETTLE_S)
+            if not (self._unsettled and idle):
+                continue
+            self._unsettled = False
+            self.in_flight.runs += 1
+            try:
+                await loop.run_in_executor(self.executor, self._settle, short)
+                self.settles += 1
+            except Exception:  # a fault here costs memory, not answers
+                log.exception("giving the arena back failed for %s", self.name)
+            finally:
+                self.in_flight.runs -= 1
+
+    def _settle(self, short: I64) -> None:
+        self.model.run([short], shrinking_run())
+        memory.trim()
 
     def _alone(self, live: list[tuple[Job, int]]) -> bool:
         """The load is one request: this run carries one request's rows, no other run is in

@@ -132,3 +132,15 @@ class ConnectionLimits:
     body_timeout_s: float = BODY_TIMEOUT_S
     keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S
     max_connections: int = MAX_CONNECTIONS
+
+
+# One core and 256 MiB (a small edge box, or a container run with `--cpuset-cpus 0 --memory
+# 256m`): the flags that keep the server's peak inside the box (figures: docs/measurements.md,
+# "One core, 256 MiB"). One run at a time on one thread (what one usable CPU plans anyway); a
+# batch of at most 512 padded tokens (two 256-token inputs: its arena and buffers are half the
+# default's, and long inputs run as fast per token); an 8 MiB cache instead of 64; bodies of at
+# most 4 MiB, one large one parsed at a time (a 16 MiB body parses into up to ~100 MB).
+SMALL_BOX_FLAGS: tuple[str, ...] = (
+    "--threads=1", "--concurrent-runs=1", "--batch-tokens=512", "--cache-bytes=8388608",
+    "--max-body-bytes=4194304", "--max-large-bodies=1",
+)

@@ -16,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -85,7 +86,9 @@ class ServiceProcess:
 
     def __init__(self, bundle: Path | str | Sequence[Path | str], log_path: Path | None = None,
                  extra_args: Sequence[str] = (), *, env: Mapping[str, str] | None = None,
-                 python: str = sys.executable, cwd: Path | None = None) -> None:
+                 python: str = sys.executable, cwd: Path | None = None,
+                 program: Sequence[str] | None = None,
+                 cpus: Collection[int] | None = None) -> None:
         bundles = [bundle] if isinstance(bundle, (str, os.PathLike)) else list(bundle)
         self.models = tuple(str(b) for b in bundles)
         self.host = HOST
@@ -93,9 +96,12 @@ class ServiceProcess:
         self.url = f"http://{HOST}:{self.port}"
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"edge-embed-{self.port}.log"
         self.extra_args = tuple(extra_args)
-        self.command = [python, "-m", "edge_embed.service",
-                        *(a for m in self.models for a in ("--model", m)),
-                        "--host", HOST, "--port", str(self.port), *self.extra_args]
+        # `program`: another server taking --host and --port (the benchmark's peers), run
+        # and probed the same way; its bundles are then its own arguments.
+        serving = (list(program) if program is not None else
+                   [python, "-m", "edge_embed.service",
+                    *(a for m in self.models for a in ("--model", m))])
+        self.command = [*serving, "--host", HOST, "--port", str(self.port), *self.extra_args]
         # Unbuffered: the log is read while the service runs (failure tails, tests searching it
         # for what a request printed), so every line must be in the file when it is written.
         environ = {"PYTHONUNBUFFERED": "1", **os.environ, **(env or {})}
@@ -103,9 +109,12 @@ class ServiceProcess:
         # stdout and stderr into one file: a failure tail, and a test looking for a leaked key,
         # must see every byte the service printed. The child keeps its own descriptor.
         with self.log_path.open("wb") as log:
+            # `cpus`: the only CPUs it may run on (a one-core box), set before it starts, so
+            # that it plans its threads for them as it would under taskset or a cpuset.
+            pin = None if cpus is None else partial(os.sched_setaffinity, 0, set(cpus))
             self.proc = subprocess.Popen(self.command, cwd=cwd, env=environ, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=pin)
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 timeout: float = 30.0) -> tuple[int, bytes]:
@@ -156,6 +165,13 @@ class ServiceProcess:
     def rss(self) -> int:
         """Resident set size in bytes of the service and anything it started."""
         return process_rss(self.proc.pid)
+
+    def peak_rss(self) -> int:
+        """The service process's highest resident set size so far (VmHWM), in bytes."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise ServerError("no VmHWM in /proc/PID/status")
 
     def log_text(self) -> str:
         """Everything the service has printed so far."""

@@ -50,7 +50,7 @@ class Settings:
     provider_fallback: bool = False
     threads: int | None = None  # intra-op threads per run; None: usable CPUs / concurrent runs
     concurrent_runs: int | None = None  # runs at once, all models; None: see cpus.plan_threads
-    lone_threads: int | None = None  # threads of a run alone in flight; None: usable CPUs
+    lone_threads: int | None = None  # threads of a run alone in flight; None: no lone session
     graph_optimization: str = "auto"
     cpu_arena: bool = True
     arena_shrink: bool = False  # shrink the arena after every run (flat RSS, slower long batches)
@@ -208,8 +208,7 @@ _SCALARS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--concurrent-runs", _positive_int, "model runs at once, all models together (default: "
      "CPUs, at most 4, or CPUs / --threads)"),
     ("--lone-threads", _positive_int, "intra-op threads of a run alone in flight, on a second "
-     "session sharing the weights (default: every usable CPU; at most --threads: no second "
-     "session)"),
+     "session sharing the weights (default: no second session, nor at or below --threads)"),
     ("--graph-optimization", str, "auto|disable|basic|extended|all"),
     ("--spinning", _on_off, "on|off: onnxruntime's threads spin between runs (lower batch-1 "
      "latency, CPU burnt while idle)"),

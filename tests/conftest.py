@@ -7,7 +7,9 @@ of EXPORT_FIXTURES, or when its module imports the export stack or a tiny-model 
 
 `pytest --fast` is the inner loop: export tests and those marked `slow` are deselected (modules
 that import the export stack are not even collected), the tiny bundles are the committed copies,
-and the run fails if torch or the export stack got imported after all.
+and the run fails if torch or the export stack got imported after all. `pytest --rest` runs
+exactly the tests `--fast` leaves out: CI runs the fast loop first, then `make test` with it, so
+no test runs twice.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--fast", action="store_true", default=False,
                      help="the inner loop: no tests marked export or slow, committed tiny bundles, "
                           "no torch (make test-fast)")
+    parser.addoption("--rest", action="store_true", default=False,
+                     help="only the tests --fast leaves out (after a `make test-fast` run)")
 
 
 def in_packages(module: str, packages: frozenset[str]) -> bool:
@@ -118,10 +122,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & EXPORT_FIXTURES or imports_export_stack(Path(item.path)):
             item.add_marker(pytest.mark.export)
-    if not config.getoption("fast"):
+    fast, rest = config.getoption("fast"), config.getoption("rest")
+    if fast and rest:
+        raise pytest.UsageError("--fast and --rest are complements: give one of them")
+    if not (fast or rest):
         return
+
     def excluded(item: pytest.Item) -> bool:
-        return any(item.get_closest_marker(name) for name in FAST_EXCLUDES)
+        in_fast_loop = not any(item.get_closest_marker(name) for name in FAST_EXCLUDES)
+        return in_fast_loop if rest else not in_fast_loop
 
     deselected = [item for item in items if excluded(item)]
     if deselected:

@@ -27,14 +27,18 @@ from edge_embed.core.bundle import load_manifest
 from edge_embed.core.runtime import graph_level_name
 from edge_embed.service.settings import Settings
 
-SYSTEMS = {"service_int8", "service_int8_today", "service_fp32", "ort_int8", "peer_int8"}
-SERVICES = {"service_int8", "service_int8_today", "service_fp32"}
+SYSTEMS = {"service_int8", "service_int8_lone", "service_int8_base", "service_fp32", "ort_int8",
+           "peer_int8", "fastembed"}
+SERVICES = {"service_int8", "service_int8_lone", "service_int8_base", "service_fp32"}
+# HTTP servers without the embedding cache: they run every workload but the cache hits.
+UNCACHED_SERVERS = {"fastembed"}
 WORKLOADS = {"single_c1", "single_c16", "short32", "long8", "mixed", "cached_short32"}
 CACHED = {"cached_short32"}  # cache hits: the services alone run it
 TARGETS = {"serving_efficiency", "vs_torch_short", "vs_torch_long", "latency_c1_p50",
            "c16_vs_raw_batch16", "padding_share", "memory_rss_growth", "memory_throughput_cost",
            "cold_start", "runtime_install", "c1_vs_peer", "short_vs_peer", "long_vs_peer",
-           "layout_vs_today"}
+           "layout_vs_lone", "c1_vs_fastembed", "c1_tail", "cold_start_vs_fastembed",
+           "rss_ready", "rss_after", "short_vs_base", "long_vs_base"}
 
 
 def _tokenizer(bundle: Path) -> Tokenizer:
@@ -60,9 +64,13 @@ def test_quick_run_writes_complete_results(tiny_bundle: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "results"
     venv = _fake_venv(tmp_path / "venv")
+    fastembed = Path(".venv-fastembed")
+    assert (fastembed / "bin" / "python").exists(), "make install-fastembed (make test does)"
     code = main(["--quick", "--int8", str(tiny_bundle), "--fp32", str(tiny_bundle),
                  "--out", str(out), "--runtime-venv", str(venv),
-                 "--peer-cache", str(tmp_path / "peer")])
+                 "--peer-cache", str(tmp_path / "peer"), "--fastembed-venv", str(fastembed),
+                 # this very build as "the build before": the pairing is what is checked
+                 "--baseline-python", sys.executable])
     printed = capsys.readouterr().out
     assert code == 0
     result: dict[str, Any] = json.loads((out / "bench.json").read_text())
@@ -72,7 +80,7 @@ def test_quick_run_writes_complete_results(tiny_bundle: Path, tmp_path: Path,
     assert result["machine"]["cpu"] and isinstance(result["machine"]["isa"], list)
     for system in SYSTEMS:
         for wl in WORKLOADS:
-            if wl in CACHED and system not in SERVICES:
+            if wl in CACHED and (system not in SERVICES or system in UNCACHED_SERVERS):
                 assert wl not in result["results"][system], (system, wl)
                 continue
             summary = result["results"][system][wl]
@@ -85,6 +93,8 @@ def test_quick_run_writes_complete_results(tiny_bundle: Path, tmp_path: Path,
     assert result["workloads"]["long8"]["inputs_per_request"] == 8
 
     assert result["cold_start"]["median_s"] > 0
+    assert result["cold_start_fastembed"]["median_s"] > 0
+    assert (tmp_path / "peer" / "tiny-fastembed" / "model.onnx").is_file()
     for rss in result["rss"].values():
         assert rss["ready_mb"] > 0 and rss["after_load_mb"] > 0
     memory = result["memory"]
@@ -94,9 +104,11 @@ def test_quick_run_writes_complete_results(tiny_bundle: Path, tmp_path: Path,
     mixed = result["batches"]["mixed"]
     assert mixed["real_tokens"] > 0 and 0 <= mixed["padding_share"] < 1
     for wl in WORKLOADS:
-        pairs = {"service_int8/service_fp32", "service_int8/service_int8_today"}
+        pairs = {"service_int8/service_fp32", "service_int8/service_int8_lone",
+                 "service_int8/service_int8_base"}
         if wl not in CACHED:
-            pairs |= {"service_int8/ort_int8", "service_int8/peer_int8"}
+            pairs |= {"service_int8/ort_int8", "service_int8/peer_int8",
+                      "service_int8/fastembed"}
         assert set(result["ratios"][wl]) == pairs, wl
         assert all(v > 0 for v in result["ratios"][wl].values())
     assert result["workloads"]["cached_short32"]["cache"] == "on (hits)"
@@ -117,7 +129,9 @@ def test_quick_run_writes_complete_results(tiny_bundle: Path, tmp_path: Path,
     assert targets["vs_torch_short"]["status"] == "not measured"
     for tid in ("serving_efficiency", "latency_c1_p50", "c16_vs_raw_batch16", "padding_share",
                 "memory_rss_growth", "cold_start", "runtime_install", "c1_vs_peer",
-                "short_vs_peer", "long_vs_peer", "layout_vs_today"):
+                "short_vs_peer", "long_vs_peer", "layout_vs_lone", "c1_vs_fastembed", "c1_tail",
+                "cold_start_vs_fastembed", "rss_ready", "rss_after", "short_vs_base",
+                "long_vs_base"):
         assert targets[tid]["value"] is not None, tid
 
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -192,13 +206,17 @@ edge_embed_batch_size_sum{model="a"} 20.0
 def test_targets_evaluate_ratios_and_missing_baselines() -> None:
     ratios = {"short32": {"service_int8/ort_int8": 0.95},
               "long8": {"service_int8/ort_int8": 0.8},
-              "single_c16": {"service_int8/ort_int8": 0.6}}
-    p50 = {"service_int8": {"single_c1": 1.5}}
+              "single_c16": {"service_int8/ort_int8": 0.85},
+              "single_c1": {"service_int8/fastembed": 0.9}}
+    p50 = {"service_int8": {"single_c1": 1.5}, "fastembed": {"single_c1": 1.4}}
+    p99 = {"service_int8": {"single_c1": 4.5}}
+    rss = {"service_int8": {"ready_mb": 150.0, "after_load_mb": 220.0}}
     memory = {"seconds": 120.0, "rss_warm_mb": 100.0, "rss_after_mb": 160.0, "rss_peak_mb": 170.0,
               "throughput": 95.0,
               "reference": {"args": ["--x"], "throughput": 100.0, "rss_warm_mb": 100.0,
                             "rss_after_mb": 500.0}}
-    got = {t.id: t for t in evaluate(ratios, p50, 0.05, memory, 0.3, None)}
+    got = {t.id: t for t in evaluate(ratios, p50, 0.05, memory, 0.3, None, p99_ms=p99, rss=rss,
+                                     cold_start_fastembed_s=0.6)}
     assert got["serving_efficiency"].value == pytest.approx(0.8)  # the worse of the two
     assert got["serving_efficiency"].status == "not met"
     assert got["latency_c1_p50"].status == "met"
@@ -207,6 +225,12 @@ def test_targets_evaluate_ratios_and_missing_baselines() -> None:
     assert got["memory_rss_growth"].status == "not met"  # 1.6x
     assert got["memory_throughput_cost"].value == pytest.approx(0.05)
     assert got["runtime_install"].status == "not measured"
+    assert got["c1_vs_fastembed"].status == "not met"  # 0.9x
+    assert got["c1_tail"].value == pytest.approx(3.0) and got["c1_tail"].status == "not met"
+    assert got["cold_start_vs_fastembed"].value == pytest.approx(0.5)
+    assert got["rss_ready"].value == pytest.approx(143.1)  # 150e6 bytes in MiB: met
+    assert got["rss_ready"].status == "met" and got["rss_after"].status == "not met"
+    assert got["short_vs_base"].status == "not measured"  # no build before was served
 
 
 def test_cli_refuses_a_missing_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

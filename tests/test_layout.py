@@ -33,11 +33,12 @@ LAYERED = RuntimeOptions(intra_op_threads=1, lone_threads=2, spinning=False)
 
 
 def test_plan_lone_threads() -> None:
-    assert plan_lone_threads(2, 1, None) == 2  # the default layout on 2 CPUs
-    assert plan_lone_threads(16, 4, None) == 16
-    assert plan_lone_threads(2, 2, None) is None  # runs already have every CPU
+    assert plan_lone_threads(2, 1, None) is None  # the default: one session
+    assert plan_lone_threads(16, 4, None) is None
+    assert plan_lone_threads(2, 1, 2) == 2  # --lone-threads 2: the lone session on 2 CPUs
+    assert plan_lone_threads(2, 2, 2) is None  # runs already have every CPU
     assert plan_lone_threads(8, 2, 4) == 4  # --lone-threads wins
-    assert plan_lone_threads(2, 1, 1) is None  # --lone-threads 1: today's single session
+    assert plan_lone_threads(2, 1, 1) is None  # --lone-threads 1: one session
 
 
 def test_lone_session_deferred_until_completed(tiny_bundle: Path) -> None:

@@ -70,11 +70,14 @@ def plan_threads(cpus: int, threads: int | None, runs: int | None) -> tuple[int,
 def plan_lone_threads(cpus: int, threads: int, given: int | None) -> int | None:
     """Intra-op threads for a run alone in flight, or None: no session apart for it.
 
-    A lone request on runs of `threads` threads leaves the other CPUs idle (one short sentence
-    took a single-threaded run where two threads would have halved it), so by default a run
-    that finds no other in flight takes a second session with every usable CPU; concurrent
-    runs keep the side-by-side layout above. `given` (--lone-threads) overrides; at or below
-    `threads` the second session is not built.
+    Off unless asked (`given`, --lone-threads, above `threads`): a second session with more
+    threads for a run that finds no other in flight costs a second copy of the prepacked
+    weights and its own arena (+45 MiB ready, +65 MiB after load with MiniLM int8), and on a
+    shared 2-core box its spinning threads compete with the event loop and the client; there
+    it measured slower on every workload, one sentence at c=1 included (figures:
+    docs/measurements.md, "The lone session").
     """
-    lone = cpus if given is None else given
-    return lone if lone > threads else None
+    del cpus  # the lone session is asked for by its thread count alone
+    if given is None:
+        return None
+    return given if given > threads else None

@@ -85,13 +85,13 @@ class TextTokenizer:
     def __init__(self, path: Path, max_tokens: int) -> None:
         self.max_tokens = max_tokens
         self._full = Tokenizer.from_file(str(path))
+        padding = self._full.padding  # read before it is turned off below
         self._full.no_truncation()
         self._full.no_padding()
         self._cut = Tokenizer.from_file(str(path))
         self._cut.enable_truncation(max_tokens)
         self._cut.no_padding()
         self.vocab_size = self._full.get_vocab_size(with_added_tokens=True)
-        padding = Tokenizer.from_file(str(path)).padding
         self.pad_id = int(padding["pad_id"]) if padding else 0
         # The side the model's own tokenizer pads on (decoders: left); right when it names none.
         self.padding_side: PaddingSide = (
