@@ -174,7 +174,7 @@ test-cross-cpu: model
 	tests/crosscpu/arm64_root.sh $(ARM64_ROOT)
 	RECORD=$(RECORD) tests/crosscpu/run.sh $(MODELS)/$(MODEL)-int8 $(ARM64_ROOT) build/cross-cpu
 
-# The inner loop (under a minute): no torch, no export, no MiniLM, no benchmark runs; the tiny
+# The inner loop (a few minutes): no torch, no export, no MiniLM, no benchmark runs; the tiny
 # bundles are the committed ones. `make test` stays the whole suite.
 test-fast: install-fast browser
 	$(BIN)/pytest -q --fast $(PYTEST_ARGS)
