@@ -17,9 +17,9 @@ from pydantic import SecretStr
 
 from edge_embed.core.rerank import RerankModel
 from tests.fixtures.cross_encoders import RERANK_ALIAS, RERANK_BUNDLE_ID
+from tests.fixtures.otlp import EXPORT_DELAY_MS, Receiver, attributes
 from tests.fixtures.server import AiohttpClient, Live, live_server
 from tests.reliability_server import http
-from tests.test_tracing import ARRIVAL_TIMEOUT_S, EXPORT_DELAY_MS, Receiver, attributes
 
 KEY = "sk-live-rerank-0123456789"
 QUERY = "reset my router"
@@ -107,10 +107,7 @@ async def test_rerank_request_spans(rerank_bundle: Path, aiohttp_client: Aiohttp
             http, "POST", f"{live.url}/v2/rerank",
             body={"model": RERANK_BUNDLE_ID, "query": QUERY, "documents": DOCS})
         assert status == 200
-        for _ in range(int(ARRIVAL_TIMEOUT_S / 0.05)):
-            if names <= {s.name for s in receiver.spans}:
-                break
-            await asyncio.sleep(0.05)
+        await receiver.arrived(names)
     finally:
         await asyncio.to_thread(live.stop)
     by_name = {s.name: s for s in receiver.spans}

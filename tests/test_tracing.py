@@ -5,21 +5,15 @@ opentelemetry is imported."""
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
-from aiohttp import web
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from tests.fixtures.otlp import EXPORT_DELAY_MS, Receiver, attributes
 from tests.fixtures.server import ROOT, AiohttpClient, Live
 from tests.reliability_server import http
 
@@ -27,44 +21,7 @@ from tests.reliability_server import http
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
-# The span processor's export delay (OTEL_BSP_SCHEDULE_DELAY, ms): short, so that the spans of a
-# request arrive while the test waits rather than at the default 5 s.
-EXPORT_DELAY_MS = "50"
-# How long the test waits for the spans to reach the receiver.
-ARRIVAL_TIMEOUT_S = 30.0
 SUBPROCESS_TIMEOUT_S = 120
-
-
-def attributes(span: Span) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for kv in span.attributes:
-        value = kv.value
-        out[kv.key] = getattr(value, value.WhichOneof("value"))
-    return out
-
-
-class Receiver:
-    """POST /v1/traces: decodes each ExportTraceServiceRequest and keeps its spans."""
-
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-        self.resources: list[dict[str, Any]] = []
-        self.app = web.Application()
-        self.app.router.add_post("/v1/traces", self.traces)
-
-    async def traces(self, request: web.Request) -> web.Response:
-        assert request.content_type == "application/x-protobuf"
-        body = await request.read()
-        if request.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        export = ExportTraceServiceRequest.FromString(body)
-        for resource_spans in export.resource_spans:
-            self.resources.append({kv.key: kv.value.string_value
-                                   for kv in resource_spans.resource.attributes})
-            for scope_spans in resource_spans.scope_spans:
-                self.spans.extend(scope_spans.spans)
-        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
-                            content_type="application/x-protobuf")
 
 
 def embed(url: str) -> int:
@@ -84,10 +41,7 @@ async def test_request_spans_reach_an_otlp_receiver(tiny_bundle: Path,
     try:
         assert await asyncio.to_thread(embed, live.url) == 200
         names = {"POST /v1/embeddings", "tokenize", "queue", "inference"}
-        for _ in range(int(ARRIVAL_TIMEOUT_S / 0.05)):
-            if names <= {s.name for s in receiver.spans}:
-                break
-            await asyncio.sleep(0.05)
+        await receiver.arrived(names)
     finally:
         await asyncio.to_thread(live.stop)
 
