@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sentence_transformers import CrossEncoder
 
 from edge_embed.core.bundle import load_manifest
 from edge_embed.core.evalset import load_eval_set
@@ -53,7 +52,10 @@ def test_cross_encoder_folder_becomes_a_reranker(name: str, fmt: str, tmp_path: 
     assert parity is not None and parity.reference == "cross-encoder"
     assert parity.score_abs_max <= SCORE_TOLERANCE and parity.n_pairs > 100
 
-    # the served path (RerankModel) against CrossEncoder.predict, an over-long pair included
+    # the served path (RerankModel) against CrossEncoder.predict, an over-long pair included;
+    # imported here: the provider venvs (make test-openvino) collect this module without torch
+    from sentence_transformers import CrossEncoder
+
     docs = _documents()
     ours = RerankModel(bundle).rerank(QUERY, docs)
     theirs = CrossEncoder(str(src), device="cpu", local_files_only=True).predict(
