@@ -157,6 +157,17 @@ def read_source(folder: Path) -> tuple[Manifest, onnx.ModelProto]:
     return manifest, model
 
 
+def named_exclusions(spec: str, model: onnx.ModelProto) -> list[str]:
+    """The MatMul nodes `--exclude NAME,NAME` keeps in fp32, each checked against the graph."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    known = {m.name for m in weight_matmuls(model)}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ToolError(f"--exclude: not a weight MatMul of this graph: {', '.join(unknown)}"
+                        f" (candidates: {', '.join(sorted(known)[:6])}, ...)")
+    return names
+
+
 def _exclusions(opts: QuantizeOptions, method: str, model: onnx.ModelProto,
                 manifest: Manifest, fused: bool, texts: list[str], variant: str,
                 reporter: Reporter,
@@ -164,13 +175,7 @@ def _exclusions(opts: QuantizeOptions, method: str, model: onnx.ModelProto,
     if opts.exclude == "none" or opts.precision != "int8":
         return [], None
     if opts.exclude != "auto":
-        names = [n.strip() for n in opts.exclude.split(",") if n.strip()]
-        known = {m.name for m in weight_matmuls(model)}
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ToolError(f"--exclude: not a weight MatMul of this graph: {', '.join(unknown)}"
-                            f" (candidates: {', '.join(sorted(known)[:6])}, ...)")
-        return names, None
+        return named_exclusions(opts.exclude, model), None
     if method != "pertoken":
         return [], None  # the measured search is built on the per-token graph
     quantization = Quantization.of({"fused": fused})

@@ -46,7 +46,7 @@ from edge_embed.core.tooling import (
     tool_versions,
 )
 
-from .build import GateFailed, QuantizeOptions, read_source, save_graph
+from .build import GateFailed, QuantizeOptions, named_exclusions, read_source, save_graph
 from .fusion import fuse
 from .graph import weight_matmuls
 from .methods import AUTO, apply
@@ -124,17 +124,6 @@ def judge(gates: RankingGates, quality: RankingQuality, spread: float) -> list[s
     return failed
 
 
-def _excluded(opts: QuantizeOptions, model: onnx.ModelProto) -> list[str]:
-    if opts.exclude in ("auto", "none"):
-        return []
-    names = [n.strip() for n in opts.exclude.split(",") if n.strip()]
-    known = {m.name for m in weight_matmuls(model)}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ToolError(f"--exclude: not a weight MatMul of this graph: {', '.join(unknown)}")
-    return names
-
-
 def _smoothing(opts: QuantizeOptions, model: onnx.ModelProto, reference: RerankModel,
                rerank_set: RerankSet) -> dict[str, F32] | None:
     """SmoothQuant factors calibrated on the set's pairs (their token ids; the calibration
@@ -181,7 +170,8 @@ def run(opts: QuantizeOptions, gates: RankingGates | None = None) -> int:
         reference = RerankModel(opts.bundle, RuntimeOptions(spinning=False))
         ref = _scores(reference, rerank_set)
         smooth = _smoothing(opts, model, reference, rerank_set)
-        excluded = _excluded(opts, model)
+        excluded = ([] if opts.exclude in ("auto", "none")
+                    else named_exclusions(opts.exclude, model))
         reporter.step(f"quantizing: int8, {METHOD}"
                       + (f", {len(excluded)} matmul(s) kept in fp32" if excluded else ""))
         result = apply(METHOD, onnx.ModelProto.FromString(model.SerializeToString()), excluded,
