@@ -39,7 +39,7 @@ from .embeddings import Caller, RequestPath
 from .errors import InvalidRequest
 from .middleware import Phase
 from .models import ServedModel
-from .schema import is_json_int
+from .schema import is_json_int, type_name
 
 Shape = Literal["cohere", "cohere_v2", "tei"]
 V2_PATH = "/v2/rerank"
@@ -67,18 +67,12 @@ def _invalid(message: str, param: str) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
-def _type_name(value: Any) -> str:
-    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
-             list: "an array", dict: "an object", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
 def _flag(data: dict[str, Any], key: str, default: bool | None) -> bool | None:
     value = data.get(key)
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise _invalid(f"'{key}' must be true or false, got {_type_name(value)}.", key)
+        raise _invalid(f"'{key}' must be true or false, got {type_name(value)}.", key)
     return value
 
 
@@ -97,7 +91,7 @@ def _documents(value: Any, name: str, max_documents: int, max_chars: int) -> tup
     if value is None:
         raise _invalid(f"'{name}' is required: the documents to rank, an array of strings.", name)
     if not isinstance(value, list):
-        raise _invalid(f"'{name}' must be an array of strings, got {_type_name(value)}.", name)
+        raise _invalid(f"'{name}' must be an array of strings, got {type_name(value)}.", name)
     if not value:
         raise _invalid(f"'{name}' is an empty array; send at least one document.", name)
     if len(value) > max_documents:
@@ -110,7 +104,7 @@ def _documents(value: Any, name: str, max_documents: int, max_chars: int) -> tup
         text = item.get("text") if isinstance(item, dict) else item
         if not isinstance(text, str):
             shown = ("an object without a string 'text'" if isinstance(item, dict)
-                     else _type_name(item))
+                     else type_name(item))
             raise _invalid(f"'{where}' must be a string (or {{\"text\": string}}), got "
                            f"{shown}.", name)
         if not text.strip():
@@ -125,7 +119,7 @@ def _documents(value: Any, name: str, max_documents: int, max_chars: int) -> tup
 def parse_rerank(data: Any, path: str, *, max_documents: int, max_chars: int) -> RerankRequest:
     """The request in a decoded body posted to `path`; every refusal names the field."""
     if not isinstance(data, dict):
-        raise _invalid(f"The request body must be a JSON object, got {_type_name(data)}.",
+        raise _invalid(f"The request body must be a JSON object, got {type_name(data)}.",
                        "body")
     shape: Shape = ("cohere_v2" if path == V2_PATH
                     else "tei" if "texts" in data and "documents" not in data else "cohere")
@@ -138,7 +132,7 @@ def parse_rerank(data: Any, path: str, *, max_documents: int, max_chars: int) ->
     query = data.get("query")
     if not isinstance(query, str) or not query.strip():
         got = "empty" if isinstance(query, str) else (
-            "missing" if query is None else _type_name(query))
+            "missing" if query is None else type_name(query))
         raise _invalid(f"'query' must be a non-empty string, got {got}.", "query")
     if len(query) > max_chars:
         raise _invalid(f"'query' has {len(query)} characters; at most {max_chars} are allowed.",

@@ -85,7 +85,7 @@ def is_json_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
              list: "an array", np.ndarray: "an array", dict: "an object", type(None): "null"}
     return names.get(type(value), type(value).__name__)
@@ -236,14 +236,14 @@ def _parse_inputs(value: Any, max_inputs: int, max_chars: int) -> tuple[TextInpu
         if is_json_int(value[0]):
             for j, tok in enumerate(value):
                 if not is_json_int(tok):
-                    raise _invalid(f"'input[{j}]' is {_type_name(tok)}, but 'input' starts as "
+                    raise _invalid(f"'input[{j}]' is {type_name(tok)}, but 'input' starts as "
                                    "an array of token ids: every item must be an integer.",
                                    "input")
             items, single = [value], True  # one input given as token ids
         else:
             items, single = value, False
     else:
-        raise _invalid(f"'input' must be a string or an array, got {_type_name(value)}.", "input")
+        raise _invalid(f"'input' must be a string or an array, got {type_name(value)}.", "input")
     if len(items) > max_inputs:
         raise _invalid(f"'input' has {len(items)} items; at most {max_inputs} are allowed per "
                        "request.", "input")
@@ -268,16 +268,16 @@ def _parse_inputs(value: Any, max_inputs: int, max_chars: int) -> tuple[TextInpu
                 for j, tok in enumerate(item):
                     if not is_json_int(tok):
                         raise _invalid(f"'{where}[{j}]' must be an integer token id, got "
-                                       f"{_type_name(tok)}.", "input")
+                                       f"{type_name(tok)}.", "input")
             if len(item) > max_chars:
                 raise _invalid(f"'{where}' has {len(item)} token ids; at most {max_chars} are "
                                "allowed per input.", "input")
             parsed = item if isinstance(item, np.ndarray) else _ids_array(item, where)
         else:
             raise _invalid(f"'{where}' must be a string or an array of token ids, got "
-                           f"{_type_name(item)}.", "input")
+                           f"{type_name(item)}.", "input")
         if kind is not None and item_kind is not kind:
-            raise _invalid(f"'{where}' is {_type_name(item)} but earlier items are not: 'input' "
+            raise _invalid(f"'{where}' is {type_name(item)} but earlier items are not: 'input' "
                            "must not mix strings and token-id arrays.", "input")
         kind = item_kind
         out.append(parsed)
@@ -298,7 +298,7 @@ def _ids_array(ids: list[int], where: str) -> I64:
 
 def parse_request(data: Any, *, max_inputs: int, max_input_chars: int) -> EmbeddingRequest:
     if not isinstance(data, dict):
-        raise _invalid(f"The request body must be a JSON object, got {_type_name(data)}.", "body")
+        raise _invalid(f"The request body must be a JSON object, got {type_name(data)}.", "body")
     extra = data.get("extra_body")
     if extra is not None:
         if not isinstance(extra, dict):
@@ -365,7 +365,7 @@ def parse_embedding_types(value: Any, param: str) -> tuple[str, ...] | None:
     for j, kind in enumerate(value):
         if kind not in EMBEDDING_TYPES:
             shown = orjson.dumps(kind).decode()[:40] if isinstance(kind, str | int | float) \
-                else _type_name(kind)
+                else type_name(kind)
             raise _invalid(f"'{param}[{j}]' must be one of {', '.join(EMBEDDING_TYPES)}, got "
                            f"{shown}.", param)
     if len(set(value)) != len(value):
